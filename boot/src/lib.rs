@@ -1,0 +1,1 @@
+//! Firmware, fw_cfg, ACPI and direct Linux boot.

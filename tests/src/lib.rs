@@ -1,0 +1,1 @@
+//! Shared helpers for rehost end-to-end tests.
