@@ -78,7 +78,7 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
 
 /// Validates a guest request against the device geometry.
 pub fn check_request(geometry: &BlockGeometry, offset: u64, len: u64) -> Result<()> {
-    if offset % SECTOR_SIZE != 0 || len % SECTOR_SIZE != 0 {
+    if !offset.is_multiple_of(SECTOR_SIZE) || !len.is_multiple_of(SECTOR_SIZE) {
         return Err(BlockError::Misaligned {
             offset,
             len,
@@ -98,10 +98,141 @@ pub fn check_request(geometry: &BlockGeometry, offset: u64, len: u64) -> Result<
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
+    /// Open the image (and never its parents, which are always read-only)
+    /// without write access. Nothing is written to a read-only image, not
+    /// even a log replay: the replayed view is kept in memory.
     pub read_only: bool,
 }
 
+/// The on-disk format of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Vhd,
+    Vhdx,
+}
+
+impl ImageFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Vhd => "vhd",
+            ImageFormat::Vhdx => "vhdx",
+        }
+    }
+}
+
+/// How an image stores its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subformat {
+    Fixed,
+    Dynamic,
+    Differencing,
+}
+
+impl Subformat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Subformat::Fixed => "fixed",
+            Subformat::Dynamic => "dynamic",
+            Subformat::Differencing => "differencing",
+        }
+    }
+}
+
+/// What `rehost disk info` reports about one image of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub path: PathBuf,
+    pub format: ImageFormat,
+    pub subformat: Subformat,
+    pub virtual_size: u64,
+    /// Allocation unit of dynamic and differencing images; `None` for raw
+    /// and fixed images.
+    pub block_size: Option<u64>,
+    pub logical_sector_size: u32,
+    pub physical_sector_size: u32,
+    /// Bytes the host file occupies on disk.
+    pub allocated_bytes: u64,
+    /// The next image down the chain, as opened.
+    pub parent: Option<Box<ImageInfo>>,
+}
+
+/// One consistency problem found by [`DiskImage::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub structure: String,
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} at offset {}: {}",
+            self.path.display(),
+            self.structure,
+            self.offset,
+            self.reason
+        )
+    }
+}
+
+/// An opened image file: a block device that can also describe and check
+/// itself.
+pub trait DiskImage: BlockDevice {
+    fn info(&self) -> ImageInfo;
+    /// Every consistency rule of the format, checked against the file.
+    fn check(&self) -> Result<Vec<Problem>>;
+}
+
+/// Detects an image's format from its bytes (never from its name).
+pub fn detect_format(path: &Path) -> Result<ImageFormat> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |offset, source| BlockError::Io {
+        path: path.to_owned(),
+        offset,
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| io(0, e))?;
+    let len = file.metadata().map_err(|e| io(0, e))?.len();
+    let mut head = [0u8; 8];
+    let n = file.read(&mut head).map_err(|e| io(0, e))?;
+    if n == 8 && &head == b"vhdxfile" {
+        return Ok(ImageFormat::Vhdx);
+    }
+    if n == 8 && &head == b"conectix" {
+        // A dynamic VHD starts with a copy of its footer.
+        return Ok(ImageFormat::Vhd);
+    }
+    // A fixed VHD ends with its footer (512 bytes; some old tools wrote 511).
+    for footer_len in [512u64, 511] {
+        if len >= footer_len {
+            let mut cookie = [0u8; 8];
+            file.seek(SeekFrom::Start(len - footer_len))
+                .map_err(|e| io(len - footer_len, e))?;
+            if file
+                .read(&mut cookie)
+                .map_err(|e| io(len - footer_len, e))?
+                == 8
+                && &cookie == b"conectix"
+            {
+                return Ok(ImageFormat::Vhd);
+            }
+        }
+    }
+    Ok(ImageFormat::Raw)
+}
+
 /// Opens a disk image, detecting its format from the file's own bytes.
-pub fn open(path: &Path, options: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
-    Ok(Box::new(raw::RawFile::open(path, options.read_only)?))
+pub fn open(path: &Path, options: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+    match detect_format(path)? {
+        ImageFormat::Raw => Ok(Box::new(raw::RawFile::open(path, options.read_only)?)),
+        other => Err(BlockError::Unsupported {
+            path: path.to_owned(),
+            reason: format!("{} images are not supported yet", other.name()),
+        }),
+    }
 }

@@ -4,7 +4,10 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::{check_request, BlockDevice, BlockError, BlockGeometry, Result, SECTOR_SIZE};
+use crate::{
+    check_request, BlockDevice, BlockError, BlockGeometry, DiskImage, ImageFormat, ImageInfo,
+    Problem, Result, Subformat, SECTOR_SIZE,
+};
 
 #[derive(Debug)]
 pub struct RawFile {
@@ -83,6 +86,29 @@ impl BlockDevice for RawFile {
             return Ok(());
         }
         self.file.sync_data().map_err(|e| self.io_err(0, e))
+    }
+}
+
+impl DiskImage for RawFile {
+    fn info(&self) -> ImageInfo {
+        use std::os::unix::fs::MetadataExt;
+        let allocated_bytes = self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        ImageInfo {
+            path: self.path.clone(),
+            format: ImageFormat::Raw,
+            subformat: Subformat::Fixed,
+            virtual_size: self.geometry.size,
+            block_size: None,
+            logical_sector_size: self.geometry.logical_sector_size,
+            physical_sector_size: self.geometry.physical_sector_size,
+            allocated_bytes,
+            parent: None,
+        }
+    }
+
+    fn check(&self) -> Result<Vec<Problem>> {
+        // A raw image has no structure to be inconsistent.
+        Ok(Vec::new())
     }
 }
 

@@ -1,0 +1,107 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::disk_cmd::DiskCommand;
+
+/// Exit codes, documented in `--help`.
+pub mod exit {
+    /// The guest powered the machine off.
+    pub const POWER_OFF: u8 = 0;
+    /// rehost could not start or run the VM (bad input, KVM error).
+    pub const ERROR: u8 = 1;
+    /// The command line could not be parsed.
+    pub const USAGE: u8 = 2;
+    /// The guest asked for a reset and `--no-reboot` was given.
+    pub const RESET: u8 = 3;
+    /// The guest crashed: triple fault or an exit rehost cannot handle.
+    pub const GUEST_CRASH: u8 = 4;
+    /// Stopped by SIGINT (128 + 2) or SIGTERM (128 + 15) after an orderly shutdown.
+    pub const SIGINT: u8 = 130;
+    pub const SIGTERM: u8 = 143;
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes of `rehost run`:
+  0    the guest powered the machine off (ACPI S5)
+  1    rehost could not start or continue the VM (bad input, KVM error)
+  2    the command line could not be parsed
+  3    the guest reset the machine and --no-reboot was given
+  4    the guest crashed (triple fault, or a VM exit rehost cannot handle)
+  130  stopped by SIGINT, 143 stopped by SIGTERM (after an orderly shutdown)";
+
+/// rehost: a KVM virtual machine monitor for machines that were never meant
+/// to be virtual. It boots physical machines' VHD, VHDX and raw disks through
+/// PC firmware (SeaBIOS) on emulated IDE or AHCI controllers, redirects COM
+/// ports, and works on the disk images themselves.
+#[derive(Debug, Parser)]
+#[command(name = "rehost", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a virtual PC.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Create, inspect, check, convert and merge disk images.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Guest RAM, with an optional K, M, G or T suffix (powers of 1024).
+    #[arg(long, short = 'm', default_value = "512M", value_name = "SIZE")]
+    pub memory: String,
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u8,
+    /// PC firmware image (SeaBIOS), mapped below 4 GiB. Default: Debian's
+    /// /usr/share/seabios/bios.bin (package `seabios`).
+    #[arg(long, value_name = "PATH")]
+    pub firmware: Option<PathBuf>,
+    /// An option ROM the firmware runs during POST, handed over as the
+    /// fw_cfg file `genroms/NAME` (like QEMU's -option-rom). Repeatable.
+    #[arg(long = "option-rom", value_name = "PATH")]
+    pub option_roms: Vec<PathBuf>,
+    /// Boot a Linux kernel (bzImage or ELF vmlinux) directly, without
+    /// firmware.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, value_name = "STR", requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// Where COM1 (0x3F8, IRQ 4) goes: `stdio`, `null` or `file:PATH`
+    /// (appended to).
+    #[arg(long, default_value = "stdio", value_name = "SPEC")]
+    pub com1: String,
+    /// Write what the firmware prints on its debug port (0x402) to PATH.
+    #[arg(long = "firmware-log", value_name = "PATH")]
+    pub firmware_log: Option<PathBuf>,
+    /// Exit (code 3) instead of restarting when the guest resets the machine.
+    #[arg(long = "no-reboot")]
+    pub no_reboot: bool,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn execute(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Run(args) => crate::run(args),
+        Command::Disk(cmd) => crate::disk_cmd::execute(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rehost: {e:#}");
+            exit::ERROR
+        }
+    }
+}
