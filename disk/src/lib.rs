@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 
 pub mod raw;
+pub mod vhd;
+pub mod vhdx;
 
 /// The unit every request offset and length must be a multiple of.
 pub const SECTOR_SIZE: u64 = 512;
@@ -186,6 +188,31 @@ pub trait DiskImage: BlockDevice {
     fn info(&self) -> ImageInfo;
     /// Every consistency rule of the format, checked against the file.
     fn check(&self) -> Result<Vec<Problem>>;
+    /// Byte ranges, sorted and disjoint, whose data this image itself holds
+    /// (not its parents). Raw and fixed images hold everything.
+    fn allocated_extents(&self) -> Result<Vec<std::ops::Range<u64>>>;
+}
+
+/// Opens the parent of a differencing image: always read-only, through
+/// format detection, with loops and over-deep chains refused.
+pub type ParentOpener<'a> = dyn FnMut(&Path) -> Result<Box<dyn DiskImage>> + 'a;
+
+/// The deepest differencing chain rehost opens.
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// What `rehost disk create` asks for.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub format: ImageFormat,
+    /// Fixed or dynamic; differencing when `parent` is set.
+    pub subformat: Subformat,
+    /// Virtual size in bytes; ignored (taken from the parent) with `parent`.
+    pub size: u64,
+    /// Block size of dynamic and differencing images; `None` for the
+    /// format's default.
+    pub block_size: Option<u64>,
+    /// Makes a differencing image over this parent.
+    pub parent: Option<PathBuf>,
 }
 
 /// Detects an image's format from its bytes (never from its name).
@@ -226,13 +253,70 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat> {
     Ok(ImageFormat::Raw)
 }
 
-/// Opens a disk image, detecting its format from the file's own bytes.
+/// Opens a disk image, detecting its format from the file's own bytes, and
+/// the whole chain of parents below it (read-only).
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+    let mut visited = Vec::new();
+    open_in_chain(path, options, &mut visited)
+}
+
+fn open_in_chain(
+    path: &Path,
+    options: &OpenOptions,
+    visited: &mut Vec<PathBuf>,
+) -> Result<Box<dyn DiskImage>> {
+    let canonical = std::fs::canonicalize(path).map_err(|source| BlockError::Io {
+        path: path.to_owned(),
+        offset: 0,
+        source,
+    })?;
+    if visited.contains(&canonical) {
+        return Err(BlockError::Open {
+            path: path.to_owned(),
+            reason: format!(
+                "the parent chain loops back to this file (chain: {})",
+                visited
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            ),
+        });
+    }
+    if visited.len() >= MAX_CHAIN_DEPTH {
+        return Err(BlockError::Open {
+            path: path.to_owned(),
+            reason: format!("the parent chain is deeper than {MAX_CHAIN_DEPTH} images"),
+        });
+    }
+    visited.push(canonical);
+    let mut open_parent = |parent: &Path| {
+        open_in_chain(
+            parent,
+            &OpenOptions { read_only: true },
+            &mut visited.clone(),
+        )
+    };
     match detect_format(path)? {
         ImageFormat::Raw => Ok(Box::new(raw::RawFile::open(path, options.read_only)?)),
-        other => Err(BlockError::Unsupported {
-            path: path.to_owned(),
-            reason: format!("{} images are not supported yet", other.name()),
-        }),
+        ImageFormat::Vhd => Ok(Box::new(vhd::VhdImage::open(
+            path,
+            options,
+            &mut open_parent,
+        )?)),
+        ImageFormat::Vhdx => Ok(Box::new(vhdx::VhdxImage::open(
+            path,
+            options,
+            &mut open_parent,
+        )?)),
+    }
+}
+
+/// Creates a new image file. Refuses to overwrite an existing file.
+pub fn create(path: &Path, options: &CreateOptions) -> Result<()> {
+    match options.format {
+        ImageFormat::Raw => raw::create(path, options),
+        ImageFormat::Vhd => vhd::create(path, options),
+        ImageFormat::Vhdx => vhdx::create(path, options),
     }
 }

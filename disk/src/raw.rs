@@ -110,6 +110,42 @@ impl DiskImage for RawFile {
         // A raw image has no structure to be inconsistent.
         Ok(Vec::new())
     }
+
+    fn allocated_extents(&self) -> Result<Vec<std::ops::Range<u64>>> {
+        let whole = 0..self.geometry.size;
+        Ok(std::iter::once(whole).collect())
+    }
+}
+
+/// Creates a sparse raw image of `options.size` bytes.
+pub fn create(path: &Path, options: &crate::CreateOptions) -> Result<()> {
+    let open_err = |reason: String| BlockError::Open {
+        path: path.to_owned(),
+        reason,
+    };
+    if options.parent.is_some() {
+        return Err(open_err("raw images cannot have a parent".into()));
+    }
+    if !options.size.is_multiple_of(SECTOR_SIZE) {
+        return Err(open_err(format!(
+            "size {} is not a multiple of {SECTOR_SIZE} bytes",
+            options.size
+        )));
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| BlockError::Io {
+            path: path.to_owned(),
+            offset: 0,
+            source,
+        })?;
+    file.set_len(options.size).map_err(|source| BlockError::Io {
+        path: path.to_owned(),
+        offset: options.size,
+        source,
+    })
 }
 
 #[cfg(test)]
