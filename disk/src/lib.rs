@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod bench;
+pub mod ops;
 pub mod raw;
 pub mod vhd;
 pub mod vhdx;
@@ -191,6 +193,20 @@ pub trait DiskImage: BlockDevice {
     /// Byte ranges, sorted and disjoint, whose data this image itself holds
     /// (not its parents). Raw and fixed images hold everything.
     fn allocated_extents(&self) -> Result<Vec<std::ops::Range<u64>>>;
+    /// The opened parent of a differencing image (the next image down the
+    /// chain), for walking the chain; `None` for images without one.
+    fn parent(&self) -> Option<&dyn DiskImage> {
+        None
+    }
+    /// After `rehost disk commit` merged this differencing image's own data
+    /// into its parent: re-links the image to its changed parent and drops
+    /// its own blocks, so it stays a valid (empty) child presenting the same
+    /// content. Returns `Ok(false)` when the format does not do this; the
+    /// image is then left as it was (Hyper-V's behaviour: no longer valid
+    /// over the changed parent).
+    fn empty_after_commit(&self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Opens the parent of a differencing image: always read-only, through

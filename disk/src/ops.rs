@@ -1,0 +1,1 @@
+//! Whole-image operations over any format and chain: convert, compare, commit.
