@@ -11,6 +11,8 @@ pub enum MachineRequest {
     PowerOff,
     /// A reset: PIIX3 reset control register, i8042 pulse, port 0x92.
     Reset,
+    /// The user at the host asked to stop (the console escape key).
+    HostStop,
 }
 
 /// Shared by the devices that can stop the machine and the VMM that waits

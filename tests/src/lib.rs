@@ -1,1 +1,201 @@
-//! Shared helpers for rehost end-to-end tests.
+//! Shared helpers for rehost's end-to-end tests: running the program under
+//! test against real guests, building guest artifacts from `resources/`,
+//! and deciding honestly when a test cannot run on this host.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// Where generated guest artifacts are cached (under `target/`, never in
+/// git).
+pub fn artifacts_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("guest-artifacts")
+}
+
+/// True when `/dev/kvm` can be opened. With `CI=true` a missing KVM is a
+/// failure, not a skip: CI machines have it.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: /dev/kvm is required under CI=true: {e}");
+            }
+            eprintln!("{test}: skipped: /dev/kvm not usable: {e}");
+            false
+        }
+    }
+}
+
+/// True when the host can run 64-bit guests (hardware virtualization).
+/// The PVM backend cannot, whatever /proc/cpuinfo says.
+pub fn hardware_virtualization() -> bool {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return false;
+    }
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| {
+            c.lines()
+                .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+        })
+        .unwrap_or(false)
+}
+
+/// The skip line for tests that need hardware virtualization.
+pub const NO_HW_VIRT: &str = "skipped: no hardware virtualization (KVM backend is PVM)";
+
+/// Builds the test option ROMs (resources/build-roms.sh) once per process.
+pub fn roms_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = artifacts_dir().join("roms");
+        let status = Command::new(workspace_root().join("resources/build-roms.sh"))
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .expect("running resources/build-roms.sh");
+        assert!(status.success(), "resources/build-roms.sh failed");
+        out
+    })
+    .clone()
+}
+
+pub fn rom(name: &str) -> PathBuf {
+    let p = roms_dir().join(format!("{name}.rom"));
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// A running rehost whose stdout (the COM1 console with `--com1 stdio`)
+/// and stderr are collected as they arrive.
+pub struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    started: Instant,
+}
+
+fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
+impl Running {
+    pub fn start(bin: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until stdout contains `text` `count` times; false on timeout
+    /// or if the process ended first.
+    pub fn wait_for(&mut self, text: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stdout().matches(text).count() >= count {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                // Let the reader threads drain what is left.
+                std::thread::sleep(Duration::from_millis(50));
+                return self.stdout().matches(text).count() >= count;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit; kills it after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs rehost to completion (or `timeout`) and returns its exit code
+/// (`None` if killed), stdout and stderr.
+pub fn run(bin: &str, args: &[&str], timeout: Duration) -> (Option<i32>, String, String) {
+    let mut r = Running::start(bin, args);
+    let status = r.wait(timeout);
+    (status.and_then(|s| s.code()), r.stdout(), r.stderr())
+}

@@ -91,6 +91,19 @@ pub struct RunArgs {
     pub no_reboot: bool,
 }
 
+/// The whole program: parse, run, exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    crate::logging::init();
+    std::process::ExitCode::from(execute(cli))
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub fn execute(cli: Cli) -> u8 {
     let result = match cli.command {

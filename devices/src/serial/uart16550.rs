@@ -123,6 +123,34 @@ impl Uart16550 {
         }
     }
 
+    /// Back to the power-on state (a machine reset), keeping the backend.
+    pub fn reset(&mut self) {
+        self.divisor = 12;
+        self.ier = 0;
+        self.lcr = 0x03;
+        self.mcr = 0;
+        self.lsr_errors = 0;
+        self.msr_deltas = 0;
+        self.scr = 0;
+        self.fifo_enabled = false;
+        self.rx_trigger = 1;
+        self.rx.clear();
+        self.thre_pending = false;
+        if let Some(saved) = self.modem_in_saved.take() {
+            self.modem_in = saved;
+        }
+        self.irq_level = false;
+        self.irq.set_level(false);
+        self.backend.rx_space_available();
+    }
+
+    /// Connects the interrupt output to a new line (after a machine reset
+    /// rebuilt the interrupt controllers).
+    pub fn set_irq(&mut self, irq: Arc<dyn IrqLine>) {
+        self.irq = irq;
+        self.irq_level = false;
+    }
+
     fn rx_capacity(&self) -> usize {
         if self.fifo_enabled {
             FIFO_SIZE

@@ -1,0 +1,1 @@
+//! Direct Linux boot (filled in below).

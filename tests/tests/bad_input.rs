@@ -1,0 +1,97 @@
+//! Bad input to `rehost run`: one line naming the file or value and what
+//! is wrong, a non-zero exit, never a panic. None of these reach KVM.
+
+use std::time::Duration;
+
+use rehost_tests::run;
+
+const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (code, out, err) = run(REHOST, args, Duration::from_secs(20));
+    assert_eq!(
+        code,
+        Some(1),
+        "args {args:?}: stdout {out:?} stderr {err:?}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line for {args:?}: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+    }
+}
+
+#[test]
+fn missing_and_malformed_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+
+    fails_with(
+        &["run", "--firmware", &d("missing.bin")],
+        &["missing.bin", "cannot read firmware"],
+    );
+    std::fs::write(d("short.bin"), vec![0u8; 1000]).unwrap();
+    fails_with(
+        &["run", "--firmware", &d("short.bin")],
+        &["short.bin", "1000 bytes", "64 KiB"],
+    );
+    fails_with(
+        &["run", "--option-rom", &d("nope.rom")],
+        &["nope.rom", "cannot read option ROM"],
+    );
+    std::fs::write(d("bad.rom"), vec![0x12u8; 512]).unwrap();
+    fails_with(
+        &["run", "--option-rom", &d("bad.rom")],
+        &["bad.rom", "signature"],
+    );
+    let mut rom = vec![0u8; 512];
+    rom[0] = 0x55;
+    rom[1] = 0xaa;
+    rom[2] = 1;
+    rom[100] = 7;
+    std::fs::write(d("sum.rom"), &rom).unwrap();
+    fails_with(
+        &["run", "--option-rom", &d("sum.rom")],
+        &["sum.rom", "checksum"],
+    );
+    fails_with(
+        &["run", "--kernel", &d("vmlinuz")],
+        &["vmlinuz", "cannot read kernel"],
+    );
+    fails_with(&["run", "--memory", "1M"], &["--memory", "too small"]);
+    fails_with(&["run", "--memory", "64T"], &["--memory", "64T"]);
+    fails_with(&["run", "--memory", "lots"], &["--memory", "not a size"]);
+    fails_with(&["run", "--cpus", "0"], &["--cpus 0"]);
+    fails_with(
+        &["run", "--com1", "carrier-pigeon"],
+        &["--com1", "carrier-pigeon"],
+    );
+    fails_with(
+        &["run", "--firmware-log", &d("no/such/dir/fw.log")],
+        &["fw.log", "firmware log"],
+    );
+}
+
+#[test]
+fn help_explains_every_option_and_the_exit_codes() {
+    let (code, out, _) = run(REHOST, &["run", "--help"], Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    for opt in [
+        "--memory",
+        "--cpus",
+        "--firmware",
+        "--option-rom",
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--com1",
+        "--firmware-log",
+        "--no-reboot",
+        "Exit codes",
+        "130",
+    ] {
+        assert!(out.contains(opt), "run --help lacks {opt}: {out}");
+    }
+    let (code, _, err) = run(REHOST, &["run", "--bogus"], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{err}");
+}

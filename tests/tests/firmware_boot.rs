@@ -1,0 +1,199 @@
+//! End-to-end: the stock SeaBIOS (Debian `seabios`) boots on rehost's PC,
+//! prints through our 16550A on COM1, runs option ROMs handed over as
+//! fw_cfg `genroms/` files, and powers off, resets or crashes the machine
+//! with the documented exit codes.
+
+use std::time::Duration;
+
+use rehost_tests::{kvm_available, rom, run, Running};
+
+const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
+const BANNER: &str = "SeaBIOS (version";
+const ROM_MARKER: &str = "rehost-test-rom: option ROM ran during POST";
+
+#[test]
+fn seabios_without_disks_prints_banner_and_no_bootable_device_on_com1() {
+    if !kvm_available("seabios_without_disks") {
+        return;
+    }
+    let mut vm = Running::start(REHOST, &["run", "--memory", "64M", "--com1", "stdio"]);
+    assert!(
+        vm.wait_for("No bootable device", 1, Duration::from_secs(60)),
+        "COM1 output: {:?}\nstderr: {}",
+        vm.stdout(),
+        vm.stderr()
+    );
+    let out = vm.stdout();
+    assert!(out.contains(BANNER), "no SeaBIOS banner in {out:?}");
+    assert!(out.find(BANNER) < out.find("No bootable device"));
+    // SIGTERM: orderly shutdown with the documented code.
+    vm.signal(libc::SIGTERM);
+    let status = vm
+        .wait(Duration::from_secs(10))
+        .expect("rehost exits on SIGTERM");
+    assert_eq!(status.code(), Some(143), "stderr: {}", vm.stderr());
+}
+
+#[test]
+fn option_rom_runs_during_post_and_powers_off_with_exit_0() {
+    if !kvm_available("option_rom_poweroff") {
+        return;
+    }
+    let poweroff = rom("poweroff");
+    let (code, out, err) = run(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--option-rom",
+            poweroff.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "stdout: {out:?}\nstderr: {err}");
+    assert!(out.contains(BANNER), "{out:?}");
+    assert!(out.contains(ROM_MARKER), "{out:?}");
+    assert!(
+        !out.contains("power-off did not happen"),
+        "the ROM kept running after S5: {out:?}"
+    );
+    assert!(
+        err.is_empty(),
+        "nothing on stderr for a clean power-off: {err}"
+    );
+}
+
+#[test]
+fn several_cpus_start_under_firmware() {
+    if !kvm_available("several_cpus") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fw.log");
+    let poweroff = rom("poweroff");
+    let (code, out, err) = run(
+        REHOST,
+        &[
+            "run",
+            "--cpus",
+            "4",
+            "--memory",
+            "128M",
+            "--firmware-log",
+            log.to_str().unwrap(),
+            "--option-rom",
+            poweroff.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "stdout: {out:?}\nstderr: {err}");
+    let fw = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        fw.contains("Found 4 cpu(s) max supported 4 cpu(s)"),
+        "SeaBIOS did not bring up all CPUs: {fw}"
+    );
+}
+
+#[test]
+fn guest_reset_restarts_firmware_and_no_reboot_exits_3() {
+    if !kvm_available("guest_reset") {
+        return;
+    }
+    let reset = rom("reset");
+    let marker = "rehost-test-rom: resetting the machine";
+    let mut vm = Running::start(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--option-rom",
+            reset.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        vm.wait_for(marker, 2, Duration::from_secs(60)),
+        "firmware did not run twice: {:?} {}",
+        vm.stdout(),
+        vm.stderr()
+    );
+    assert!(vm.stdout().matches(BANNER).count() >= 2);
+    drop(vm);
+
+    let (code, out, err) = run(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--no-reboot",
+            "--option-rom",
+            reset.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(3), "stdout: {out:?}\nstderr: {err}");
+    assert_eq!(out.matches(marker).count(), 1, "{out:?}");
+}
+
+#[test]
+fn guest_crash_exits_4_with_one_line_naming_the_instruction_pointer() {
+    if !kvm_available("guest_crash") {
+        return;
+    }
+    let crash = rom("triple-fault");
+    let (code, out, err) = run(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--option-rom",
+            crash.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.contains("rehost-test-rom: triple fault next"),
+        "{out:?}"
+    );
+    assert_eq!(code, Some(4), "stdout: {out:?}\nstderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].contains("vCPU 0") && lines[0].contains("RIP 0x"),
+        "{err}"
+    );
+}
+
+#[test]
+fn firmware_debug_port_goes_to_the_firmware_log() {
+    if !kvm_available("firmware_log") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fw.log");
+    let poweroff = rom("poweroff");
+    let (code, _, err) = run(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--com1",
+            "null",
+            "--firmware-log",
+            log.to_str().unwrap(),
+            "--option-rom",
+            poweroff.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let fw = std::fs::read_to_string(&log).unwrap();
+    assert!(fw.contains("Running on QEMU (i440fx)"), "{fw}");
+    assert!(fw.contains("Found QEMU fw_cfg"), "{fw}");
+    assert!(fw.contains("QEMU fw_cfg DMA interface supported"), "{fw}");
+    assert!(fw.contains("genroms/poweroff.rom"), "{fw}");
+}

@@ -1,0 +1,111 @@
+//! From the command line to a validated machine configuration. Every
+//! problem is reported here, naming the file or value, before KVM is
+//! touched.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use rehost_boot::firmware::{self, Firmware};
+use rehost_boot::layout::{parse_size, MemoryLayout, MIB};
+use rehost_boot::option_rom::{self, OptionRom};
+
+use crate::cli::RunArgs;
+use crate::serial::ComSpec;
+
+/// Direct Linux boot inputs.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// Most vCPUs rehost starts (the MADT and the firmware handle more, but
+/// each is a host thread).
+pub const MAX_CPUS: u8 = 64;
+
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub layout: MemoryLayout,
+    pub cpus: u8,
+    /// `None` with direct kernel boot.
+    pub firmware: Option<Firmware>,
+    pub option_roms: Vec<OptionRom>,
+    pub kernel: Option<KernelConfig>,
+    pub com1: ComSpec,
+    pub firmware_log: Option<PathBuf>,
+    pub no_reboot: bool,
+}
+
+fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl MachineConfig {
+    pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
+        let total = parse_size(&args.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+        let layout = MemoryLayout::new(total)
+            .map_err(|e| anyhow::anyhow!("--memory {}: {e}", args.memory))?;
+        if let Some(host) = host_memory() {
+            if total > host {
+                bail!(
+                    "--memory {}: more than this host's {} MiB of RAM",
+                    args.memory,
+                    host / MIB
+                );
+            }
+        }
+        if args.cpus == 0 || args.cpus > MAX_CPUS {
+            bail!("--cpus {}: must be between 1 and {MAX_CPUS}", args.cpus);
+        }
+        let kernel = match &args.kernel {
+            Some(k) => {
+                for (p, what) in
+                    std::iter::once((k, "kernel")).chain(args.initrd.iter().map(|i| (i, "initrd")))
+                {
+                    std::fs::File::open(p)
+                        .with_context(|| format!("{}: cannot read {what}", p.display()))?;
+                }
+                Some(KernelConfig {
+                    kernel: k.clone(),
+                    initrd: args.initrd.clone(),
+                    cmdline: args
+                        .cmdline
+                        .clone()
+                        .unwrap_or_else(|| "console=ttyS0".to_owned()),
+                })
+            }
+            None => None,
+        };
+        if kernel.is_some() && (args.firmware.is_some() || !args.option_roms.is_empty()) {
+            bail!("--kernel boots without firmware: it cannot be combined with --firmware or --option-rom");
+        }
+        let firmware = if kernel.is_none() {
+            Some(firmware::load(args.firmware.as_deref())?)
+        } else {
+            None
+        };
+        let option_roms = args
+            .option_roms
+            .iter()
+            .map(|p| option_rom::load(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let com1: ComSpec = args
+            .com1
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--com1: {e}"))?;
+        Ok(Self {
+            layout,
+            cpus: args.cpus,
+            firmware,
+            option_roms,
+            kernel,
+            com1,
+            firmware_log: args.firmware_log.clone(),
+            no_reboot: args.no_reboot,
+        })
+    }
+}

@@ -1,0 +1,331 @@
+//! One boot of the virtual PC: a KVM VM with its memory, interrupt
+//! controllers, platform devices and vCPU threads, run until the guest
+//! powers off, resets or crashes, or the host asks it to stop.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Context};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_pit_config, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use rehost_boot::fw_cfg::{self as fw_cfg_content, FirmwareSettings};
+use rehost_devices::bus::{Bus, SharedDevice};
+use rehost_devices::events::{MachineEvents, MachineRequest};
+use rehost_devices::irq::IrqLine;
+use rehost_devices::legacy::cmos::{Cmos, NvramConfig, CMOS_PORT};
+use rehost_devices::legacy::debugcon::DEBUGCON_PORT;
+use rehost_devices::legacy::fw_cfg::{FwCfg, FW_CFG_PORT_LEN, FW_CFG_PORT_SEL};
+use rehost_devices::legacy::i8042::{COMMAND_PORT, DATA_PORT, I8042};
+use rehost_devices::legacy::port92::{Port92, PORT92};
+use rehost_devices::pci::i440fx::{I440fx, PamListener};
+use rehost_devices::pci::piix3::Piix3Isa;
+use rehost_devices::pci::piix4_pm::Piix4Pm;
+use rehost_devices::pci::{
+    DevFn, PciInterruptRouter, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
+};
+use rehost_devices::serial::COM_PORTS;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::MachineConfig;
+use crate::host::HostSide;
+use crate::memory::{GuestRam, PamArea};
+use crate::signals::ShutdownSignals;
+use crate::vcpu::{self, VcpuContext, VcpuFailure, VcpuReport};
+
+/// How a boot ended.
+#[derive(Debug)]
+pub enum Outcome {
+    PowerOff,
+    Reset,
+    HostStop,
+    Signal(i32),
+    Crash(VcpuFailure),
+}
+
+/// An ISA interrupt line of the in-kernel PIC/I/O APIC.
+struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, level: bool) {
+        if let Err(e) = self.vm.set_irq_line(self.gsi, level) {
+            tracing::error!(gsi = self.gsi, "KVM_IRQ_LINE failed: {e}");
+        }
+    }
+}
+
+pub struct Machine {
+    // Fields drop in order: threads first (already joined), then devices,
+    // then the VM, then its memory.
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    reports: Receiver<VcpuReport>,
+    report_wake: Arc<EventFd>,
+    events: Arc<MachineEvents>,
+    _io_bus: Arc<Bus>,
+    _mmio_bus: Arc<Bus>,
+    _vm: Arc<VmFd>,
+    _ram: Arc<GuestRam>,
+}
+
+/// Routes GSIs as a PC does: 0-15 to the PICs and the I/O APIC, with the
+/// timer (GSI 0) on I/O APIC pin 2, and 16-23 to the I/O APIC only.
+fn set_pc_irq_routing(vm: &VmFd) -> anyhow::Result<()> {
+    let mut entries = Vec::new();
+    let entry = |gsi: u32, chip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = chip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    for gsi in 0..24u32 {
+        if gsi < 8 {
+            entries.push(entry(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
+        } else if gsi < 16 {
+            entries.push(entry(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
+        }
+        match gsi {
+            0 => entries.push(entry(0, KVM_IRQCHIP_IOAPIC, 2)),
+            2 => {}
+            _ => entries.push(entry(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
+        }
+    }
+    let routing = KvmIrqRouting::from_entries(&entries)
+        .map_err(|e| anyhow!("building the IRQ routing table: {e:?}"))?;
+    vm.set_gsi_routing(&routing)
+        .context("KVM_SET_GSI_ROUTING")?;
+    Ok(())
+}
+
+fn setup_cpuid(kvm: &Kvm, vcpu: &kvm_ioctls::VcpuFd, id: u8, cpus: u8) -> anyhow::Result<()> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .context("KVM_GET_SUPPORTED_CPUID")?;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                // Initial APIC ID and logical processor count.
+                e.ebx = (e.ebx & 0x0000_ffff) | u32::from(id) << 24 | u32::from(cpus) << 16;
+                if cpus > 1 {
+                    e.edx |= 1 << 28;
+                }
+            }
+            0xb | 0x1f => e.edx = u32::from(id),
+            _ => {}
+        }
+    }
+    vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
+    Ok(())
+}
+
+impl Machine {
+    pub fn build(kvm: &Kvm, cfg: &MachineConfig, host: &HostSide) -> anyhow::Result<Self> {
+        let vm = Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?);
+        let firmware = cfg
+            .firmware
+            .as_ref()
+            .ok_or_else(|| anyhow!("direct kernel boot is not available in this build"))?;
+        // Best effort: Intel VMX needs these below 4 GiB; other backends
+        // ignore or refuse them harmlessly.
+        if let Err(e) = vm.set_identity_map_address(0xfeff_c000) {
+            tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR: {e}");
+        }
+        if let Err(e) = vm.set_tss_address(0xfeff_d000) {
+            tracing::debug!("KVM_SET_TSS_ADDR: {e}");
+        }
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .context("KVM_CREATE_PIT2")?;
+        set_pc_irq_routing(&vm)?;
+
+        let readonly = vm.check_extension(Cap::ReadonlyMem);
+        let ram = Arc::new(GuestRam::new(cfg.layout, firmware, readonly)?);
+        ram.register(&vm)?;
+
+        let events = Arc::new(MachineEvents::new()?);
+        let io_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+        let isa: Vec<Arc<dyn IrqLine>> = (0..16)
+            .map(|gsi| {
+                Arc::new(KvmIrqLine {
+                    vm: vm.clone(),
+                    gsi,
+                }) as Arc<dyn IrqLine>
+            })
+            .collect();
+
+        // Chipset.
+        let router = PciInterruptRouter::new(isa.clone());
+        let mut pci = PciRoot::new(io_bus.clone(), mmio_bus.clone(), events.clone());
+        let pam_ram = ram.clone();
+        let pam_vm = vm.clone();
+        let listener: PamListener = Arc::new(move |modes| pam_ram.apply_pam(&pam_vm, modes));
+        pci.add(
+            DevFn::new(0, 0),
+            Arc::new(Mutex::new(I440fx::new(Some(listener)))),
+        )?;
+        pci.add(
+            DevFn::new(1, 0),
+            Arc::new(Mutex::new(Piix3Isa::new(router.clone()))),
+        )?;
+        pci.add(
+            DevFn::new(1, 3),
+            Arc::new(Mutex::new(Piix4Pm::new(isa[9].clone(), events.clone()))),
+        )?;
+        let pci: SharedDevice = Arc::new(Mutex::new(pci));
+        io_bus.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, pci)?;
+        mmio_bus.insert(
+            PamArea::BASE,
+            PamArea::LEN,
+            Arc::new(Mutex::new(ram.pam_area())),
+        )?;
+
+        // Legacy devices.
+        let cmos = Cmos::new(
+            NvramConfig {
+                ram_below_4g: cfg.layout.below_4g,
+                ram_above_4g: cfg.layout.above_4g,
+                cpus: cfg.cpus,
+            },
+            isa[8].clone(),
+        );
+        io_bus.insert(CMOS_PORT, 2, Arc::new(Mutex::new(cmos)))?;
+        let kbc: SharedDevice = Arc::new(Mutex::new(I8042::new(
+            isa[1].clone(),
+            isa[12].clone(),
+            events.clone(),
+        )));
+        io_bus.insert(DATA_PORT, 1, kbc.clone())?;
+        io_bus.insert(COMMAND_PORT, 1, kbc)?;
+        io_bus.insert(PORT92, 1, Arc::new(Mutex::new(Port92::new(events.clone()))))?;
+        io_bus.insert(DEBUGCON_PORT, 1, host.debugcon.clone())?;
+
+        {
+            let mut com1 = host.com1.lock().unwrap_or_else(|e| e.into_inner());
+            com1.set_irq(isa[COM_PORTS[0].1 as usize].clone());
+            com1.reset();
+        }
+        io_bus.insert(COM_PORTS[0].0, 8, host.com1.clone())?;
+
+        // Firmware configuration.
+        let mut fw_cfg = FwCfg::new(ram.mem.clone());
+        let content = fw_cfg_content::build(&FirmwareSettings {
+            layout: cfg.layout,
+            cpus: cfg.cpus,
+            serial_console_port: Some(COM_PORTS[0].0 as u16),
+            boot_order: Vec::new(),
+        });
+        for (key, data) in content.items {
+            fw_cfg.add_item(key, data)?;
+        }
+        for (name, data) in content.files {
+            fw_cfg.add_file(&name, data)?;
+        }
+        for rom in &cfg.option_roms {
+            fw_cfg
+                .add_file(&rom.fw_cfg_name, rom.image.clone())
+                .with_context(|| format!("adding option ROM {}", rom.fw_cfg_name))?;
+        }
+        io_bus.insert(
+            FW_CFG_PORT_SEL,
+            FW_CFG_PORT_LEN,
+            Arc::new(Mutex::new(fw_cfg)),
+        )?;
+
+        // vCPUs.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, reports) = channel();
+        let report_wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let mut threads = Vec::new();
+        for id in 0..cfg.cpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
+            setup_cpuid(kvm, &fd, id, cfg.cpus)?;
+            let ctx = VcpuContext {
+                id,
+                fd,
+                io_bus: io_bus.clone(),
+                mmio_bus: mmio_bus.clone(),
+                events: events.clone(),
+                stop: stop.clone(),
+                reports: tx.clone(),
+                report_wake: report_wake.clone(),
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || ctx.run())
+                .context("spawning a vCPU thread")?;
+            threads.push(t);
+        }
+
+        Ok(Self {
+            threads,
+            stop,
+            reports,
+            report_wake,
+            events,
+            _io_bus: io_bus,
+            _mmio_bus: mmio_bus,
+            _vm: vm,
+            _ram: ram,
+        })
+    }
+
+    /// Waits for the end of this boot, then stops every vCPU.
+    pub fn run(mut self, signals: &ShutdownSignals, host: &HostSide) -> Outcome {
+        let fds = [
+            self.events.eventfd().as_raw_fd(),
+            signals.eventfd().as_raw_fd(),
+            self.report_wake.as_raw_fd(),
+            host.host_requests.eventfd().as_raw_fd(),
+        ];
+        let outcome = loop {
+            if let Some(sig) = signals.received() {
+                break Outcome::Signal(sig);
+            }
+            if let Some(req) = self.events.pending() {
+                break match req {
+                    MachineRequest::PowerOff => Outcome::PowerOff,
+                    MachineRequest::Reset => Outcome::Reset,
+                    MachineRequest::HostStop => Outcome::HostStop,
+                };
+            }
+            if host.host_requests.pending().is_some() {
+                break Outcome::HostStop;
+            }
+            if let Ok(VcpuReport::Failed(f)) = self.reports.try_recv() {
+                break Outcome::Crash(f);
+            }
+            let mut pfds: Vec<libc::pollfd> = fds
+                .iter()
+                .map(|&fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: poll reads and writes only the array it is given.
+            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+            let _ = self.report_wake.read();
+        };
+        vcpu::stop_all(&self.stop, std::mem::take(&mut self.threads));
+        outcome
+    }
+}
+
+use std::os::fd::AsRawFd;
