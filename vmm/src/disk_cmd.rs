@@ -1,30 +1,691 @@
 //! `rehost disk ...`: create, inspect, check, convert, compare, commit and
 //! benchmark disk images.
 
-use clap::Subcommand;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Subcommand, ValueEnum};
+use rehost_disk::{
+    bench, ops, BlockError, CreateOptions, DiskImage, ImageFormat, ImageInfo, OpenOptions, Problem,
+    Subformat,
+};
+
+/// Image formats on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Raw,
+    Vhd,
+    Vhdx,
+}
+
+impl From<FormatArg> for ImageFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Raw => ImageFormat::Raw,
+            FormatArg::Vhd => ImageFormat::Vhd,
+            FormatArg::Vhdx => ImageFormat::Vhdx,
+        }
+    }
+}
+
+/// Subformats on the command line (differencing comes from `--parent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubformatArg {
+    Fixed,
+    Dynamic,
+}
+
+impl From<SubformatArg> for Subformat {
+    fn from(s: SubformatArg) -> Self {
+        match s {
+            SubformatArg::Fixed => Subformat::Fixed,
+            SubformatArg::Dynamic => Subformat::Dynamic,
+        }
+    }
+}
+
+/// Benchmark patterns on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PatternArg {
+    SeqRead,
+    SeqWrite,
+    #[value(name = "rand-read-4k")]
+    RandRead4k,
+    #[value(name = "rand-write-4k")]
+    RandWrite4k,
+}
+
+impl From<PatternArg> for bench::Pattern {
+    fn from(p: PatternArg) -> Self {
+        match p {
+            PatternArg::SeqRead => bench::Pattern::SeqRead,
+            PatternArg::SeqWrite => bench::Pattern::SeqWrite,
+            PatternArg::RandRead4k => bench::Pattern::RandRead4k,
+            PatternArg::RandWrite4k => bench::Pattern::RandWrite4k,
+        }
+    }
+}
+
+const SIZE_HELP: &str = "Sizes are bytes, or a number with a K, M, G or T suffix \
+(powers of 1024; KiB, MiB, GiB and TiB are accepted too).";
+
+const CHECK_EXIT: &str = "\
+Exit codes:
+  0  the image and every parent are consistent
+  1  the check could not be done (missing file, I/O error)
+  2  problems were found; each is printed on its own line";
+
+const COMPARE_EXIT: &str = "\
+Exit codes (as qemu-img compare):
+  0  the images have the same content
+  1  the content differs; the first differing byte offset is printed
+  2  an error kept the comparison from finishing";
+
+const COMMIT_HELP: &str = "\
+CHILD's own data is copied into its parent, which is opened read-write for
+this and flushed. Then CHILD is emptied and re-linked to the changed parent,
+so it stays a valid differencing image with the same content (qemu-img's
+behaviour; Hyper-V leaves it unusable instead). Images layered on CHILD stay
+valid. Any other differencing image made over the same parent no longer
+matches it and is refused when opened: the parent changed under it.
+A format that cannot empty its images leaves CHILD as it was, which is
+reported.";
 
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
-    /// Show format, size and the parent chain of an image.
+    /// Create a new image (raw, VHD or VHDX; fixed, dynamic or differencing).
+    #[command(after_help = SIZE_HELP)]
+    Create {
+        /// Format of the new image. Default: vhdx, or the parent's format
+        /// with --parent.
+        #[arg(short = 'f', long = "format", value_enum)]
+        format: Option<FormatArg>,
+        /// fixed: all space reserved up front; dynamic: grows as data is
+        /// written (default). Ignored with --parent, which makes a
+        /// differencing image.
+        #[arg(long, value_enum, default_value = "dynamic")]
+        subformat: SubformatArg,
+        /// Allocation unit of dynamic and differencing images (a power of
+        /// two). Default: 2 MiB for VHD; the parent's for a differencing
+        /// image; the VHDX driver's own default for VHDX.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        block_size: Option<u64>,
+        /// Make a differencing image over this parent. Its size is the
+        /// parent's; the parent is only read, never changed.
+        #[arg(long, value_name = "PATH")]
+        parent: Option<PathBuf>,
+        /// The file to create; an existing file is never overwritten.
+        path: PathBuf,
+        /// Virtual size of the disk (not with --parent).
+        #[arg(value_parser = parse_size)]
+        size: Option<u64>,
+    },
+    /// Show format, subformat, sizes and the whole parent chain of an image.
     Info {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// The image file.
-        path: std::path::PathBuf,
+        path: PathBuf,
+    },
+    /// Check every consistency rule of the image's format, for the image and
+    /// each of its parents. Nothing is written.
+    #[command(after_help = CHECK_EXIT)]
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The image file.
+        path: PathBuf,
+    },
+    /// Copy an image (through its whole parent chain) into a new flat
+    /// image. Ranges that are unallocated or zero in the source are not
+    /// written, so the new image is sparse where the source is. A progress
+    /// bar is drawn on stderr when it is a terminal.
+    #[command(after_help = SIZE_HELP)]
+    Convert {
+        /// Format of the new image.
+        #[arg(short = 'O', long = "output-format", value_enum)]
+        output_format: FormatArg,
+        /// Subformat of the new image (default: dynamic; raw is always
+        /// flat).
+        #[arg(long, value_enum)]
+        subformat: Option<SubformatArg>,
+        /// Block size of a dynamic output image.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        block_size: Option<u64>,
+        /// The source image (opened read-only).
+        src: PathBuf,
+        /// The new image; an existing file is never overwritten.
+        dst: PathBuf,
+    },
+    /// Compare the content two images present (through their chains).
+    #[command(after_help = COMPARE_EXIT)]
+    Compare {
+        /// Images of different sizes are different. Without it, the extra
+        /// part of the larger image must read as zeros (like qemu-img).
+        #[arg(short = 's', long)]
+        strict: bool,
+        a: PathBuf,
+        b: PathBuf,
+    },
+    /// Merge a differencing image into its parent.
+    #[command(after_help = COMMIT_HELP)]
+    Commit {
+        /// The differencing image whose data goes into its parent.
+        child: PathBuf,
+    },
+    /// Run a read or write pattern through rehost's block stack, in this
+    /// process, one request at a time, and print MiB/s and IOPS. Writing
+    /// patterns change the image and end with a flush (timed).
+    #[command(after_help = SIZE_HELP)]
+    Bench {
+        /// seq-read and seq-write: 1 MiB requests from offset 0;
+        /// rand-read-4k and rand-write-4k: 4 KiB requests at random 4 KiB
+        /// aligned offsets drawn from --seed.
+        #[arg(long, value_enum, default_value = "seq-read")]
+        pattern: PatternArg,
+        /// Bytes to transfer. Default: the disk's size for sequential
+        /// patterns, 64 MiB for random ones.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        bytes: Option<u64>,
+        /// Seed of the random offsets (same seed, same offsets).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Flush after every N requests of a writing pattern.
+        #[arg(long, value_name = "N")]
+        flush_every: Option<u64>,
+        /// Append `flushed N` to this file each time a flush has completed
+        /// (N requests are then on stable storage).
+        #[arg(long, value_name = "PATH")]
+        flush_log: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The image file.
+        path: PathBuf,
     },
 }
 
-/// Runs a disk subcommand and returns the process exit code.
+/// Parses `512`, `64K`, `1M`, `1.5G`, `2TiB`, ... (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("unknown size suffix {unit:?} in {s:?}")),
+    };
+    let bad = || format!("{s:?} is not a size");
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let value = if num.contains('.') {
+        let f: f64 = num.parse().map_err(|_| bad())?;
+        let v = f * (1u64 << shift) as f64;
+        if !(0.0..1.8e19).contains(&v) || v.fract() != 0.0 {
+            return Err(format!("{s:?} is not a whole number of bytes"));
+        }
+        v as u64
+    } else {
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        n.checked_mul(1u64 << shift)
+            .ok_or_else(|| format!("{s:?} is too large"))?
+    };
+    Ok(value)
+}
+
+/// Runs a disk subcommand and returns the process exit code. Errors come
+/// back as one line: the block stack's messages already name the file, the
+/// structure, the offset and the reason.
 pub fn execute(cmd: DiskCommand) -> anyhow::Result<u8> {
+    run(cmd).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
     match cmd {
-        DiskCommand::Info { json: _, path } => {
-            let image = rehost_disk::open(&path, &rehost_disk::OpenOptions { read_only: true })?;
+        DiskCommand::Create {
+            format,
+            subformat,
+            block_size,
+            parent,
+            path,
+            size,
+        } => create(format, subformat, block_size, parent, &path, size),
+        DiskCommand::Info { json, path } => {
+            let image = open_ro(&path)?;
             let info = image.info();
-            println!("image: {}", info.path.display());
-            println!("file format: {}", info.format.name());
-            println!("virtual size: {}", info.virtual_size);
+            if json {
+                println!("{}", info_json(&info));
+            } else {
+                print_info(&info, 0);
+            }
             Ok(0)
         }
+        DiskCommand::Check { json, path } => check(&path, json),
+        DiskCommand::Convert {
+            output_format,
+            subformat,
+            block_size,
+            src,
+            dst,
+        } => {
+            let source = open_ro(&src)?;
+            let format = ImageFormat::from(output_format);
+            let options = CreateOptions {
+                format,
+                subformat: subformat
+                    .map(Subformat::from)
+                    .unwrap_or_else(|| ops::default_subformat(format)),
+                size: 0,
+                block_size,
+                parent: None,
+            };
+            let mut bar = ProgressBar::new("converting");
+            let stats = ops::convert(source.as_ref(), &dst, &options, &mut |d, t| bar.show(d, t));
+            bar.finish();
+            let stats = stats?;
+            eprintln!(
+                "{}: {} bytes of data written ({} read) of a {} byte disk",
+                dst.display(),
+                stats.bytes_written,
+                stats.bytes_read,
+                stats.virtual_size
+            );
+            Ok(0)
+        }
+        DiskCommand::Compare { strict, a, b } => {
+            let result = (|| -> anyhow::Result<ops::Comparison> {
+                let ia = open_ro(&a)?;
+                let ib = open_ro(&b)?;
+                if ia.geometry().size != ib.geometry().size && !strict {
+                    eprintln!(
+                        "Warning: Image size mismatch! ({}: {} bytes, {}: {} bytes)",
+                        a.display(),
+                        ia.geometry().size,
+                        b.display(),
+                        ib.geometry().size
+                    );
+                }
+                let mut bar = ProgressBar::new("comparing");
+                let r = ops::compare(ia.as_ref(), ib.as_ref(), strict, &mut |d, t| bar.show(d, t));
+                bar.finish();
+                Ok(r?)
+            })();
+            match result {
+                Ok(ops::Comparison::Identical) => {
+                    println!("Images are identical.");
+                    Ok(0)
+                }
+                Ok(ops::Comparison::DifferAt(off)) => {
+                    println!("Content mismatch at offset {off}!");
+                    Ok(1)
+                }
+                Ok(ops::Comparison::SizeMismatch { a: sa, b: sb }) => {
+                    println!("Strict mode: Image size mismatch! ({sa} and {sb} bytes)");
+                    Ok(1)
+                }
+                Err(e) => {
+                    eprintln!("rehost: {e:#}");
+                    Ok(2)
+                }
+            }
+        }
+        DiskCommand::Commit { child } => {
+            let mut bar = ProgressBar::new("committing");
+            let report = ops::commit(&child, &mut |d, t| bar.show(d, t));
+            bar.finish();
+            let report = report?;
+            println!(
+                "Image committed: {} bytes of {} merged into {}.",
+                report.bytes_copied,
+                child.display(),
+                report.parent.display()
+            );
+            if report.child_emptied {
+                println!(
+                    "{} is now empty and reads through to its parent.",
+                    child.display()
+                );
+            } else {
+                println!(
+                    "{} was left as it was; it no longer matches its changed parent and should be discarded.",
+                    child.display()
+                );
+            }
+            Ok(0)
+        }
+        DiskCommand::Bench {
+            pattern,
+            bytes,
+            seed,
+            flush_every,
+            flush_log,
+            json,
+            path,
+        } => {
+            let pattern = bench::Pattern::from(pattern);
+            let image = rehost_disk::open(
+                &path,
+                &OpenOptions {
+                    read_only: !pattern.is_write(),
+                },
+            )?;
+            let bytes = bytes.unwrap_or(match pattern {
+                bench::Pattern::SeqRead | bench::Pattern::SeqWrite => image.geometry().size,
+                _ => 64 << 20,
+            });
+            let options = bench::BenchOptions {
+                pattern,
+                bytes,
+                seed,
+                flush_every,
+                flush_log,
+            };
+            let r = bench::run(image.as_ref(), &options)?;
+            drop(image);
+            if json {
+                println!(
+                    "{{\"pattern\":\"{}\",\"requests\":{},\"bytes\":{},\"seconds\":{:.6},\"mib_per_sec\":{:.2},\"iops\":{:.1}}}",
+                    pattern.name(),
+                    r.requests,
+                    r.bytes,
+                    r.elapsed.as_secs_f64(),
+                    r.mib_per_sec(),
+                    r.iops()
+                );
+            } else {
+                println!(
+                    "{}: {} requests, {} bytes in {:.3} s: {:.1} MiB/s, {:.0} IOPS",
+                    pattern.name(),
+                    r.requests,
+                    r.bytes,
+                    r.elapsed.as_secs_f64(),
+                    r.mib_per_sec(),
+                    r.iops()
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn open_ro(path: &Path) -> anyhow::Result<Box<dyn DiskImage>> {
+    Ok(rehost_disk::open(path, &OpenOptions { read_only: true })?)
+}
+
+fn create(
+    format: Option<FormatArg>,
+    subformat: SubformatArg,
+    block_size: Option<u64>,
+    parent: Option<PathBuf>,
+    path: &Path,
+    size: Option<u64>,
+) -> anyhow::Result<u8> {
+    let format = match (format, &parent) {
+        (Some(f), _) => ImageFormat::from(f),
+        (None, Some(p)) => rehost_disk::detect_format(p)?,
+        (None, None) => ImageFormat::Vhdx,
+    };
+    let (size, subformat) = match (&parent, size) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!(
+                "{}: a differencing image takes its size from its parent; drop SIZE",
+                path.display()
+            )
+        }
+        (Some(_), None) => (0, Subformat::Differencing),
+        (None, Some(s)) => (s, Subformat::from(subformat)),
+        (None, None) => anyhow::bail!("{}: SIZE is required without --parent", path.display()),
+    };
+    rehost_disk::create(
+        path,
+        &CreateOptions {
+            format,
+            subformat,
+            size,
+            block_size,
+            parent,
+        },
+    )?;
+    let image = open_ro(path)?;
+    let info = image.info();
+    println!(
+        "Formatting '{}', fmt={} subformat={} size={}{}",
+        path.display(),
+        info.format.name(),
+        info.subformat.name(),
+        info.virtual_size,
+        info.parent
+            .as_ref()
+            .map(|p| format!(" parent={}", p.path.display()))
+            .unwrap_or_default()
+    );
+    Ok(0)
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{v:.3} {}", units[u])
+            .replace(".000 ", " ")
+            .to_string()
+    }
+}
+
+fn print_info(info: &ImageInfo, depth: usize) {
+    let pad = "  ".repeat(depth);
+    println!("{pad}image: {}", info.path.display());
+    println!("{pad}file format: {}", info.format.name());
+    println!("{pad}subformat: {}", info.subformat.name());
+    println!(
+        "{pad}virtual size: {} ({} bytes)",
+        human(info.virtual_size),
+        info.virtual_size
+    );
+    println!(
+        "{pad}disk size: {} ({} bytes allocated)",
+        human(info.allocated_bytes),
+        info.allocated_bytes
+    );
+    if let Some(bs) = info.block_size {
+        println!("{pad}block size: {bs}");
+    }
+    println!("{pad}logical sector size: {}", info.logical_sector_size);
+    println!("{pad}physical sector size: {}", info.physical_sector_size);
+    if let Some(parent) = &info.parent {
+        println!("{pad}parent: {}", parent.path.display());
+        print_info(parent, depth + 1);
+    }
+}
+
+/// A JSON string literal.
+fn js(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn info_json(info: &ImageInfo) -> String {
+    format!(
+        "{{\"path\":{},\"format\":{},\"subformat\":{},\"virtual_size\":{},\"block_size\":{},\"logical_sector_size\":{},\"physical_sector_size\":{},\"allocated_bytes\":{},\"parent\":{}}}",
+        js(&info.path.display().to_string()),
+        js(info.format.name()),
+        js(info.subformat.name()),
+        info.virtual_size,
+        info.block_size.map(|b| b.to_string()).unwrap_or_else(|| "null".into()),
+        info.logical_sector_size,
+        info.physical_sector_size,
+        info.allocated_bytes,
+        info.parent
+            .as_ref()
+            .map(|p| info_json(p))
+            .unwrap_or_else(|| "null".into())
+    )
+}
+
+fn problem_json(p: &Problem) -> String {
+    format!(
+        "{{\"path\":{},\"structure\":{},\"offset\":{},\"reason\":{}}}",
+        js(&p.path.display().to_string()),
+        js(&p.structure),
+        p.offset,
+        js(&p.reason)
+    )
+}
+
+fn check(path: &Path, json: bool) -> anyhow::Result<u8> {
+    let mut checked: Vec<PathBuf> = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
+    match rehost_disk::open(path, &OpenOptions { read_only: true }) {
+        Ok(image) => {
+            let mut layer: Option<&dyn DiskImage> = Some(image.as_ref());
+            while let Some(l) = layer {
+                checked.push(l.info().path);
+                problems.extend(l.check()?);
+                layer = l.parent();
+            }
+        }
+        // An image too damaged to open is a finding, not a failure to check.
+        Err(BlockError::Corrupt {
+            path: p,
+            structure,
+            offset,
+            reason,
+        }) => problems.push(Problem {
+            path: p,
+            structure: structure.to_string(),
+            offset,
+            reason,
+        }),
+        Err(e @ BlockError::Open { .. }) => problems.push(Problem {
+            path: path.to_owned(),
+            structure: "image".into(),
+            offset: 0,
+            reason: e.to_string(),
+        }),
+        Err(e) => return Err(e.into()),
+    }
+    if json {
+        println!(
+            "{{\"path\":{},\"checked\":[{}],\"problems\":[{}]}}",
+            js(&path.display().to_string()),
+            checked
+                .iter()
+                .map(|p| js(&p.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            problems
+                .iter()
+                .map(problem_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    } else if problems.is_empty() {
+        for p in &checked {
+            println!("{}: no problems found", p.display());
+        }
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+        println!("{} problem(s) found", problems.len());
+    }
+    Ok(if problems.is_empty() { 0 } else { 2 })
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+struct ProgressBar {
+    label: &'static str,
+    enabled: bool,
+    last_percent: Option<u64>,
+}
+
+impl ProgressBar {
+    fn new(label: &'static str) -> Self {
+        ProgressBar {
+            label,
+            enabled: std::io::stderr().is_terminal(),
+            last_percent: None,
+        }
+    }
+
+    fn show(&mut self, done: u64, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        let percent = (done.saturating_mul(100))
+            .checked_div(total)
+            .unwrap_or(100)
+            .min(100);
+        if self.last_percent == Some(percent) {
+            return;
+        }
+        self.last_percent = Some(percent);
+        let filled = (percent / 2) as usize;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{} [{}{}] {percent:3}%",
+            self.label,
+            "#".repeat(filled),
+            " ".repeat(50 - filled)
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self) {
+        if self.enabled && self.last_percent.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert_eq!(parse_size("2mb"), Ok(2 << 20));
+        assert!(parse_size("1.3").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(human(1 << 30), "1 GiB");
+        assert_eq!(human(1536), "1.500 KiB");
+        assert_eq!(js("a\"b\\\n"), "\"a\\\"b\\\\\\n\"");
     }
 }

@@ -1091,11 +1091,8 @@ fn parent_candidates(
     header_offset: u64,
     header: &DynamicHeader,
 ) -> Result<Vec<(PathBuf, String)>> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    // Relative to the child's directory (the current one for a bare name).
+    let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
     let mut out: Vec<(PathBuf, String)> = Vec::new();
     for (i, loc) in header.parent_locators.iter().enumerate() {
         if !loc.is_used() {
