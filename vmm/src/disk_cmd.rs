@@ -566,10 +566,21 @@ fn check(path: &Path, json: bool) -> anyhow::Result<u8> {
     match rehost_disk::open(path, &OpenOptions { read_only: true }) {
         Ok(image) => {
             let mut layer: Option<&dyn DiskImage> = Some(image.as_ref());
+            let mut reopened: Vec<Box<dyn DiskImage>> = Vec::new();
             while let Some(l) = layer {
-                checked.push(l.info().path);
+                let info = l.info();
+                checked.push(info.path.clone());
                 problems.extend(l.check()?);
-                layer = l.parent();
+                layer = match (l.parent(), &info.parent) {
+                    (Some(p), _) => Some(p),
+                    // A driver that does not hand out its parent: open the
+                    // parent on its own to check it.
+                    (None, Some(p)) => {
+                        reopened.push(open_ro(&p.path)?);
+                        reopened.last().map(|b| b.as_ref())
+                    }
+                    (None, None) => None,
+                };
             }
         }
         // An image too damaged to open is a finding, not a failure to check.

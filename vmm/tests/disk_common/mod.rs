@@ -1,0 +1,114 @@
+//! Helpers of the `rehost disk` end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rehost_disk::{CreateOptions, ImageFormat, OpenOptions, Subformat};
+
+pub const REHOST: &str = env!("CARGO_BIN_EXE_rehost");
+
+/// `rehost ARGS...`: (exit code, stdout, stderr).
+pub fn rehost(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
+    let mut cmd = Command::new(REHOST);
+    for a in args {
+        cmd.arg(a);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("rehost: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `rehost ARGS...`, which must succeed; returns stdout.
+pub fn rehost_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let (code, out, err) = rehost(args);
+    assert_eq!(
+        code,
+        0,
+        "rehost {:?} failed:\n{out}{err}",
+        args.iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect::<Vec<_>>()
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    out
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+pub fn have_qemu() -> bool {
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("qemu-img is not installed (apt-get install qemu-utils)");
+    }
+    ok
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+pub fn ext(format: ImageFormat) -> &'static str {
+    format.name()
+}
+
+/// Whether rehost can create and open images of `format` yet. A format
+/// whose driver is still a stub reports "not supported"; anything else is
+/// a failure of the test.
+pub fn format_works(format: ImageFormat, dir: &Path) -> bool {
+    let probe = dir.join(format!("probe.{}", ext(format)));
+    let r = rehost_disk::create(
+        &probe,
+        &CreateOptions {
+            format,
+            subformat: Subformat::Dynamic,
+            size: 8 << 20,
+            block_size: None,
+            parent: None,
+        },
+    )
+    .and_then(|_| rehost_disk::open(&probe, &OpenOptions { read_only: false }).map(|_| ()));
+    let _ = std::fs::remove_file(&probe);
+    match r {
+        Ok(()) => true,
+        Err(rehost_disk::BlockError::Unsupported { reason, .. })
+            if reason.contains("not supported yet") =>
+        {
+            eprintln!("skipped for {}: {reason}", format.name());
+            false
+        }
+        Err(e) => panic!("{}: {e}", format.name()),
+    }
+}
+
+/// Writes through the library (the CLI has no write command).
+pub fn write(path: &Path, writes: &[(u64, Vec<u8>)]) {
+    let d = rehost_disk::open(path, &OpenOptions { read_only: false }).unwrap();
+    for (off, data) in writes {
+        d.write_at(*off, data).unwrap();
+    }
+    d.flush().unwrap();
+}
+
+pub fn read_all(path: &Path) -> Vec<u8> {
+    let d = rehost_disk::open(path, &OpenOptions { read_only: true }).unwrap();
+    let mut buf = vec![0u8; d.geometry().size as usize];
+    d.read_at(0, &mut buf).unwrap();
+    buf
+}
