@@ -197,3 +197,50 @@ fn firmware_debug_port_goes_to_the_firmware_log() {
     assert!(fw.contains("QEMU fw_cfg DMA interface supported"), "{fw}");
     assert!(fw.contains("genroms/poweroff.rom"), "{fw}");
 }
+
+#[test]
+fn acpi_tables_read_back_from_guest_memory_are_consistent() {
+    if !kvm_available("acpi_tables") {
+        return;
+    }
+    // The acpi-check ROM walks RSDP -> RSDT/XSDT -> FADT -> DSDT/FACS and
+    // the MADT in guest memory after the firmware ran the table loader, and
+    // prints a verdict per table.
+    let check = rom("acpi-check");
+    let (code, out, err) = run(
+        REHOST,
+        &[
+            "run",
+            "--cpus",
+            "2",
+            "--memory",
+            "96M",
+            "--option-rom",
+            check.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "stdout: {out:?}\nstderr: {err}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("acpi: ")).collect();
+    assert!(lines.contains(&"acpi: done"), "{out}");
+    assert!(!out.contains("BAD"), "{out}");
+    for expected in [
+        "acpi: RSDP rev 02 ok ok",
+        "acpi: FACP len 00F4 ok",
+        "acpi: FACS len 0040 ok",
+        "acpi: XSDT entries match RSDT ok",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "{expected:?} missing from {lines:#?}"
+        );
+    }
+    for sig in ["RSDT", "XSDT", "DSDT", "APIC"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("acpi: {sig} len ")) && l.ends_with(" ok")),
+            "{sig} not verified: {lines:#?}"
+        );
+    }
+}

@@ -235,6 +235,14 @@ impl Machine {
         for (name, data) in content.files {
             fw_cfg.add_file(&name, data)?;
         }
+        let acpi = rehost_boot::acpi::build(&rehost_boot::acpi::AcpiConfig::pc(
+            cfg.layout,
+            cfg.cpus,
+            vec![(COM_PORTS[0].0 as u16, COM_PORTS[0].1 as u8)],
+        ));
+        fw_cfg.add_file(rehost_boot::acpi::TABLES_FILE, acpi.tables)?;
+        fw_cfg.add_file(rehost_boot::acpi::RSDP_FILE, acpi.rsdp)?;
+        fw_cfg.add_file(rehost_boot::acpi::LOADER_FILE, acpi.loader)?;
         for rom in &cfg.option_roms {
             fw_cfg
                 .add_file(&rom.fw_cfg_name, rom.image.clone())
