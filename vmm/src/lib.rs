@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cpu_state;
 pub mod disk_cmd;
 pub mod host;
 pub mod logging;

@@ -13,7 +13,9 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use rehost_boot::acpi::AcpiConfig;
 use rehost_boot::fw_cfg::{self as fw_cfg_content, FirmwareSettings};
+use rehost_boot::linux::LinuxBootSpec;
 use rehost_devices::bus::{Bus, SharedDevice};
 use rehost_devices::events::{MachineEvents, MachineRequest};
 use rehost_devices::irq::IrqLine;
@@ -23,8 +25,8 @@ use rehost_devices::legacy::fw_cfg::{FwCfg, FW_CFG_PORT_LEN, FW_CFG_PORT_SEL};
 use rehost_devices::legacy::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use rehost_devices::legacy::port92::{Port92, PORT92};
 use rehost_devices::pci::i440fx::{I440fx, PamListener};
-use rehost_devices::pci::piix3::Piix3Isa;
-use rehost_devices::pci::piix4_pm::Piix4Pm;
+use rehost_devices::pci::piix3::{Piix3Isa, PIRQRC};
+use rehost_devices::pci::piix4_pm::{Piix4Pm, PMBA, PMREGMISC};
 use rehost_devices::pci::{
     DevFn, PciInterruptRouter, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
 };
@@ -36,6 +38,12 @@ use crate::host::HostSide;
 use crate::memory::{GuestRam, PamArea};
 use crate::signals::ShutdownSignals;
 use crate::vcpu::{self, VcpuContext, VcpuFailure, VcpuReport};
+
+/// Where SeaBIOS puts the PIIX4 PM block when it runs the table loader,
+/// and where rehost puts it when no firmware does.
+const PM_BASE: u16 = 0x600;
+/// The ISA IRQs SeaBIOS routes PIRQA-D to (and rehost does without firmware).
+const PIRQ_IRQS: [u8; 4] = [10, 10, 11, 11];
 
 /// How a boot ended.
 #[derive(Debug)]
@@ -132,10 +140,6 @@ fn setup_cpuid(kvm: &Kvm, vcpu: &kvm_ioctls::VcpuFd, id: u8, cpus: u8) -> anyhow
 impl Machine {
     pub fn build(kvm: &Kvm, cfg: &MachineConfig, host: &HostSide) -> anyhow::Result<Self> {
         let vm = Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?);
-        let firmware = cfg
-            .firmware
-            .as_ref()
-            .ok_or_else(|| anyhow!("direct kernel boot is not available in this build"))?;
         // Best effort: Intel VMX needs these below 4 GiB; other backends
         // ignore or refuse them harmlessly.
         if let Err(e) = vm.set_identity_map_address(0xfeff_c000) {
@@ -153,7 +157,7 @@ impl Machine {
         set_pc_irq_routing(&vm)?;
 
         let readonly = vm.check_extension(Cap::ReadonlyMem);
-        let ram = Arc::new(GuestRam::new(cfg.layout, firmware, readonly)?);
+        let ram = Arc::new(GuestRam::new(cfg.layout, cfg.firmware.as_ref(), readonly)?);
         ram.register(&vm)?;
 
         let events = Arc::new(MachineEvents::new()?);
@@ -186,6 +190,17 @@ impl Machine {
             DevFn::new(1, 3),
             Arc::new(Mutex::new(Piix4Pm::new(isa[9].clone(), events.clone()))),
         )?;
+        if cfg.kernel.is_some() {
+            // No firmware will set up the chipset: do what SeaBIOS would, so
+            // the ACPI tables describe the machine as it is.
+            pci.config_write(DevFn::new(1, 0), PIRQRC, &PIRQ_IRQS);
+            pci.config_write(
+                DevFn::new(1, 3),
+                PMBA,
+                &u32::from(PM_BASE | 1).to_le_bytes(),
+            );
+            pci.config_write(DevFn::new(1, 3), PMREGMISC, &[1]);
+        }
         let pci: SharedDevice = Arc::new(Mutex::new(pci));
         io_bus.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, pci)?;
         mmio_bus.insert(
@@ -235,14 +250,33 @@ impl Machine {
         for (name, data) in content.files {
             fw_cfg.add_file(&name, data)?;
         }
-        let acpi = rehost_boot::acpi::build(&rehost_boot::acpi::AcpiConfig::pc(
-            cfg.layout,
-            cfg.cpus,
-            vec![(COM_PORTS[0].0 as u16, COM_PORTS[0].1 as u8)],
-        ));
-        fw_cfg.add_file(rehost_boot::acpi::TABLES_FILE, acpi.tables)?;
-        fw_cfg.add_file(rehost_boot::acpi::RSDP_FILE, acpi.rsdp)?;
-        fw_cfg.add_file(rehost_boot::acpi::LOADER_FILE, acpi.loader)?;
+        let acpi = rehost_boot::acpi::build(&AcpiConfig {
+            pm_base: PM_BASE,
+            pirq_irqs: PIRQ_IRQS,
+            ..AcpiConfig::pc(
+                cfg.layout,
+                cfg.cpus,
+                vec![(COM_PORTS[0].0 as u16, COM_PORTS[0].1 as u8)],
+            )
+        });
+        let entry = match &cfg.kernel {
+            Some(k) => Some(rehost_boot::linux::load(
+                &ram.mem,
+                &cfg.layout,
+                &LinuxBootSpec {
+                    kernel: &k.kernel,
+                    initrd: k.initrd.as_deref(),
+                    cmdline: &k.cmdline,
+                    acpi: Some(&acpi),
+                },
+            )?),
+            None => {
+                fw_cfg.add_file(rehost_boot::acpi::TABLES_FILE, acpi.tables)?;
+                fw_cfg.add_file(rehost_boot::acpi::RSDP_FILE, acpi.rsdp)?;
+                fw_cfg.add_file(rehost_boot::acpi::LOADER_FILE, acpi.loader)?;
+                None
+            }
+        };
         for rom in &cfg.option_roms {
             fw_cfg
                 .add_file(&rom.fw_cfg_name, rom.image.clone())
@@ -264,6 +298,9 @@ impl Machine {
                 .create_vcpu(u64::from(id))
                 .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
             setup_cpuid(kvm, &fd, id, cfg.cpus)?;
+            if let (0, Some(entry)) = (id, &entry) {
+                crate::cpu_state::enter_long_mode(&fd, entry)?;
+            }
             let ctx = VcpuContext {
                 id,
                 fd,

@@ -69,16 +69,17 @@ impl FirmwareRom {
 pub struct GuestRam {
     pub mem: GuestMemory,
     pub layout: MemoryLayout,
-    rom: FirmwareRom,
-    rom_base: u64,
+    /// The firmware and where it is mapped; `None` for direct kernel boot.
+    rom: Option<(FirmwareRom, u64)>,
     readonly_slots: bool,
     pam: Arc<Mutex<[PamMode; PAM_SEGMENTS]>>,
 }
 
 impl GuestRam {
+    /// Without firmware (direct kernel boot) the BIOS area is plain RAM.
     pub fn new(
         layout: MemoryLayout,
-        fw: &Firmware,
+        fw: Option<&Firmware>,
         readonly_slots: bool,
     ) -> Result<Self, MemoryError> {
         let ranges: Vec<(GuestAddress, usize)> = layout
@@ -90,16 +91,22 @@ impl GuestRam {
             size: layout.total(),
             reason: e.to_string(),
         })?;
+        let rom = match fw {
+            Some(fw) => Some((FirmwareRom::new(fw)?, fw.base())),
+            None => None,
+        };
+        // At reset the PAM registers decode nothing to RAM; with no firmware
+        // to program them, the area is RAM from the start.
+        let ram_from_reset = rom.is_none();
         Ok(Self {
             mem,
             layout,
-            rom: FirmwareRom::new(fw)?,
-            rom_base: fw.base(),
+            rom,
             readonly_slots,
             pam: Arc::new(Mutex::new(
                 [PamMode {
-                    read_ram: false,
-                    write_ram: false,
+                    read_ram: ram_from_reset,
+                    write_ram: ram_from_reset,
                 }; PAM_SEGMENTS],
             )),
         })
@@ -134,18 +141,20 @@ impl GuestRam {
                 0,
             )?;
         }
-        set_slot(
-            vm,
-            SLOT_FIRMWARE,
-            self.rom_base,
-            self.rom.len as u64,
-            self.rom.region.as_ptr() as u64,
-            if self.readonly_slots {
-                KVM_MEM_READONLY
-            } else {
-                0
-            },
-        )?;
+        if let Some((rom, base)) = &self.rom {
+            set_slot(
+                vm,
+                SLOT_FIRMWARE,
+                *base,
+                rom.len as u64,
+                rom.region.as_ptr() as u64,
+                if self.readonly_slots {
+                    KVM_MEM_READONLY
+                } else {
+                    0
+                },
+            )?;
+        }
         let modes = *self.pam.lock().unwrap_or_else(|e| e.into_inner());
         for (i, mode) in modes.iter().enumerate() {
             self.map_pam_segment(vm, i, *mode)?;
@@ -165,7 +174,7 @@ impl GuestRam {
         let (host, flags) = if mode.read_ram {
             // Writes to read-only RAM exit to the PAM area and are dropped.
             (self.host_addr(addr), if mode.write_ram { 0 } else { ro })
-        } else if let Some(rom) = self.rom.isa_alias(addr) {
+        } else if let Some(rom) = self.rom.as_ref().and_then(|(r, _)| r.isa_alias(addr)) {
             // Reads from the ROM; writes (to RAM, if enabled) exit.
             (rom, ro)
         } else {
