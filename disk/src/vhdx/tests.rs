@@ -1,0 +1,1352 @@
+//! Unit tests of the VHDX image: reads and writes, the header and log
+//! protocol, crash safety (by stopping the file operations at every point
+//! of a workload), differencing chains and parent locators, and every
+//! refusal of a damaged file, which must name the file, the structure, the
+//! offset and the reason, and leave the file untouched.
+
+use std::path::{Path, PathBuf};
+
+use super::create::{create_image, NewImage};
+use super::spec::*;
+use super::*;
+use crate::{BlockDevice, BlockError, CreateOptions, DiskImage, OpenOptions};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn make(dir: &Path, name: &str, size: u64, block_size: u32, lss: u32) -> PathBuf {
+    let path = dir.join(name);
+    create_image(
+        &path,
+        &NewImage {
+            virtual_size: size,
+            block_size,
+            logical_sector_size: lss,
+            physical_sector_size: 4096,
+            log_size: 1 << 20,
+            fixed: false,
+            parent: None,
+        },
+    )
+    .unwrap();
+    path
+}
+
+fn make_child(parent: &Path, name: &str, block_size: Option<u64>) -> PathBuf {
+    let path = parent.parent().unwrap().join(name);
+    create(
+        &path,
+        &CreateOptions {
+            format: ImageFormat::Vhdx,
+            subformat: Subformat::Differencing,
+            size: 0,
+            block_size,
+            parent: Some(parent.to_owned()),
+        },
+    )
+    .unwrap();
+    path
+}
+
+fn opener(p: &Path) -> Result<Box<dyn DiskImage>> {
+    crate::open(p, &OpenOptions { read_only: true })
+}
+
+fn open(path: &Path, read_only: bool) -> Result<VhdxImage> {
+    VhdxImage::open(path, &OpenOptions { read_only }, &mut opener)
+}
+
+fn rw(path: &Path) -> VhdxImage {
+    open(path, false).unwrap()
+}
+
+fn ro(path: &Path) -> VhdxImage {
+    open(path, true).unwrap()
+}
+
+fn read(d: &dyn BlockDevice, offset: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    d.read_at(offset, &mut b).unwrap();
+    b
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn headers_on_disk(path: &Path) -> [SpecResult<Header>; 2] {
+    let bytes = std::fs::read(path).unwrap();
+    HEADER_OFFSETS.map(|o| Header::parse(&bytes[o as usize..o as usize + HEADER_SIZE], o))
+}
+
+fn current_on_disk(path: &Path) -> Header {
+    let [a, b] = headers_on_disk(path);
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            if a.sequence_number >= b.sequence_number {
+                a
+            } else {
+                b
+            }
+        }
+        (Ok(a), Err(_)) => a,
+        (Err(_), Ok(b)) => b,
+        (Err(a), Err(b)) => panic!("{a} {b}"),
+    }
+}
+
+#[test]
+fn dynamic_image_reads_back_writes_across_blocks_and_reopens() {
+    let dir = tmp();
+    let path = make(dir.path(), "d.vhdx", 10 << 20, 1 << 20, 512);
+    let disk = rw(&path);
+    assert_eq!(disk.geometry().size, 10 << 20);
+    assert_eq!(disk.geometry().logical_sector_size, 512);
+    assert_eq!(disk.geometry().physical_sector_size, 4096);
+    assert!(read(&disk, 0, 1 << 20).iter().all(|&b| b == 0));
+    let data = pattern(1, 3 << 20);
+    disk.write_at((1 << 20) - 512, &data).unwrap();
+    assert_eq!(read(&disk, (1 << 20) - 512, 3 << 20), data);
+    // Overwrite inside an allocated block.
+    disk.write_at(2 << 20, &[7u8; 512]).unwrap();
+    drop(disk);
+    let disk = ro(&path);
+    let mut want = data.clone();
+    let at = (2 << 20) - ((1 << 20) - 512);
+    want[at..at + 512].fill(7);
+    assert_eq!(read(&disk, (1 << 20) - 512, 3 << 20), want);
+    assert!(read(&disk, 5 << 20, 4096).iter().all(|&b| b == 0));
+    assert_eq!(disk.check().unwrap(), vec![]);
+    assert_eq!(
+        disk.allocated_extents().unwrap(),
+        vec![0..(4 << 20)],
+        "blocks 0..4 hold data"
+    );
+    let info = disk.info();
+    assert_eq!(info.subformat, Subformat::Dynamic);
+    assert_eq!(info.block_size, Some(1 << 20));
+    assert!(info.parent.is_none());
+    assert!(disk.creator().starts_with("rehost"));
+}
+
+#[test]
+fn fixed_image_has_every_block_and_ignores_discard() {
+    let dir = tmp();
+    let path = dir.path().join("f.vhdx");
+    create(
+        &path,
+        &CreateOptions {
+            format: ImageFormat::Vhdx,
+            subformat: Subformat::Fixed,
+            size: 5 << 20,
+            block_size: Some(2 << 20),
+            parent: None,
+        },
+    )
+    .unwrap();
+    let disk = rw(&path);
+    assert_eq!(disk.info().subformat, Subformat::Fixed);
+    assert_eq!(disk.info().block_size, None);
+    assert_eq!(disk.allocated_extents().unwrap(), vec![0..(5 << 20)]);
+    let len_before = std::fs::metadata(&path).unwrap().len();
+    disk.write_at(3 << 20, &[9u8; 4096]).unwrap();
+    disk.discard(2 << 20, 2 << 20).unwrap();
+    assert_eq!(read(&disk, 3 << 20, 4096), vec![9u8; 4096]);
+    drop(disk);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len_before);
+    assert_eq!(ro(&path).check().unwrap(), vec![]);
+}
+
+#[test]
+fn create_refuses_existing_files_and_bad_options() {
+    let dir = tmp();
+    let path = make(dir.path(), "x.vhdx", 1 << 20, 1 << 20, 512);
+    let before = std::fs::read(&path).unwrap();
+    let opts = |size, block_size, subformat| CreateOptions {
+        format: ImageFormat::Vhdx,
+        subformat,
+        size,
+        block_size,
+        parent: None,
+    };
+    assert!(create(&path, &opts(1 << 20, None, Subformat::Dynamic)).is_err());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "existing file overwritten"
+    );
+    for (size, bs) in [
+        (0, None),
+        (1000, None),
+        (1 << 20, Some(3 << 20)),
+        (1 << 20, Some(512 << 20)),
+    ] {
+        let p = dir.path().join(format!("bad{size}-{bs:?}.vhdx"));
+        assert!(create(&p, &opts(size, bs, Subformat::Dynamic)).is_err());
+        assert!(!p.exists(), "a failed create left {}", p.display());
+    }
+    let p = dir.path().join("d.vhdx");
+    assert!(create(&p, &opts(1 << 20, None, Subformat::Differencing)).is_err());
+}
+
+#[test]
+fn requests_outside_the_disk_or_misaligned_are_errors_not_panics() {
+    let dir = tmp();
+    let path = make(dir.path(), "r.vhdx", 4 << 20, 1 << 20, 512);
+    let disk = rw(&path);
+    let mut b = [0u8; 512];
+    for (off, len) in [
+        (4 << 20, 512usize),
+        (u64::MAX - 511, 512),
+        ((4 << 20) - 512, 1024),
+    ] {
+        assert!(matches!(
+            disk.read_at(off, &mut vec![0; len]),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            disk.write_at(off, &vec![0; len]),
+            Err(BlockError::OutOfRange { .. })
+        ));
+    }
+    assert!(matches!(
+        disk.read_at(1, &mut b),
+        Err(BlockError::Misaligned { .. })
+    ));
+    assert!(matches!(
+        disk.write_at(0, &b[..100]),
+        Err(BlockError::Misaligned { .. })
+    ));
+    assert!(matches!(
+        disk.discard(u64::MAX - 511, 512),
+        Err(BlockError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        disk.discard(512, 100),
+        Err(BlockError::Misaligned { .. })
+    ));
+    disk.write_at(0, &[]).unwrap();
+    disk.read_at(4 << 20, &mut []).unwrap();
+    drop(disk);
+    let r = ro(&path);
+    assert!(matches!(
+        r.write_at(0, &b),
+        Err(BlockError::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        r.discard(0, 1 << 20),
+        Err(BlockError::ReadOnly { .. })
+    ));
+    r.flush().unwrap();
+}
+
+#[test]
+fn headers_follow_the_update_protocol() {
+    let dir = tmp();
+    let path = make(dir.path(), "h.vhdx", 4 << 20, 1 << 20, 512);
+    let created = current_on_disk(&path);
+    assert_eq!(created.sequence_number, 2);
+    assert!(created.log_guid.is_zero());
+
+    // Opening read-write and only reading changes nothing.
+    let bytes = std::fs::read(&path).unwrap();
+    let disk = rw(&path);
+    read(&disk, 0, 4096);
+    disk.flush().unwrap();
+    drop(disk);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+    // The first write of a session changes FileWriteGuid and DataWriteGuid;
+    // while metadata sits in the log the header names it.
+    let disk = rw(&path);
+    disk.write_at(0, &[1; 512]).unwrap();
+    let during = current_on_disk(&path);
+    assert_ne!(during.file_write_guid, created.file_write_guid);
+    assert_ne!(during.data_write_guid, created.data_write_guid);
+    assert_eq!(disk.data_write_guid(), during.data_write_guid);
+    assert!(during.log_guid.is_zero(), "no log entry yet");
+    disk.flush().unwrap();
+    let flushed = current_on_disk(&path);
+    assert!(!flushed.log_guid.is_zero(), "a log entry was written");
+    let bytes = std::fs::read(&path).unwrap();
+    let log = &bytes[(1 << 20)..(2 << 20)];
+    let seq = log::find_active_sequence(log, &flushed.log_guid, 1 << 20).unwrap();
+    assert_eq!(seq.entries.len(), 1);
+    drop(disk);
+    // A clean close empties the log; both headers are valid and equal but
+    // for the sequence number.
+    let [a, b] = headers_on_disk(&path);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.log_guid.is_zero() && b.log_guid.is_zero());
+    assert_eq!(a.sequence_number.abs_diff(b.sequence_number), 1);
+    assert_eq!(a.data_write_guid, b.data_write_guid);
+    assert_eq!(a.file_write_guid, b.file_write_guid);
+    assert_eq!(ro(&path).check().unwrap(), vec![]);
+}
+
+#[test]
+fn log_entries_alternate_halves_and_never_overwrite_the_newest() {
+    let dir = tmp();
+    let path = make(dir.path(), "l.vhdx", 64 << 20, 1 << 20, 512);
+    let disk = rw(&path);
+    let mut offsets = Vec::new();
+    for i in 0..5u64 {
+        disk.write_at(i * (1 << 20), &[i as u8 + 1; 512]).unwrap();
+        disk.flush().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let h = current_on_disk(&path);
+        let seq =
+            log::find_active_sequence(&bytes[(1 << 20)..(2 << 20)], &h.log_guid, 1 << 20).unwrap();
+        offsets.push((seq.head().log_offset, seq.head().header.sequence_number));
+    }
+    assert_eq!(
+        offsets.iter().map(|o| o.0).collect::<Vec<_>>(),
+        vec![0, 512 << 10, 0, 512 << 10, 0]
+    );
+    let seqs: Vec<u64> = offsets.iter().map(|o| o.1).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
+
+/// Builds a dirty log by hand: one entry that maps block 1 of a dynamic
+/// image to data already in the file, as a writer that crashed between the
+/// log flush and the BAT update would leave it.
+fn dirty_log_image(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let path = make(dir, "dirty.vhdx", 8 << 20, 1 << 20, 512);
+    let data = pattern(9, 1 << 20);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let data_off = std::fs::metadata(&path).unwrap().len();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&data, data_off).unwrap();
+    let layout_bat = 3u64 << 20;
+    let mut page = vec![0u8; 4096];
+    page[8..16].copy_from_slice(
+        &BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, data_off)
+            .0
+            .to_le_bytes(),
+    );
+    let guid = Guid([0x5A; 16]);
+    let pages = vec![(layout_bat, page)];
+    let entry = build_log_entry(&LogEntryContents {
+        sequence_number: 77,
+        tail: 8192,
+        log_guid: guid,
+        flushed_file_offset: data_off + (1 << 20),
+        last_file_offset: data_off + (1 << 20),
+        pages: &pages,
+        zeros: &[],
+    });
+    file.write_all_at(&entry, (1 << 20) + 8192).unwrap();
+    let mut h = current_on_disk(&path);
+    h.log_guid = guid;
+    h.sequence_number += 1;
+    file.write_all_at(&h.to_bytes(), HEADER_OFFSETS[0]).unwrap();
+    (path, data)
+}
+
+#[test]
+fn dirty_log_replays_in_memory_read_only_and_into_the_file_read_write() {
+    let dir = tmp();
+    let (path, data) = dirty_log_image(dir.path());
+    let before = std::fs::read(&path).unwrap();
+    let disk = ro(&path);
+    assert_eq!(read(&disk, 1 << 20, 1 << 20), data);
+    assert_eq!(disk.check().unwrap(), vec![]);
+    drop(disk);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "read-only open wrote"
+    );
+
+    let disk = rw(&path);
+    assert_eq!(read(&disk, 1 << 20, 1 << 20), data);
+    drop(disk);
+    let after = current_on_disk(&path);
+    assert!(
+        after.log_guid.is_zero(),
+        "the log is empty after a read-write replay"
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let bat1 = u64::from_le_bytes(bytes[(3 << 20) + 8..(3 << 20) + 16].try_into().unwrap());
+    assert_eq!(
+        BatEntry(bat1).state(),
+        PAYLOAD_BLOCK_FULLY_PRESENT,
+        "BAT updated in place"
+    );
+    assert_eq!(read(&ro(&path), 1 << 20, 1 << 20), data);
+}
+
+#[test]
+fn a_log_claiming_a_longer_file_than_exists_is_refused() {
+    let dir = tmp();
+    let (path, _) = dirty_log_image(dir.path());
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - (1 << 20)).unwrap();
+    drop(f);
+    let before = std::fs::read(&path).unwrap();
+    for read_only in [true, false] {
+        match open(&path, read_only) {
+            Err(BlockError::Corrupt {
+                path: p,
+                structure,
+                offset,
+                reason,
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(structure, "log entry");
+                assert_eq!(offset, (1 << 20) + 8192);
+                assert!(reason.contains("truncated"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+}
+
+#[test]
+fn a_header_naming_a_log_without_entries_is_reported_but_opens() {
+    let dir = tmp();
+    let path = make(dir.path(), "e.vhdx", 4 << 20, 1 << 20, 512);
+    let mut h = current_on_disk(&path);
+    h.log_guid = Guid([3; 16]);
+    h.sequence_number += 1;
+    patch(&path, HEADER_OFFSETS[0], &h.to_bytes());
+    let disk = ro(&path);
+    let problems = disk.check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].structure, "log");
+    assert_eq!(problems[0].offset, 1 << 20);
+    assert!(problems[0].reason.contains("no valid entry"));
+    drop(disk);
+    // A read-write open marks the log empty.
+    drop(rw(&path));
+    assert!(current_on_disk(&path).log_guid.is_zero());
+    assert_eq!(ro(&path).check().unwrap(), vec![]);
+}
+
+// ---- damaged files -------------------------------------------------------
+
+fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+fn patch_region_tables(path: &Path, change: impl Fn(&mut RegionTable)) {
+    let bytes = std::fs::read(path).unwrap();
+    for off in REGION_TABLE_OFFSETS {
+        let mut t = RegionTable::parse(&bytes[off as usize..off as usize + REGION_TABLE_SIZE], off)
+            .unwrap();
+        change(&mut t);
+        patch(path, off, &t.to_bytes());
+    }
+}
+
+fn metadata_table(path: &Path) -> MetadataTable {
+    let bytes = std::fs::read(path).unwrap();
+    MetadataTable::parse(
+        &bytes[(2 << 20)..(2 << 20) + METADATA_TABLE_SIZE],
+        2 << 20,
+        1 << 20,
+    )
+    .unwrap()
+}
+
+fn item_offset(path: &Path, id: &Guid) -> u64 {
+    (2 << 20) + u64::from(metadata_table(path).find(id).unwrap().offset)
+}
+
+fn set_bat(path: &Path, index: u64, e: BatEntry) -> u64 {
+    let at = (3 << 20) + index * 8;
+    patch(path, at, &e.0.to_le_bytes());
+    at
+}
+
+/// Opens the damaged file read-only and read-write, expects a corruption
+/// error naming the file, `structure` and `offset` with `reason` in it, and
+/// checks that the file was not changed.
+fn expect_corrupt(path: &Path, structure: &str, offset: u64, reason: &str) {
+    let before = std::fs::read(path).unwrap();
+    for read_only in [true, false] {
+        match open(path, read_only) {
+            Err(e @ BlockError::Corrupt { .. }) => {
+                let BlockError::Corrupt {
+                    path: p,
+                    structure: s,
+                    offset: o,
+                    reason: r,
+                } = &e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(p, path);
+                assert_eq!(*s, structure, "{e}");
+                assert_eq!(*o, offset, "{e}");
+                assert!(r.contains(reason), "wanted {reason:?} in: {e}");
+                let text = e.to_string();
+                assert!(text.contains(&path.display().to_string()), "{text}");
+            }
+            Err(e) => panic!("wanted a corruption error, got {e}"),
+            Ok(_) => panic!("opened a damaged file ({structure}: {reason})"),
+        }
+        assert!(
+            std::fs::read(path).unwrap() == before,
+            "the damaged file was modified"
+        );
+    }
+}
+
+fn expect_unsupported(path: &Path, reason: &str) {
+    let before = std::fs::read(path).unwrap();
+    for read_only in [true, false] {
+        match open(path, read_only) {
+            Err(e @ BlockError::Unsupported { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(reason), "wanted {reason:?} in: {text}");
+                assert!(text.contains(&path.display().to_string()), "{text}");
+            }
+            Err(e) => panic!("wanted unsupported, got {e}"),
+            Ok(_) => panic!("opened ({reason})"),
+        }
+        assert!(std::fs::read(path).unwrap() == before);
+    }
+}
+
+fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let p = make(dir, name, 64 << 20, 1 << 20, 512);
+    // Allocate a couple of blocks so the BAT has entries to damage.
+    let d = rw(&p);
+    d.write_at(0, &[1; 4096]).unwrap();
+    d.write_at(5 << 20, &[2; 4096]).unwrap();
+    drop(d);
+    p
+}
+
+#[test]
+fn truncated_files_are_refused_naming_the_missing_structure() {
+    let dir = tmp();
+    let full = fresh(dir.path(), "full.vhdx");
+    let bytes = std::fs::read(&full).unwrap();
+    for (cut, structure, offset, reason) in [
+        (0usize, "file type identifier", 0u64, "only 0 bytes"),
+        (4, "file type identifier", 0, "only 4 bytes"),
+        (66 << 10, "headers", 65536, "truncated"),
+        (100 << 10, "log", 1 << 20, "end of the"),
+        ((1 << 20) + 4096, "log", 1 << 20, "end of the"),
+        ((3 << 20) + 100, "BAT", 3 << 20, "truncated"),
+        ((3 << 20) + 4096, "BAT entry", 3 << 20, "past the end"),
+        (
+            bytes.len() - (1 << 20),
+            "BAT entry",
+            (3 << 20) + 5 * 8,
+            "past the end",
+        ),
+    ] {
+        let p = dir.path().join(format!("cut{cut}.vhdx"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        expect_corrupt(&p, structure, offset, reason);
+    }
+}
+
+#[test]
+fn bad_signatures_and_checksums_are_refused() {
+    let dir = tmp();
+    let p = fresh(dir.path(), "sig.vhdx");
+    patch(&p, 0, b"vhdxfilf");
+    expect_corrupt(&p, "file type identifier", 0, "signature");
+
+    // One bad header: the other is used and check reports the damage.
+    let p = fresh(dir.path(), "h1.vhdx");
+    patch(&p, HEADER_OFFSETS[0] + 200, &[0xFF]);
+    let disk = ro(&p);
+    let problems = disk.check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].structure, "header 1");
+    assert_eq!(problems[0].offset, HEADER_OFFSETS[0]);
+    assert!(problems[0].reason.contains("CRC-32C mismatch"));
+    drop(disk);
+    // Both bad: refused.
+    patch(&p, HEADER_OFFSETS[1] + 200, &[0xFF]);
+    expect_corrupt(&p, "headers", HEADER_OFFSETS[0], "no valid header");
+
+    let p = fresh(dir.path(), "h2.vhdx");
+    patch(&p, HEADER_OFFSETS[0], b"HEAD");
+    patch(&p, HEADER_OFFSETS[1], b"HEAD");
+    expect_corrupt(&p, "headers", HEADER_OFFSETS[0], "signature");
+
+    // Two valid headers with equal sequence numbers that differ.
+    let p = fresh(dir.path(), "h3.vhdx");
+    let mut h = current_on_disk(&p);
+    patch(&p, HEADER_OFFSETS[0], &h.to_bytes());
+    h.data_write_guid = Guid([1; 16]);
+    patch(&p, HEADER_OFFSETS[1], &h.to_bytes());
+    expect_corrupt(&p, "headers", HEADER_OFFSETS[0], "neither is current");
+
+    // Region tables: one bad copy is reported, both bad is refused.
+    let p = fresh(dir.path(), "rt.vhdx");
+    patch(&p, REGION_TABLE_OFFSETS[1] + 1000, &[1]);
+    let problems = ro(&p).check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].structure, "region table 2");
+    patch(&p, REGION_TABLE_OFFSETS[0] + 1000, &[1]);
+    expect_corrupt(
+        &p,
+        "region table",
+        REGION_TABLE_OFFSETS[0],
+        "CRC-32C mismatch",
+    );
+
+    // Metadata table signature.
+    let p = fresh(dir.path(), "md.vhdx");
+    patch(&p, 2 << 20, b"METADATA");
+    expect_corrupt(&p, "metadata table", 2 << 20, "signature");
+}
+
+#[test]
+fn overlapping_and_misplaced_regions_are_refused() {
+    let dir = tmp();
+    let p = fresh(dir.path(), "ov.vhdx");
+    patch_region_tables(&p, |t| {
+        for e in &mut t.entries {
+            if e.guid == METADATA_REGION_GUID {
+                e.file_offset = 3 << 20; // onto the BAT
+            }
+        }
+    });
+    expect_corrupt(&p, "region table", REGION_TABLE_OFFSETS[0], "overlaps");
+
+    let p = fresh(dir.path(), "ovlog.vhdx");
+    patch_region_tables(&p, |t| {
+        for e in &mut t.entries {
+            if e.guid == METADATA_REGION_GUID {
+                e.file_offset = 1 << 20; // onto the log
+            }
+        }
+    });
+    expect_corrupt(
+        &p,
+        "region table",
+        REGION_TABLE_OFFSETS[0],
+        "overlaps the log",
+    );
+
+    let p = fresh(dir.path(), "nobat.vhdx");
+    patch_region_tables(&p, |t| t.entries.retain(|e| e.guid != BAT_REGION_GUID));
+    expect_corrupt(
+        &p,
+        "region table",
+        REGION_TABLE_OFFSETS[0],
+        "BAT region is missing",
+    );
+
+    let p = fresh(dir.path(), "unknown.vhdx");
+    patch_region_tables(&p, |t| {
+        t.entries.push(RegionTableEntry {
+            guid: Guid([0xAB; 16]),
+            file_offset: 10 << 20,
+            length: 1 << 20,
+            required: true,
+        })
+    });
+    expect_unsupported(&p, "marked required but is not known");
+    // Not required: ignored (and kept).
+    let p = fresh(dir.path(), "optional.vhdx");
+    patch_region_tables(&p, |t| {
+        t.entries.push(RegionTableEntry {
+            guid: Guid([0xAB; 16]),
+            file_offset: 100 << 20,
+            length: 1 << 20,
+            required: false,
+        })
+    });
+    ro(&p);
+
+    let p = fresh(dir.path(), "logoff.vhdx");
+    let mut h = current_on_disk(&p);
+    h.log_offset = 512 << 10;
+    h.sequence_number += 5;
+    patch(&p, HEADER_OFFSETS[0], &h.to_bytes());
+    expect_corrupt(&p, "header 1", HEADER_OFFSETS[0], "log offset");
+}
+
+#[test]
+fn bad_bat_entries_are_refused() {
+    let dir = tmp();
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+
+    let p = fresh(dir.path(), "eof.vhdx");
+    let at = set_bat(&p, 7, BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, len(&p)));
+    expect_corrupt(&p, "BAT entry", at, "past the end of the");
+
+    let p = fresh(dir.path(), "hdr.vhdx");
+    let at = set_bat(&p, 7, BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, 0));
+    expect_corrupt(&p, "BAT entry", at, "inside the 1 MiB header section");
+
+    let p = fresh(dir.path(), "meta.vhdx");
+    let at = set_bat(&p, 7, BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, 2 << 20));
+    expect_corrupt(&p, "BAT entry", at, "overlaps the metadata region");
+
+    let p = fresh(dir.path(), "log.vhdx");
+    let at = set_bat(&p, 7, BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, 1 << 20));
+    expect_corrupt(&p, "BAT entry", at, "overlaps the log");
+
+    let p = fresh(dir.path(), "dup.vhdx");
+    let bytes = std::fs::read(&p).unwrap();
+    let block0 = BatEntry(u64::from_le_bytes(
+        bytes[3 << 20..(3 << 20) + 8].try_into().unwrap(),
+    ));
+    let at = set_bat(
+        &p,
+        7,
+        BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, block0.file_offset()),
+    );
+    expect_corrupt(&p, "BAT entry", at, "overlaps BAT entry");
+
+    let p = fresh(dir.path(), "state.vhdx");
+    let at = set_bat(&p, 7, BatEntry(4));
+    expect_corrupt(&p, "BAT entry", at, "reserved");
+
+    let p = fresh(dir.path(), "partial.vhdx");
+    let at = set_bat(
+        &p,
+        0,
+        BatEntry::new(PAYLOAD_BLOCK_PARTIALLY_PRESENT, block0.file_offset()),
+    );
+    expect_corrupt(&p, "BAT entry", at, "only valid in a differencing image");
+
+    // Reserved bits: reported by check, not fatal.
+    let p = fresh(dir.path(), "bits.vhdx");
+    let at = set_bat(&p, 9, BatEntry(1 << 5));
+    let problems = ro(&p).check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        (problems[0].structure.as_str(), problems[0].offset),
+        ("BAT entry", at)
+    );
+}
+
+#[test]
+fn bad_metadata_is_refused() {
+    let dir = tmp();
+    for (guid, value, structure, reason) in [
+        (
+            LOGICAL_SECTOR_SIZE_GUID,
+            1024u32,
+            "logical sector size",
+            "sector size 1024 is not supported",
+        ),
+        (
+            LOGICAL_SECTOR_SIZE_GUID,
+            0,
+            "logical sector size",
+            "sector size 0 is not supported",
+        ),
+        (
+            PHYSICAL_SECTOR_SIZE_GUID,
+            520,
+            "physical sector size",
+            "sector size 520 is not supported",
+        ),
+        (
+            FILE_PARAMETERS_GUID,
+            3 << 20,
+            "file parameters",
+            "block size",
+        ),
+    ] {
+        let p = fresh(dir.path(), &format!("m{value}.vhdx"));
+        let at = item_offset(&p, &guid);
+        patch(&p, at, &value.to_le_bytes());
+        expect_corrupt(&p, structure, at, reason);
+    }
+    let p = fresh(dir.path(), "size.vhdx");
+    let at = item_offset(&p, &VIRTUAL_DISK_SIZE_GUID);
+    patch(&p, at, &1000u64.to_le_bytes());
+    expect_corrupt(&p, "virtual disk size", at, "not a multiple");
+
+    // The BAT region is too small for the disk.
+    let p = fresh(dir.path(), "big.vhdx");
+    let at = item_offset(&p, &VIRTUAL_DISK_SIZE_GUID);
+    patch(&p, at, &(1u64 << 40).to_le_bytes());
+    expect_corrupt(&p, "BAT", 3 << 20, "the disk needs");
+
+    // An unknown required item; then the same item not required is fine.
+    let p = fresh(dir.path(), "unknown.vhdx");
+    let mut t = metadata_table(&p);
+    t.entries.push(MetadataEntry {
+        item_id: Guid([0xCD; 16]),
+        offset: 0,
+        length: 0,
+        is_user: false,
+        is_virtual_disk: false,
+        is_required: true,
+        reserved_nonzero: false,
+    });
+    patch(&p, 2 << 20, &t.to_bytes());
+    expect_unsupported(&p, "marked required but is not known");
+    t.entries.last_mut().unwrap().is_required = false;
+    patch(&p, 2 << 20, &t.to_bytes());
+    assert_eq!(ro(&p).check().unwrap(), vec![]);
+
+    // A missing required item.
+    let p = fresh(dir.path(), "missing.vhdx");
+    let mut t = metadata_table(&p);
+    t.entries.retain(|e| e.item_id != VIRTUAL_DISK_ID_GUID);
+    patch(&p, 2 << 20, &t.to_bytes());
+    expect_corrupt(&p, "metadata table", 2 << 20, "page 83 data");
+
+    // HasParent without a parent locator.
+    let p = fresh(dir.path(), "orphan.vhdx");
+    let at = item_offset(&p, &FILE_PARAMETERS_GUID);
+    patch(&p, at + 4, &2u32.to_le_bytes());
+    expect_corrupt(&p, "file parameters", at, "no parent locator");
+}
+
+#[test]
+fn a_file_without_a_log_opens_read_only_only() {
+    let dir = tmp();
+    let p = fresh(dir.path(), "nolog.vhdx");
+    let mut h = current_on_disk(&p);
+    h.log_length = 0;
+    h.sequence_number += 1;
+    patch(&p, HEADER_OFFSETS[0], &h.to_bytes());
+    assert_eq!(read(&ro(&p), 0, 4096), vec![1; 4096]);
+    let before = std::fs::read(&p).unwrap();
+    assert!(matches!(
+        open(&p, false),
+        Err(BlockError::Unsupported { .. })
+    ));
+    assert!(std::fs::read(&p).unwrap() == before);
+}
+
+// ---- crash safety --------------------------------------------------------
+
+/// Runs `workload` on a fresh image and stops it at its `n`-th file
+/// operation, for every `n`: as if the process were killed there (every
+/// write issued so far persists) or the power failed (only what was flushed
+/// persists, plus none, or an arbitrary subset in 4 KiB pieces, of what was
+/// written since). After each crash the image must open, pass `check`, hold
+/// every write acknowledged before the last completed flush, and hold for
+/// every other sector either its flushed content or something written to it
+/// since.
+fn crash_everywhere(make_image: impl Fn(&Path) -> PathBuf, workload: &[Op]) {
+    #[derive(Debug, Clone, Copy)]
+    enum Crash {
+        Kill,
+        LoseAll,
+        LoseSome,
+    }
+    let mut n = 0u64;
+    'points: loop {
+        for mode in [Crash::Kill, Crash::LoseAll, Crash::LoseSome] {
+            let dir = tmp();
+            let path = make_image(dir.path());
+            let base = flat(&ro(&path));
+            let disk = rw(&path);
+            disk.crash_after(Some(n));
+            let mut durable = base.clone();
+            let mut since: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut crashed = false;
+            for op in workload {
+                let r = match op {
+                    Op::Write(off, data) => {
+                        since.push((*off, data.clone()));
+                        disk.write_at(*off, data)
+                    }
+                    Op::Flush => disk.flush().map(|_| {
+                        for (off, data) in since.drain(..) {
+                            durable[off as usize..off as usize + data.len()].copy_from_slice(&data);
+                        }
+                    }),
+                    Op::Discard(off, len) => {
+                        since.push((*off, vec![0; *len as usize]));
+                        disk.discard(*off, *len)
+                    }
+                };
+                if r.is_err() {
+                    crashed = true;
+                    break;
+                }
+            }
+            let ctx = format!("crash at file operation {n} ({mode:?})");
+            match mode {
+                Crash::Kill => disk.abandon(),
+                Crash::LoseAll => disk.power_loss(|_| false),
+                Crash::LoseSome => {
+                    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    disk.power_loss(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x & 1 == 1
+                    })
+                }
+            }
+            let after = ro(&path);
+            assert_eq!(after.check().unwrap(), vec![], "{ctx}");
+            let got = flat(&after);
+            drop(after);
+            let sector = 512usize;
+            for s in 0..got.len() / sector {
+                let r = s * sector..(s + 1) * sector;
+                if got[r.clone()] == durable[r.clone()] {
+                    continue;
+                }
+                let ok = since.iter().any(|(off, data)| {
+                    let (o, e) = (*off as usize, *off as usize + data.len());
+                    o <= r.start && r.end <= e && data[r.start - o..r.end - o] == got[r.clone()]
+                });
+                assert!(
+                    ok,
+                    "{ctx}: sector {s} holds neither its flushed data nor data written since"
+                );
+            }
+            // The file stays usable read-write.
+            let again = rw(&path);
+            again.write_at(0, &[0xEE; 512]).unwrap();
+            drop(again);
+            assert_eq!(ro(&path).check().unwrap(), vec![], "{ctx}, then reopened");
+            if !crashed {
+                break 'points;
+            }
+        }
+        n += 1;
+    }
+    assert!(n > 10, "the workload performed only {n} file operations");
+}
+
+enum Op {
+    Write(u64, Vec<u8>),
+    Flush,
+    Discard(u64, u64),
+}
+
+fn flat(d: &dyn BlockDevice) -> Vec<u8> {
+    read(d, 0, d.geometry().size as usize)
+}
+
+#[test]
+fn crash_at_every_file_operation_of_dynamic_writes() {
+    let workload = vec![
+        Op::Write(0, pattern(1, 4096)),
+        Op::Write(3 << 20, pattern(2, 8192)),
+        Op::Flush,
+        Op::Write((1 << 20) - 512, pattern(3, 1024)),
+        Op::Write(4096, pattern(4, 512)),
+        Op::Flush,
+        Op::Discard(3 << 20, 1 << 20),
+        Op::Write(6 << 20, pattern(5, 4096)),
+        Op::Flush,
+        Op::Write(7 << 20, pattern(6, 4096)),
+    ];
+    crash_everywhere(|d| make(d, "c.vhdx", 8 << 20, 1 << 20, 512), &workload);
+}
+
+#[test]
+fn crash_at_every_file_operation_of_differencing_writes() {
+    let workload = vec![
+        Op::Write(512, pattern(1, 1024)),
+        Op::Write(2 << 20, pattern(2, 2 << 20)),
+        Op::Flush,
+        Op::Write((1 << 20) + 4096, pattern(3, 512)),
+        Op::Write(1024, pattern(4, 512)),
+        Op::Flush,
+        Op::Discard(2 << 20, 1 << 20),
+        Op::Write(5 << 20, pattern(5, 4096)),
+        Op::Flush,
+        Op::Write(7 << 20, pattern(6, 4096)),
+    ];
+    crash_everywhere(
+        |d| {
+            let parent = make(d, "p.vhdx", 8 << 20, 1 << 20, 512);
+            let p = rw(&parent);
+            p.write_at(0, &pattern(99, 8 << 20)).unwrap();
+            drop(p);
+            make_child(&parent, "c.vhdx", Some(1 << 20))
+        },
+        &workload,
+    );
+}
+
+#[test]
+fn many_dirty_pages_are_split_over_log_entries_and_survive() {
+    // 4 KiB logical sectors and 1 MiB blocks: each block's bitmap bits live
+    // in their own... no: 2^23 sectors per bitmap block, 256 sectors per
+    // block; write one sector per block across 300 MiB so that hundreds of
+    // BAT and bitmap pages get dirty before the flush.
+    let dir = tmp();
+    let parent = make(dir.path(), "p.vhdx", 2 << 30, 1 << 20, 512);
+    let child = make_child(&parent, "c.vhdx", Some(1 << 20));
+    let disk = rw(&child);
+    let stride = 7u64 << 20; // one write every 7 MiB: new block, new pages
+    let mut at = 0;
+    let mut n = 0u8;
+    while at + 512 <= 2 << 30 {
+        disk.write_at(at + 512 * u64::from(n % 7), &[n; 512])
+            .unwrap();
+        at += stride;
+        n = n.wrapping_add(1);
+    }
+    disk.flush().unwrap();
+    drop(disk);
+    let disk = ro(&child);
+    assert_eq!(disk.check().unwrap(), vec![]);
+    let mut at = 0;
+    let mut n = 0u8;
+    while at + 512 <= 2 << 30 {
+        assert_eq!(
+            read(&disk, at + 512 * u64::from(n % 7), 512),
+            vec![n; 512],
+            "at {at}"
+        );
+        at += stride;
+        n = n.wrapping_add(1);
+    }
+}
+
+// ---- differencing --------------------------------------------------------
+
+#[test]
+fn differencing_chain_reads_through_and_never_touches_parents() {
+    let dir = tmp();
+    let base = make(dir.path(), "base.vhdx", 16 << 20, 2 << 20, 512);
+    let b = rw(&base);
+    let base_data = pattern(7, 16 << 20);
+    b.write_at(0, &base_data).unwrap();
+    drop(b);
+    let base_bytes = std::fs::read(&base).unwrap();
+    let child = make_child(&base, "child.vhdx", None);
+    let c = rw(&child);
+    assert_eq!(c.info().subformat, Subformat::Differencing);
+    assert_eq!(c.info().block_size, Some(2 << 20));
+    assert_eq!(c.geometry().size, 16 << 20);
+    assert_eq!(flat(&c), base_data);
+    let mut want = base_data.clone();
+    let w1 = pattern(8, 1536);
+    c.write_at(512, &w1).unwrap();
+    want[512..2048].copy_from_slice(&w1);
+    let w2 = pattern(9, 2 << 20);
+    c.write_at(4 << 20, &w2).unwrap(); // a whole block
+    want[4 << 20..6 << 20].copy_from_slice(&w2);
+    c.discard(8 << 20, 2 << 20).unwrap(); // hides the parent: zeros
+    want[8 << 20..10 << 20].fill(0);
+    assert_eq!(flat(&c), want);
+    drop(c);
+    let grand = make_child(&child, "grand.vhdx", Some(1 << 20));
+    let g = rw(&grand);
+    let w3 = pattern(10, 4096);
+    g.write_at((2 << 20) - 2048, &w3).unwrap();
+    want[(2 << 20) - 2048..(2 << 20) + 2048].copy_from_slice(&w3);
+    assert_eq!(flat(&g), want);
+    let info = g.info();
+    assert_eq!(info.parent.as_ref().unwrap().path, child);
+    assert_eq!(
+        info.parent.as_ref().unwrap().parent.as_ref().unwrap().path,
+        base
+    );
+    assert_eq!(g.check().unwrap(), vec![]);
+    assert_eq!(
+        g.allocated_extents().unwrap(),
+        vec![(2 << 20) - 2048..(2 << 20) + 2048]
+    );
+    drop(g);
+    let c = ro(&child);
+    assert_eq!(
+        c.allocated_extents().unwrap(),
+        vec![512..2048, (4 << 20)..(6 << 20), (8 << 20)..(10 << 20)]
+    );
+    drop(c);
+    assert_eq!(flat(&ro(&grand)), want);
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the base changed"
+    );
+}
+
+#[test]
+fn differencing_with_4k_logical_sectors_fills_partial_sectors_from_the_parent() {
+    let dir = tmp();
+    let base = make(dir.path(), "b4k.vhdx", 8 << 20, 1 << 20, 4096);
+    let b = rw(&base);
+    let base_data = pattern(3, 8 << 20);
+    b.write_at(0, &base_data).unwrap();
+    drop(b);
+    let child = make_child(&base, "c4k.vhdx", Some(1 << 20));
+    let c = rw(&child);
+    assert_eq!(c.geometry().logical_sector_size, 4096);
+    let mut want = base_data.clone();
+    c.write_at(4096 + 1024, &[0xAA; 512]).unwrap();
+    want[4096 + 1024..4096 + 1536].fill(0xAA);
+    c.write_at((1 << 20) - 512, &[0xBB; 1024]).unwrap();
+    want[(1 << 20) - 512..(1 << 20) + 512].fill(0xBB);
+    assert_eq!(flat(&c), want);
+    drop(c);
+    let c = ro(&child);
+    assert_eq!(flat(&c), want);
+    assert_eq!(
+        c.allocated_extents().unwrap(),
+        vec![4096..8192, (1 << 20) - 4096..(1 << 20) + 4096]
+    );
+}
+
+#[test]
+fn a_missing_parent_names_every_path_tried() {
+    let dir = tmp();
+    let sub = dir.path().join("vms");
+    std::fs::create_dir(&sub).unwrap();
+    let base = make(&sub, "base.vhdx", 4 << 20, 1 << 20, 512);
+    let child = make_child(&base, "child.vhdx", None);
+    // Move the child away from its parent: relative and absolute paths
+    // still find it.
+    let moved = dir.path().join("child.vhdx");
+    std::fs::rename(&child, &moved).unwrap();
+    drop(ro(&moved));
+    // Remove the parent: the error lists the relative path, the absolute
+    // path and the last-resort file name.
+    std::fs::rename(&base, dir.path().join("elsewhere.vhdx")).unwrap();
+    let before = std::fs::read(&moved).unwrap();
+    let err = open(&moved, false).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("parent not found"), "{text}");
+    assert!(text.contains("relative_path \".\\base.vhdx\""), "{text}");
+    assert!(
+        text.contains(&format!("{}", sub.join("base.vhdx").display())),
+        "{text}"
+    );
+    assert!(text.contains("absolute_win32_path"), "{text}");
+    assert!(
+        text.contains(&dir.path().join("base.vhdx").display().to_string()),
+        "{text}"
+    );
+    assert!(std::fs::read(&moved).unwrap() == before);
+    // The last resort: a parent with the same name next to the child.
+    std::fs::rename(
+        dir.path().join("elsewhere.vhdx"),
+        dir.path().join("base.vhdx"),
+    )
+    .unwrap();
+    drop(ro(&moved));
+}
+
+#[test]
+fn a_changed_parent_is_refused() {
+    let dir = tmp();
+    let base = make(dir.path(), "base.vhdx", 4 << 20, 1 << 20, 512);
+    let child = make_child(&base, "child.vhdx", None);
+    drop(ro(&child));
+    // Writing to the parent changes its DataWriteGuid.
+    let b = rw(&base);
+    b.write_at(0, &[1; 512]).unwrap();
+    drop(b);
+    let before = std::fs::read(&child).unwrap();
+    let text = open(&child, true).unwrap_err().to_string();
+    assert!(text.contains("parent has changed"), "{text}");
+    assert!(text.contains("DataWriteGuid"), "{text}");
+    assert!(std::fs::read(&child).unwrap() == before);
+}
+
+#[test]
+fn parent_loops_are_refused() {
+    let dir = tmp();
+    let a = make(dir.path(), "a.vhdx", 4 << 20, 1 << 20, 512);
+    let b = make_child(&a, "b.vhdx", None);
+    // Make a's... a is not differencing; build b -> c -> b by pointing a
+    // child at itself: copy b over a's place with its locator naming a.
+    let c = make_child(&b, "c.vhdx", None);
+    std::fs::copy(&c, &a).unwrap();
+    // Now c's parent is b whose parent "a" is a copy of c whose parent is b.
+    let err = crate::open(&c, &OpenOptions { read_only: true });
+    let text = err.unwrap_err().to_string();
+    assert!(text.contains("loops") || text.contains("changed"), "{text}");
+}
+
+// ---- model-based property tests ------------------------------------------
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum MOp {
+        Write {
+            sector: u64,
+            sectors: u64,
+            seed: u64,
+        },
+        Read {
+            sector: u64,
+            sectors: u64,
+        },
+        Discard {
+            sector: u64,
+            sectors: u64,
+        },
+        Flush,
+        Reopen,
+        Crash,
+    }
+
+    fn op(total: u64) -> impl Strategy<Value = MOp> {
+        let span =
+            |total: u64| (0..total).prop_flat_map(move |s| (Just(s), 1..=(total - s).min(5000)));
+        prop_oneof![
+            6 => (span(total), any::<u64>()).prop_map(|((sector, sectors), seed)| MOp::Write { sector, sectors, seed }),
+            3 => span(total).prop_map(|(sector, sectors)| MOp::Read { sector, sectors }),
+            1 => span(total).prop_map(|(sector, sectors)| MOp::Discard { sector, sectors }),
+            2 => Just(MOp::Flush),
+            1 => Just(MOp::Reopen),
+            1 => Just(MOp::Crash),
+        ]
+    }
+
+    /// Per sector, the contents a read may return: after a discard, the old
+    /// data or zeros; after a crash, what was flushed or anything written
+    /// since.
+    struct Model {
+        flushed: Vec<Vec<Vec<u8>>>,
+        current: Vec<Vec<Vec<u8>>>,
+    }
+
+    impl Model {
+        fn new(base: &[u8]) -> Model {
+            let v: Vec<Vec<Vec<u8>>> = base.chunks(512).map(|c| vec![c.to_vec()]).collect();
+            Model {
+                flushed: v.clone(),
+                current: v,
+            }
+        }
+        fn write(&mut self, sector: u64, data: &[u8]) {
+            for (i, c) in data.chunks(512).enumerate() {
+                self.current[sector as usize + i] = vec![c.to_vec()];
+            }
+        }
+        fn discard(&mut self, sector: u64, sectors: u64) {
+            for s in sector..sector + sectors {
+                let slot = &mut self.current[s as usize];
+                if !slot.contains(&vec![0u8; 512]) {
+                    slot.push(vec![0u8; 512]);
+                }
+            }
+        }
+        fn flush(&mut self) {
+            self.flushed = self.current.clone();
+        }
+        fn crash(&mut self) {
+            for (f, c) in self.flushed.iter_mut().zip(self.current.iter()) {
+                for x in c {
+                    if !f.contains(x) {
+                        f.push(x.clone());
+                    }
+                }
+            }
+            self.current = self.flushed.clone();
+        }
+        /// Checks a read and narrows each sector to what was observed (a
+        /// disk must keep returning what it returned).
+        fn check(&mut self, sector: u64, data: &[u8]) -> std::result::Result<(), String> {
+            for (i, c) in data.chunks(512).enumerate() {
+                let s = sector as usize + i;
+                let slot = &mut self.current[s];
+                if !slot.iter().any(|x| x == c) {
+                    return Err(format!("sector {s} holds unexpected data"));
+                }
+                *slot = vec![c.to_vec()];
+            }
+            Ok(())
+        }
+    }
+
+    fn run(path: &Path, base: &[u8], ops: &[MOp]) -> std::result::Result<(), TestCaseError> {
+        let mut model = Model::new(base);
+        let mut disk = Some(rw(path));
+        for op in ops {
+            let d = disk.as_ref().unwrap();
+            match op {
+                MOp::Write {
+                    sector,
+                    sectors,
+                    seed,
+                } => {
+                    let data = pattern(*seed, (*sectors * 512) as usize);
+                    d.write_at(sector * 512, &data).unwrap();
+                    model.write(*sector, &data);
+                }
+                MOp::Read { sector, sectors } => {
+                    let got = read(d, sector * 512, (*sectors * 512) as usize);
+                    model.check(*sector, &got).map_err(TestCaseError::fail)?;
+                }
+                MOp::Discard { sector, sectors } => {
+                    d.discard(sector * 512, sectors * 512).unwrap();
+                    model.discard(*sector, *sectors);
+                }
+                MOp::Flush => {
+                    d.flush().unwrap();
+                    model.flush();
+                }
+                MOp::Reopen => {
+                    drop(disk.take());
+                    model.flush();
+                    disk = Some(rw(path));
+                }
+                MOp::Crash => {
+                    disk.take().unwrap().abandon();
+                    model.crash();
+                    let r = ro(path);
+                    prop_assert_eq!(r.check().unwrap(), vec![]);
+                    drop(r);
+                    disk = Some(rw(path));
+                }
+            }
+        }
+        let d = disk.take().unwrap();
+        let all = flat(&d);
+        model.check(0, &all).map_err(TestCaseError::fail)?;
+        drop(d);
+        let r = ro(path);
+        prop_assert_eq!(r.check().unwrap(), vec![]);
+        model.check(0, &flat(&r)).map_err(TestCaseError::fail)?;
+        Ok(())
+    }
+
+    const SIZE: u64 = 12 << 20;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn dynamic_matches_the_model(ops in proptest::collection::vec(op(SIZE / 512), 1..40)) {
+            let dir = tmp();
+            let path = make(dir.path(), "m.vhdx", SIZE, 1 << 20, 512);
+            run(&path, &vec![0u8; SIZE as usize], &ops)?;
+        }
+
+        #[test]
+        fn differencing_matches_the_model(
+            ops in proptest::collection::vec(op(SIZE / 512), 1..40),
+            lss in prop_oneof![Just(512u32), Just(4096u32)],
+        ) {
+            let dir = tmp();
+            let parent = make(dir.path(), "p.vhdx", SIZE, 2 << 20, lss);
+            let base = pattern(lss.into(), SIZE as usize);
+            let p = rw(&parent);
+            p.write_at(0, &base[..(6 << 20)]).unwrap();
+            drop(p);
+            let mut want = vec![0u8; SIZE as usize];
+            want[..(6 << 20)].copy_from_slice(&base[..(6 << 20)]);
+            let child = make_child(&parent, "c.vhdx", Some(1 << 20));
+            let parent_bytes = std::fs::read(&parent).unwrap();
+            run(&child, &want, &ops)?;
+            prop_assert!(std::fs::read(&parent).unwrap() == parent_bytes);
+        }
+    }
+}
