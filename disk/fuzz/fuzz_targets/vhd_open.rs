@@ -77,9 +77,11 @@ fn patched(base: &[u8], patches: &[u8]) -> Vec<u8> {
 }
 
 fn exercise(path: &Path, seed: &[u8]) {
-    let Ok(d) = rehost_disk::vhd::VhdImage::open(path, &OpenOptions { read_only: true }, &mut |p: &Path| {
-        rehost_disk::open(p, &OpenOptions { read_only: true })
-    }) else {
+    let Ok(d) = rehost_disk::vhd::VhdImage::open(
+        path,
+        &OpenOptions { read_only: true },
+        &mut |p: &Path| rehost_disk::open(p, &OpenOptions { read_only: true }),
+    ) else {
         return;
     };
     use rehost_disk::{BlockDevice, DiskImage};
@@ -95,9 +97,11 @@ fn exercise(path: &Path, seed: &[u8]) {
     let _ = d.allocated_extents();
     let _ = d.info();
     drop(d);
-    if let Ok(d) = rehost_disk::vhd::VhdImage::open(path, &OpenOptions { read_only: false }, &mut |p: &Path| {
-        rehost_disk::open(p, &OpenOptions { read_only: true })
-    }) {
+    if let Ok(d) = rehost_disk::vhd::VhdImage::open(
+        path,
+        &OpenOptions { read_only: false },
+        &mut |p: &Path| rehost_disk::open(p, &OpenOptions { read_only: true }),
+    ) {
         let off = u64::from(seed.first().copied().unwrap_or(0)) * 4096 % size.max(1) / 512 * 512;
         if off + 1024 <= size {
             let _ = d.write_at(off, &[0x5a; 1024]);
