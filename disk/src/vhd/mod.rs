@@ -698,43 +698,9 @@ impl VhdImage {
             entries * 4,
         )?)
         .unwrap_or_default();
-        let ranges = metadata_ranges(sparse.header_offset, &header);
-        let block_span = header.bitmap_size() + u64::from(header.block_size);
-        let mut blocks: Vec<(u64, usize)> = Vec::new();
-        for (i, &e) in bat.iter().enumerate() {
-            if e == spec::BAT_UNUSED {
-                continue;
-            }
-            let at = u64::from(e) * SECTOR;
-            let entry_at = header.table_offset + 4 * i as u64;
-            if let Some(what) = overlapped_metadata(&ranges, &(at..at + block_span)) {
-                problem(
-                    "VHD block allocation table",
-                    entry_at,
-                    format!("block {i} at {at} overlaps {what}"),
-                );
-            } else if at + block_span > footer_at {
-                problem(
-                    "VHD block allocation table",
-                    entry_at,
-                    format!("block {i} at {at} extends past the footer at {footer_at}"),
-                );
-            } else {
-                blocks.push((at, i));
-            }
-        }
-        blocks.sort_unstable();
-        for w in blocks.windows(2) {
-            if w[0].0 + block_span > w[1].0 {
-                problem(
-                    "VHD block allocation table",
-                    header.table_offset + 4 * w[1].1 as u64,
-                    format!(
-                        "block {} at {} overlaps block {} at {}",
-                        w[1].1, w[1].0, w[0].1, w[0].0
-                    ),
-                );
-            }
+        let (bat_problems, _) = validate_bat(sparse.header_offset, &header, &bat, footer_at);
+        for (entry_at, reason) in bat_problems {
+            problem("VHD block allocation table", entry_at, reason);
         }
         for (i, loc) in header.parent_locators.iter().enumerate() {
             if !loc.is_used() {
@@ -915,6 +881,63 @@ fn overlapped_metadata(
         .map(|(r, name)| format!("{name} at {}..{}", r.start, r.end))
 }
 
+/// Every BAT entry must point at a whole block (bitmap and data) in front
+/// of the footer at `footer_at`, clear of the fixed metadata and of every
+/// other block. Returns the problems, as (file offset of the entry,
+/// reason), and the end of the last block (or of the metadata).
+fn validate_bat(
+    header_offset: u64,
+    header: &DynamicHeader,
+    bat: &[u32],
+    footer_at: u64,
+) -> (Vec<(u64, String)>, u64) {
+    let ranges = metadata_ranges(header_offset, header);
+    let span = header.bitmap_size() + u64::from(header.block_size);
+    let mut end = metadata_end(header_offset, header);
+    let mut problems = Vec::new();
+    let mut blocks: Vec<(u64, usize)> = Vec::new();
+    for (i, &e) in bat.iter().enumerate() {
+        if e == spec::BAT_UNUSED {
+            continue;
+        }
+        let at = u64::from(e) * SECTOR;
+        let entry_at = header.table_offset + 4 * i as u64;
+        if let Some(what) = overlapped_metadata(&ranges, &(at..at + span)) {
+            problems.push((
+                entry_at,
+                format!(
+                    "entry {i} points at a block {at}..{} that overlaps {what}",
+                    at + span
+                ),
+            ));
+        } else if at + span > footer_at {
+            problems.push((
+                entry_at,
+                format!(
+                    "entry {i} points at a block {at}..{} past the end of the data (footer at {footer_at})",
+                    at + span
+                ),
+            ));
+        } else {
+            end = end.max(at + span);
+            blocks.push((at, i));
+        }
+    }
+    blocks.sort_unstable();
+    for w in blocks.windows(2) {
+        if w[0].0 + span > w[1].0 {
+            problems.push((
+                header.table_offset + 4 * w[1].1 as u64,
+                format!(
+                    "entry {} (block at {}) overlaps entry {} (block at {})",
+                    w[1].1, w[1].0, w[0].1, w[0].0
+                ),
+            ));
+        }
+    }
+    (problems, end)
+}
+
 fn open_sparse(
     file: &File,
     path: &Path,
@@ -985,55 +1008,15 @@ fn open_sparse(
     let bat = spec::parse_bat(&read_exact(file, path, header.table_offset, entries * 4)?)
         .map_err(|e| spec_err(path, header.table_offset, e))?;
     let metadata_end = metadata_end(header_offset, &header);
-    let ranges = metadata_ranges(header_offset, &header);
     let bitmap_size = header.bitmap_size();
-    let span = bitmap_size + block_size;
-    let mut next_free = metadata_end;
-    let mut blocks: Vec<(u64, usize)> = Vec::new();
-    for (i, &e) in bat.iter().enumerate() {
-        if e == spec::BAT_UNUSED {
-            continue;
-        }
-        let at = u64::from(e) * SECTOR;
-        let entry_at = header.table_offset + 4 * i as u64;
-        if let Some(what) = overlapped_metadata(&ranges, &(at..at + span)) {
-            return Err(corrupt(
-                path,
-                "VHD block allocation table",
-                entry_at,
-                format!(
-                    "entry {i} points at a block {at}..{} that overlaps {what}",
-                    at + span
-                ),
-            ));
-        }
-        if at + span > footer_at {
-            return Err(corrupt(
-                path,
-                "VHD block allocation table",
-                entry_at,
-                format!(
-                    "entry {i} points at a block {at}..{} past the end of the data (footer at {footer_at})",
-                    at + span
-                ),
-            ));
-        }
-        next_free = next_free.max(at + span);
-        blocks.push((at, i));
-    }
-    blocks.sort_unstable();
-    for w in blocks.windows(2) {
-        if w[0].0 + span > w[1].0 {
-            return Err(corrupt(
-                path,
-                "VHD block allocation table",
-                header.table_offset + 4 * w[1].1 as u64,
-                format!(
-                    "entry {} (block at {}) overlaps entry {} (block at {})",
-                    w[1].1, w[1].0, w[0].1, w[0].0
-                ),
-            ));
-        }
+    let (problems, next_free) = validate_bat(header_offset, &header, &bat, footer_at);
+    if let Some((entry_at, reason)) = problems.into_iter().next() {
+        return Err(corrupt(
+            path,
+            "VHD block allocation table",
+            entry_at,
+            reason,
+        ));
     }
     let parent = if footer.disk_type == DiskType::Differencing {
         Some(open_parent_link(
