@@ -99,6 +99,37 @@ pub fn checksum(bytes: &[u8], checksum_at: usize) -> u32 {
     !sum
 }
 
+/// The cookie and the checksum every VHD structure starts with and
+/// carries; returns the stored checksum.
+fn check_cookie_and_checksum(
+    structure: &'static str,
+    bytes: &[u8],
+    cookie: &[u8; 8],
+    checksum_at: usize,
+) -> Result<u32, SpecError> {
+    if &bytes[..8] != cookie {
+        return Err(SpecError::new(
+            structure,
+            0,
+            format!(
+                "bad cookie {:?}, expected {:?}",
+                String::from_utf8_lossy(&bytes[..8]),
+                String::from_utf8_lossy(cookie)
+            ),
+        ));
+    }
+    let stored = be32(bytes, checksum_at);
+    let computed = checksum(bytes, checksum_at);
+    if stored != computed {
+        return Err(SpecError::new(
+            structure,
+            checksum_at as u64,
+            format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
+        ));
+    }
+    Ok(stored)
+}
+
 /// "Hard Disk Footer Format", Disk Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskType {
@@ -207,25 +238,7 @@ impl Footer {
                 format!("is {} bytes, expected {FOOTER_SIZE}", bytes.len()),
             ));
         }
-        if &bytes[..8] != FOOTER_COOKIE {
-            return Err(SpecError::new(
-                S,
-                0,
-                format!(
-                    "bad cookie {:?}, expected \"conectix\"",
-                    String::from_utf8_lossy(&bytes[..8])
-                ),
-            ));
-        }
-        let stored = be32(bytes, Self::CHECKSUM_AT);
-        let computed = checksum(bytes, Self::CHECKSUM_AT);
-        if stored != computed {
-            return Err(SpecError::new(
-                S,
-                Self::CHECKSUM_AT as u64,
-                format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-            ));
-        }
+        let stored = check_cookie_and_checksum(S, bytes, FOOTER_COOKIE, Self::CHECKSUM_AT)?;
         let version = be32(bytes, 12);
         if version >> 16 != 1 {
             return Err(SpecError::new(
@@ -462,25 +475,7 @@ impl DynamicHeader {
                 format!("is {} bytes, expected {DYNAMIC_HEADER_SIZE}", bytes.len()),
             ));
         }
-        if &bytes[..8] != DYNAMIC_COOKIE {
-            return Err(SpecError::new(
-                S,
-                0,
-                format!(
-                    "bad cookie {:?}, expected \"cxsparse\"",
-                    String::from_utf8_lossy(&bytes[..8])
-                ),
-            ));
-        }
-        let stored = be32(bytes, Self::CHECKSUM_AT);
-        let computed = checksum(bytes, Self::CHECKSUM_AT);
-        if stored != computed {
-            return Err(SpecError::new(
-                S,
-                Self::CHECKSUM_AT as u64,
-                format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-            ));
-        }
+        let stored = check_cookie_and_checksum(S, bytes, DYNAMIC_COOKIE, Self::CHECKSUM_AT)?;
         let header_version = be32(bytes, 24);
         if header_version >> 16 != 1 {
             return Err(SpecError::new(
