@@ -40,7 +40,7 @@ mod parent;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -98,6 +98,8 @@ struct State {
     /// Sector bitmap pages by file offset.
     bitmaps: HashMap<u64, Vec<u8>>,
     dirty_bitmaps: BTreeSet<u64>,
+    /// Other metadata pages (the metadata region) to write through the log.
+    dirty_other: BTreeMap<u64, Vec<u8>>,
     /// Where the next block is allocated (1 MiB aligned, past everything).
     alloc_end: u64,
     file_write_guid_set: bool,
@@ -113,7 +115,7 @@ struct State {
 
 impl State {
     fn dirty_pages(&self) -> usize {
-        self.dirty_bat_pages.len() + self.dirty_bitmaps.len()
+        self.dirty_bat_pages.len() + self.dirty_bitmaps.len() + self.dirty_other.len()
     }
 }
 
@@ -129,10 +131,11 @@ impl VhdxImage {
         let writable = !options.read_only;
         let mut backing = Backing::open(path, writable)?;
         let (layout, bat) = load(&mut backing)?;
-        let parent = if layout.has_parent() {
-            Some(find_parent(path, &layout, open_parent)?)
+        let (parent, parent_path) = if layout.has_parent() {
+            let (img, found) = find_parent(path, &layout, open_parent)?;
+            (Some(img), Some(found))
         } else {
-            None
+            (None, None)
         };
         if writable && layout.header.log_length == 0 {
             return Err(BlockError::Unsupported {
@@ -151,7 +154,18 @@ impl VhdxImage {
         let log_capacity = log_capacity(u64::from(layout.header.log_length) / 2);
         let block_sectors = layout.block_size() / u64::from(layout.logical_sector_size);
         let pages_per_segment = 3 + block_sectors.div_ceil(8 * PAGE) as usize;
-        let alloc_end = backing.len.div_ceil(MIB) * MIB;
+        // New blocks go past the end of the file and of every structure
+        // (a region may extend past the end of the file).
+        let alloc_end = layout
+            .region_table
+            .entries
+            .iter()
+            .map(|r| r.end())
+            .chain([backing.len, layout.log_range().1])
+            .max()
+            .unwrap_or(backing.len)
+            .div_ceil(MIB)
+            * MIB;
         let next_sequence = layout
             .replay
             .as_ref()
@@ -179,6 +193,7 @@ impl VhdxImage {
                 dirty_bat_pages: BTreeSet::new(),
                 bitmaps: HashMap::new(),
                 dirty_bitmaps: BTreeSet::new(),
+                dirty_other: BTreeMap::new(),
                 alloc_end,
                 file_write_guid_set: false,
                 data_write_guid_set: false,
@@ -194,6 +209,9 @@ impl VhdxImage {
             let mut st = image.lock();
             if !st.header.log_guid.is_zero() {
                 image.replay_into_file(&mut st)?;
+            }
+            if let Some(found) = parent_path {
+                image.refresh_parent_locator(&mut st, &found)?;
             }
         }
         Ok(image)
@@ -272,6 +290,129 @@ impl VhdxImage {
             st.header_index = index;
         }
         st.file_write_guid_set = true;
+        Ok(())
+    }
+
+    /// Section 2.6.2.6.3: "upon successful open of a chain, an
+    /// implementation has to update any existing stale path entries". A
+    /// relative_path, and an absolute_win32_path written for a Linux host
+    /// (no drive letter), that do not lead to the parent found are rewritten
+    /// to lead to it. Windows drive-letter and volume paths are left alone:
+    /// they may still be right on the host that made the image. The change
+    /// goes through the log with the next metadata flush.
+    fn refresh_parent_locator(&self, st: &mut State, found: &Path) -> Result<()> {
+        let Some(locator) = &self.layout.parent_locator else {
+            return Ok(());
+        };
+        let Some(item) = self.layout.metadata.find(&PARENT_LOCATOR_GUID).cloned() else {
+            return Ok(());
+        };
+        let (Ok(parent_abs), Some(Ok(child_dir))) = (
+            std::fs::canonicalize(found),
+            self.path
+                .parent()
+                .map(|d| {
+                    if d.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        d
+                    }
+                })
+                .map(std::fs::canonicalize),
+        ) else {
+            return Ok(());
+        };
+        let leads_to_parent = |c: &parent::Candidate| {
+            c.path
+                .as_ref()
+                .ok()
+                .and_then(|p| std::fs::canonicalize(p).ok())
+                .is_some_and(|p| p == parent_abs)
+        };
+        let mut updated = locator.clone();
+        let mut stale = false;
+        for c in parent::candidates(&self.path, locator) {
+            let new_value = match c.source.as_str() {
+                "relative_path" => parent::relative_path_value(&child_dir, &parent_abs),
+                "absolute_win32_path" if c.path.is_ok() => parent::absolute_path_value(&parent_abs),
+                _ => continue,
+            };
+            if leads_to_parent(&c) || c.value == new_value {
+                continue;
+            }
+            for (k, v) in &mut updated.entries {
+                if *k == c.source {
+                    *v = new_value.clone();
+                    stale = true;
+                }
+            }
+        }
+        if !stale {
+            return Ok(());
+        }
+        let bytes = updated.to_bytes();
+        let md = &self.layout.metadata_region;
+        let region_len = u64::from(md.length);
+        let mut table = self.layout.metadata.clone();
+        let index = table
+            .entries
+            .iter()
+            .position(|e| e.item_id == PARENT_LOCATOR_GUID && !e.is_user)
+            .unwrap_or(0);
+        // In place when it fits, else after every other item.
+        let offset = if bytes.len() as u64 <= u64::from(item.length) {
+            u64::from(item.offset)
+        } else {
+            let end = table
+                .entries
+                .iter()
+                .map(|e| u64::from(e.offset) + u64::from(e.length))
+                .max()
+                .unwrap_or(METADATA_TABLE_SIZE as u64)
+                .max(METADATA_TABLE_SIZE as u64);
+            if end + bytes.len() as u64 > region_len {
+                tracing::warn!(path = %self.path.display(), "no room to update the stale parent locator");
+                return Ok(());
+            }
+            end
+        };
+        let length = (bytes.len() as u32).max(if offset == u64::from(item.offset) {
+            item.length
+        } else {
+            0
+        });
+        if let Some(e) = table.entries.get_mut(index) {
+            e.offset = offset as u32;
+            e.length = length;
+        }
+        let mut item_bytes = bytes;
+        item_bytes.resize(length as usize, 0);
+        // Compose the changed 4 KiB pages of the metadata region.
+        let mut changes: Vec<(u64, Vec<u8>)> = vec![(0, table.to_bytes()), (offset, item_bytes)];
+        changes.retain(|(_, b)| !b.is_empty());
+        for (rel, data) in changes {
+            let start = md.file_offset + rel;
+            let end = start + data.len() as u64;
+            let mut page = start / PAGE * PAGE;
+            while page < end {
+                if !st.dirty_other.contains_key(&page) {
+                    let mut buf = vec![0u8; PAGE as usize];
+                    st.backing.read(page, &mut buf)?;
+                    st.dirty_other.insert(page, buf);
+                }
+                if let Some(buf) = st.dirty_other.get_mut(&page) {
+                    let a = start.max(page);
+                    let b = end.min(page + PAGE);
+                    buf[(a - page) as usize..(b - page) as usize]
+                        .copy_from_slice(&data[(a - start) as usize..(b - start) as usize]);
+                }
+                page += PAGE;
+            }
+        }
+        tracing::info!(path = %self.path.display(), parent = %found.display(), "updating stale parent locator paths");
+        if !st.file_write_guid_set {
+            self.update_header(st, |_| {})?;
+        }
         Ok(())
     }
 
@@ -552,6 +693,7 @@ impl VhdxImage {
                 })?;
             pages.push((p, page));
         }
+        pages.extend(st.dirty_other.iter().map(|(&o, p)| (o, p.clone())));
         // 1: data (and the file size) before the metadata pointing to it.
         st.backing.sync()?;
         if st.log_guid.is_zero() {
@@ -596,6 +738,7 @@ impl VhdxImage {
         }
         st.dirty_bat_pages.clear();
         st.dirty_bitmaps.clear();
+        st.dirty_other.clear();
         Ok(())
     }
 
@@ -751,7 +894,7 @@ fn find_parent(
     child: &Path,
     layout: &Layout,
     open_parent: &mut ParentOpener,
-) -> Result<Box<dyn DiskImage>> {
+) -> Result<(Box<dyn DiskImage>, PathBuf)> {
     let Some(locator) = &layout.parent_locator else {
         return Err(BlockError::Open {
             path: child.to_owned(),
@@ -813,7 +956,7 @@ fn find_parent(
                 ),
             });
         }
-        return Ok(img);
+        return Ok((img, path.clone()));
     }
     if !changed.is_empty() {
         return Err(BlockError::Open {

@@ -1138,6 +1138,107 @@ fn a_missing_parent_names_every_path_tried() {
     drop(ro(&moved));
 }
 
+fn locator_of(path: &Path) -> ParentLocator {
+    let bytes = std::fs::read(path).unwrap();
+    let e = metadata_table(path)
+        .find(&PARENT_LOCATOR_GUID)
+        .unwrap()
+        .clone();
+    let at = (2 << 20) + e.offset as usize;
+    ParentLocator::parse(&bytes[at..at + e.length as usize], at as u64).unwrap()
+}
+
+#[test]
+fn stale_parent_paths_are_updated_on_a_read_write_open() {
+    let dir = tmp();
+    let vms = dir.path().join("vms");
+    std::fs::create_dir(&vms).unwrap();
+    let base = make(&vms, "base.vhdx", 4 << 20, 1 << 20, 512);
+    let child = make_child(&base, "child.vhdx", None);
+    let original = locator_of(&child);
+    assert_eq!(original.get("relative_path"), Some(".\\base.vhdx"));
+    let linkage = original.get("parent_linkage").unwrap().to_string();
+    // Move the child up: relative_path is now stale, absolute_win32_path
+    // still leads to the parent.
+    let moved = dir.path().join("child.vhdx");
+    std::fs::rename(&child, &moved).unwrap();
+    let before = std::fs::read(&moved).unwrap();
+    drop(ro(&moved));
+    assert!(
+        std::fs::read(&moved).unwrap() == before,
+        "a read-only open updated paths"
+    );
+    let d = rw(&moved);
+    d.write_at(0, &[4; 512]).unwrap();
+    drop(d);
+    let updated = locator_of(&moved);
+    assert_eq!(updated.get("relative_path"), Some(".\\vms\\base.vhdx"));
+    assert_eq!(
+        updated.get("absolute_win32_path"),
+        original.get("absolute_win32_path")
+    );
+    assert_eq!(updated.get("parent_linkage"), Some(linkage.as_str()));
+    assert_eq!(ro(&moved).check().unwrap(), vec![]);
+    // Now move the pair together: the refreshed relative path finds it.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::create_dir(elsewhere.join("vms")).unwrap();
+    std::fs::rename(&base, elsewhere.join("vms/base.vhdx")).unwrap();
+    std::fs::rename(&moved, elsewhere.join("child.vhdx")).unwrap();
+    let c = ro(&elsewhere.join("child.vhdx"));
+    assert_eq!(read(&c, 0, 512), vec![4; 512]);
+    // A longer value than fits in place moves the item within the region.
+    drop(c);
+    let deep = elsewhere.join("a/very/long/directory/name/for/the/child/to/live/in");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::rename(elsewhere.join("child.vhdx"), deep.join("child.vhdx")).unwrap();
+    let grown_parent = elsewhere.join("vms/base.vhdx");
+    let mut l = locator_of(&deep.join("child.vhdx"));
+    // The relative path no longer leads anywhere; point the absolute one
+    // at the parent so it is found.
+    for (k, v) in &mut l.entries {
+        if k == "absolute_win32_path" {
+            *v = parent::absolute_path_value(&std::fs::canonicalize(&grown_parent).unwrap());
+        }
+    }
+    let e = metadata_table(&deep.join("child.vhdx"))
+        .find(&PARENT_LOCATOR_GUID)
+        .unwrap()
+        .clone();
+    let mut bytes = l.to_bytes();
+    assert!(bytes.len() <= e.length as usize + 200);
+    bytes.resize(bytes.len().max(e.length as usize), 0);
+    let mut t = metadata_table(&deep.join("child.vhdx"));
+    for x in &mut t.entries {
+        if x.item_id == PARENT_LOCATOR_GUID {
+            x.length = bytes.len() as u32;
+        }
+    }
+    patch(&deep.join("child.vhdx"), 2 << 20, &t.to_bytes());
+    patch(
+        &deep.join("child.vhdx"),
+        (2 << 20) + u64::from(e.offset),
+        &bytes,
+    );
+    drop(rw(&deep.join("child.vhdx")));
+    let moved_item = metadata_table(&deep.join("child.vhdx"))
+        .find(&PARENT_LOCATOR_GUID)
+        .unwrap()
+        .clone();
+    assert!(
+        moved_item.offset > e.offset,
+        "the grown locator was moved past the others"
+    );
+    let l = locator_of(&deep.join("child.vhdx"));
+    assert_eq!(
+        l.get("relative_path"),
+        Some(format!("{}vms\\base.vhdx", "..\\".repeat(11)).as_str())
+    );
+    let c = ro(&deep.join("child.vhdx"));
+    assert_eq!(c.check().unwrap(), vec![]);
+    assert_eq!(read(&c, 0, 512), vec![4; 512]);
+}
+
 #[test]
 fn a_changed_parent_is_refused() {
     let dir = tmp();
