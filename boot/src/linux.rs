@@ -91,27 +91,22 @@ pub fn load(
     let mut kernel = File::open(spec.kernel)
         .map_err(|e| BootError::file(spec.kernel, format!("cannot read kernel: {e}")))?;
     // A bzImage first; otherwise an ELF vmlinux.
-    let (entry, header) = match BzImage::load(
-        mem,
-        None,
-        &mut kernel,
-        Some(GuestAddress(HIMEM_START)),
-    ) {
-        Ok(r) => (r.kernel_load.0 + 0x200, r.setup_header),
-        Err(bz) => {
-            let r = Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))).map_err(
-                |elf| {
-                    BootError::file(
-                        spec.kernel,
-                        format!(
+    let (entry, header) =
+        match BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
+            Ok(r) => (r.kernel_load.0 + 0x200, r.setup_header),
+            Err(bz) => {
+                let r = Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START)))
+                    .map_err(|elf| {
+                        BootError::file(
+                            spec.kernel,
+                            format!(
                             "not a loadable kernel: as a bzImage: {bz}; as an ELF vmlinux: {elf}"
                         ),
-                    )
-                },
-            )?;
-            (r.kernel_load.0, None)
-        }
-    };
+                        )
+                    })?;
+                (r.kernel_load.0, None)
+            }
+        };
 
     // Command line.
     let max = header

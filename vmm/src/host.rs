@@ -69,7 +69,7 @@ impl HostSide {
         }
 
         let log: Option<Box<dyn std::io::Write + Send>> = match &cfg.firmware_log {
-            Some(p) => Some(Box::new(std::io::BufWriter::new(
+            Some(p) => Some(Box::new(std::io::LineWriter::new(
                 std::fs::File::create(p)
                     .with_context(|| format!("{}: cannot create the firmware log", p.display()))?,
             ))),

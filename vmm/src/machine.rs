@@ -16,6 +16,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use rehost_boot::acpi::AcpiConfig;
 use rehost_boot::fw_cfg::{self as fw_cfg_content, FirmwareSettings};
 use rehost_boot::linux::LinuxBootSpec;
+use rehost_boot::smbios::SmbiosConfig;
 use rehost_devices::bus::{Bus, SharedDevice};
 use rehost_devices::events::{MachineEvents, MachineRequest};
 use rehost_devices::irq::IrqLine;
@@ -178,10 +179,9 @@ impl Machine {
         let pam_ram = ram.clone();
         let pam_vm = vm.clone();
         let listener: PamListener = Arc::new(move |modes| pam_ram.apply_pam(&pam_vm, modes));
-        pci.add(
-            DevFn::new(0, 0),
-            Arc::new(Mutex::new(I440fx::new(Some(listener)))),
-        )?;
+        let mut host_bridge = I440fx::new(Some(listener));
+        host_bridge.set_initial_pam(&ram.initial_pam());
+        pci.add(DevFn::new(0, 0), Arc::new(Mutex::new(host_bridge)))?;
         pci.add(
             DevFn::new(1, 0),
             Arc::new(Mutex::new(Piix3Isa::new(router.clone()))),
@@ -271,6 +271,10 @@ impl Machine {
                 },
             )?),
             None => {
+                let smbios =
+                    rehost_boot::smbios::build(&SmbiosConfig::rehost(cfg.layout, cfg.cpus));
+                fw_cfg.add_file(rehost_boot::smbios::ANCHOR_FILE, smbios.anchor)?;
+                fw_cfg.add_file(rehost_boot::smbios::TABLES_FILE, smbios.tables)?;
                 fw_cfg.add_file(rehost_boot::acpi::TABLES_FILE, acpi.tables)?;
                 fw_cfg.add_file(rehost_boot::acpi::RSDP_FILE, acpi.rsdp)?;
                 fw_cfg.add_file(rehost_boot::acpi::LOADER_FILE, acpi.loader)?;

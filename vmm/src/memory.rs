@@ -95,20 +95,35 @@ impl GuestRam {
             Some(fw) => Some((FirmwareRom::new(fw)?, fw.base())),
             None => None,
         };
-        // At reset the PAM registers decode nothing to RAM; with no firmware
-        // to program them, the area is RAM from the start.
-        let ram_from_reset = rom.is_none();
+        // With no firmware the BIOS area is plain RAM. With firmware, the
+        // machine comes out of reset with the BIOS already shadowed: the
+        // ISA window's content is in RAM and those segments decode to
+        // read-only RAM (the state firmware reaches after shadowing itself,
+        // which SeaBIOS recognises and does not redo), the rest to nothing.
+        let mut modes = [PamMode {
+            read_ram: rom.is_none(),
+            write_ram: rom.is_none(),
+        }; PAM_SEGMENTS];
+        if let Some(fw) = fw {
+            let window = fw.isa_window();
+            let start = MIB - window as u64;
+            mem.write_slice(&fw.image[fw.image.len() - window..], GuestAddress(start))
+                .map_err(|e| MemoryError::Allocate {
+                    size: window as u64,
+                    reason: format!("shadowing the firmware: {e}"),
+                })?;
+            for (i, m) in modes.iter_mut().enumerate() {
+                if pam_segment_range(i).0 >= start {
+                    m.read_ram = true;
+                }
+            }
+        }
         Ok(Self {
             mem,
             layout,
             rom,
             readonly_slots,
-            pam: Arc::new(Mutex::new(
-                [PamMode {
-                    read_ram: ram_from_reset,
-                    write_ram: ram_from_reset,
-                }; PAM_SEGMENTS],
-            )),
+            pam: Arc::new(Mutex::new(modes)),
         })
     }
 
@@ -202,6 +217,11 @@ impl GuestRam {
             }
         }
         *cur = *modes;
+    }
+
+    /// The PAM decode at power-on, for the host bridge's registers.
+    pub fn initial_pam(&self) -> [PamMode; PAM_SEGMENTS] {
+        *self.pam.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The device that takes the accesses KVM does not satisfy from memory

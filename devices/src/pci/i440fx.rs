@@ -53,6 +53,19 @@ impl I440fx {
         Self { cs, listener }
     }
 
+    /// Sets the PAM registers' power-on values (without notifying the
+    /// listener): for a platform that hands over with the BIOS already
+    /// shadowed.
+    pub fn set_initial_pam(&mut self, modes: &[PamMode; PAM_SEGMENTS]) {
+        let bits = |m: &PamMode| u8::from(m.read_ram) | u8::from(m.write_ram) << 1;
+        self.cs.set_u8(PAM0, bits(&modes[0]) << 4);
+        for reg in 0..6 {
+            let lo = bits(&modes[1 + 2 * reg]);
+            let hi = bits(&modes[2 + 2 * reg]);
+            self.cs.set_u8(PAM0 + 1 + reg, lo | hi << 4);
+        }
+    }
+
     /// The decode of every PAM segment.
     pub fn pam_modes(&self) -> [PamMode; PAM_SEGMENTS] {
         let mut modes = [PamMode {
@@ -144,6 +157,20 @@ mod tests {
         hb.config_write(0x59, &[0xff]);
         assert_eq!(hb.config_read(0x58) >> 8 & 0xff, 0x30);
         assert_eq!(pam_segment_range(1), (0xc0000, 0x4000));
+
+        // Power-on values round-trip through the registers.
+        let mut modes = [PamMode {
+            read_ram: false,
+            write_ram: false,
+        }; PAM_SEGMENTS];
+        modes[0].read_ram = true;
+        modes[12].read_ram = true;
+        modes[3].write_ram = true;
+        let mut hb = I440fx::new(None);
+        hb.set_initial_pam(&modes);
+        assert_eq!(hb.pam_modes(), modes);
+        assert_eq!(hb.config_read(0x58) >> 8 & 0xff, 0x10);
+        assert_eq!(hb.config_read(0x5c) >> 24, 0x10);
         assert_eq!(pam_segment_range(12), (0xec000, 0x4000));
     }
 }

@@ -54,6 +54,9 @@ const SECTOR: u64 = spec::SECTOR;
 /// Data areas of blocks rehost allocates start on this boundary, so that
 /// page-sized guest I/O maps to whole host pages.
 const DATA_ALIGN: u64 = 4096;
+/// Most BAT entries rehost loads (256 MiB of table; 128 TiB of 2 MiB
+/// blocks, far past the 2040 GiB a VHD holds).
+const MAX_TABLE_ENTRIES: u64 = 64 << 20;
 /// Largest parent locator data rehost reads.
 const MAX_LOCATOR_LEN: u32 = 64 * 1024;
 
@@ -975,6 +978,14 @@ fn open_sparse(
             "VHD dynamic header",
             entries_at,
             format!("{entries} blocks of {block_size} bytes do not cover the disk size {size}"),
+        ));
+    }
+    if entries > MAX_TABLE_ENTRIES {
+        return Err(corrupt(
+            path,
+            "VHD dynamic header",
+            entries_at,
+            format!("{entries} table entries is more than the {MAX_TABLE_ENTRIES} rehost accepts"),
         ));
     }
     let footer_at = len - spec::FOOTER_SIZE as u64;

@@ -490,6 +490,11 @@ fn damaged_dynamic_headers_and_tables_are_refused() {
     assert_eq!(corrupt_at(&e), ("VHD dynamic header", 512 + 28));
 
     reset();
+    edit_header(&path, |h| h.max_table_entries = 100 << 20);
+    let e = assert_refused(&path, &["table entries is more than"]);
+    assert_eq!(corrupt_at(&e), ("VHD dynamic header", 512 + 28));
+
+    reset();
     edit_header(&path, |h| h.table_offset = 1 << 30);
     let e = assert_refused(&path, &["ends past the end of the file"]);
     assert_eq!(corrupt_at(&e), ("VHD dynamic header", 512 + 16));
