@@ -42,13 +42,13 @@ fuzz_target!(|data: &[u8]| {
         at += SECTOR;
     }
     if let Some(seq) = find_active_sequence(&log, &guid, 1 << 20) {
-        assert!(!seq.entries.is_empty());
-        for w in seq.entries.windows(2) {
+        assert!(!seq.entries().is_empty());
+        for w in seq.entries().windows(2) {
             assert_eq!(w[0].header.sequence_number + 1, w[1].header.sequence_number);
         }
         let overlay = Overlay::from_sequence(&seq);
         // Reading through the overlay matches the last write of each page.
-        for e in &seq.entries {
+        for e in seq.entries() {
             for w in &e.writes {
                 if let LogWrite::Data { file_offset, .. } = w {
                     let mut buf = vec![0xEEu8; SECTOR + 100];

@@ -42,16 +42,23 @@ pub struct LogEntry {
     pub writes: Vec<LogWrite>,
 }
 
-/// The active sequence: the entries to replay, tail first.
+/// The active sequence: the entries to replay, tail first. Only
+/// [`find_active_sequence`] makes one, and never an empty one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveSequence {
-    pub entries: Vec<LogEntry>,
+    entries: Vec<LogEntry>,
+    head: LogEntry,
 }
 
 impl ActiveSequence {
-    /// The newest entry. A sequence is never empty.
+    /// The entries, tail first.
+    pub fn entries(&self) -> &[LogEntry] {
+        &self.entries
+    }
+
+    /// The newest entry.
     pub fn head(&self) -> &LogEntry {
-        &self.entries[self.entries.len() - 1]
+        &self.head
     }
 }
 
@@ -272,9 +279,10 @@ pub fn find_active_sequence(
                     .as_ref()
                     .is_none_or(|c| head_seq > c.head().header.sequence_number)
                 {
-                    candidate = Some(ActiveSequence {
-                        entries: entries.split_off(from),
-                    });
+                    let entries = entries.split_off(from);
+                    if let Some(head) = entries.last().cloned() {
+                        candidate = Some(ActiveSequence { entries, head });
+                    }
                 }
                 scanned += span;
                 current_tail = (current_tail + span) % len;

@@ -205,6 +205,15 @@ impl VhdxImage {
             }),
             layout,
         };
+        if let Some(seq) = &image.layout.replay {
+            tracing::info!(
+                path = %path.display(),
+                entries = seq.entries().len(),
+                head_sequence = seq.head().header.sequence_number,
+                "replaying the VHDX log {}",
+                if writable { "into the file" } else { "in memory (read-only)" }
+            );
+        }
         if writable {
             let mut st = image.lock();
             if !st.header.log_guid.is_zero() {

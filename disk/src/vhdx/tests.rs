@@ -280,7 +280,7 @@ fn headers_follow_the_update_protocol() {
     let bytes = std::fs::read(&path).unwrap();
     let log = &bytes[(1 << 20)..(2 << 20)];
     let seq = log::find_active_sequence(log, &flushed.log_guid, 1 << 20).unwrap();
-    assert_eq!(seq.entries.len(), 1);
+    assert_eq!(seq.entries().len(), 1);
     drop(disk);
     // A clean close empties the log; both headers are valid and equal but
     // for the sequence number.
@@ -1237,6 +1237,109 @@ fn stale_parent_paths_are_updated_on_a_read_write_open() {
     let c = ro(&deep.join("child.vhdx"));
     assert_eq!(c.check().unwrap(), vec![]);
     assert_eq!(read(&c, 0, 512), vec![4; 512]);
+}
+
+/// Rewrites the child's parent locator item in place (it is the last item,
+/// so it may grow).
+fn rewrite_locator(child: &Path, change: impl Fn(&mut ParentLocator)) {
+    let e = metadata_table(child)
+        .find(&PARENT_LOCATOR_GUID)
+        .unwrap()
+        .clone();
+    let mut l = locator_of(child);
+    change(&mut l);
+    let mut bytes = l.to_bytes();
+    let len = bytes.len().max(e.length as usize);
+    bytes.resize(len, 0);
+    let mut t = metadata_table(child);
+    for x in &mut t.entries {
+        if x.item_id == PARENT_LOCATOR_GUID {
+            x.length = len as u32;
+        }
+    }
+    patch(child, 2 << 20, &t.to_bytes());
+    patch(child, (2 << 20) + u64::from(e.offset), &bytes);
+}
+
+#[test]
+fn parent_linkage2_is_accepted_and_unknown_locator_types_refused() {
+    let dir = tmp();
+    let base = make(dir.path(), "base.vhdx", 4 << 20, 1 << 20, 512);
+    let child = make_child(&base, "child.vhdx", None);
+    let real = locator_of(&child)
+        .get("parent_linkage")
+        .unwrap()
+        .to_string();
+    // parent_linkage names something else, parent_linkage2 the parent: ok
+    // (section 2.6.2.6.3, note <12>: the state during a merge).
+    rewrite_locator(&child, |l| {
+        for (k, v) in &mut l.entries {
+            if k == "parent_linkage" {
+                *v = Guid([1; 16]).to_braced();
+            }
+        }
+        l.entries.push(("parent_linkage2".into(), real.clone()));
+    });
+    drop(ro(&child));
+    // Neither matches: refused as a changed parent.
+    rewrite_locator(&child, |l| {
+        for (k, v) in &mut l.entries {
+            if k == "parent_linkage2" {
+                *v = Guid([2; 16]).to_braced();
+            }
+        }
+    });
+    assert!(open(&child, true)
+        .unwrap_err()
+        .to_string()
+        .contains("parent has changed"));
+    // Not a GUID.
+    rewrite_locator(&child, |l| {
+        for (k, v) in &mut l.entries {
+            if k == "parent_linkage" {
+                *v = "{not-a-guid}".into();
+            }
+        }
+    });
+    let at = item_offset(&child, &PARENT_LOCATOR_GUID);
+    expect_corrupt(&child, "parent locator", at, "is not a GUID");
+    // Another locator type.
+    rewrite_locator(&child, |l| {
+        l.locator_type = Guid([9; 16]);
+        for (k, v) in &mut l.entries {
+            if k == "parent_linkage" {
+                *v = real.clone();
+            }
+        }
+    });
+    expect_unsupported(&child, "is not the VHDX type");
+    // No path at all.
+    rewrite_locator(&child, |l| {
+        l.locator_type = VHDX_PARENT_LOCATOR_TYPE;
+        l.entries.retain(|(k, _)| k.starts_with("parent_linkage"));
+    });
+    expect_corrupt(&child, "parent locator", at, "none of relative_path");
+}
+
+#[test]
+fn children_need_a_vhdx_parent() {
+    let dir = tmp();
+    let raw = dir.path().join("base.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let child = dir.path().join("child.vhdx");
+    let err = create(
+        &child,
+        &CreateOptions {
+            format: ImageFormat::Vhdx,
+            subformat: Subformat::Differencing,
+            size: 0,
+            block_size: None,
+            parent: Some(raw),
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("needs a VHDX parent"), "{err}");
+    assert!(!child.exists());
 }
 
 #[test]
