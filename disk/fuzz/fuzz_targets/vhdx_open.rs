@@ -47,7 +47,24 @@ fn parent_opener(p: &Path) -> rehost_disk::Result<Box<dyn DiskImage>> {
 fn templates() -> &'static Templates {
     static T: OnceLock<Templates> = OnceLock::new();
     T.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rehost-fuzz-{}", std::process::id()));
+        // tmpfs when there is one: the target flushes a lot, and flushes
+        // on tmpfs cost nothing.
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        // Clear what earlier runs (whose process is gone) left behind.
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("rehost-fuzz-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("rehost-fuzz-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let opts = |parent: Option<PathBuf>| CreateOptions {
@@ -104,8 +121,10 @@ fn write_sparse(path: &Path, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::create(path).unwrap();
     f.set_len(bytes.len() as u64).unwrap();
+    // Slice comparison is one memcmp, not 4096 instrumented byte compares.
+    static ZERO: [u8; 4096] = [0; 4096];
     for (i, page) in bytes.chunks(4096).enumerate() {
-        if page.iter().any(|&b| b != 0) {
+        if page != &ZERO[..page.len()] {
             f.write_all_at(page, (i * 4096) as u64).unwrap();
         }
     }

@@ -731,6 +731,18 @@ pub(crate) fn check_bat(
                 }
                 let extent = layout.block_extent(block);
                 if extent == 0 {
+                    out.push((
+                        problem(
+                            path,
+                            "BAT entry",
+                            at,
+                            format!(
+                                "entry {i}: block {block} lies past the end of the virtual disk but is {}",
+                                payload_state_name(s)
+                            ),
+                        ),
+                        false,
+                    ));
                     continue;
                 }
                 if let Some(p) = check_allocation(

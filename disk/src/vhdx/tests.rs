@@ -736,6 +736,28 @@ fn bad_bat_entries_are_refused() {
 }
 
 #[test]
+fn allocated_entries_past_the_end_of_the_disk_are_reported() {
+    let dir = tmp();
+    let base = make(dir.path(), "base.vhdx", 4 << 20, 1 << 20, 512);
+    let child = make_child(&base, "child.vhdx", Some(1 << 20));
+    // 4 blocks, but a differencing BAT covers a whole chunk of 4096.
+    let at = set_bat(
+        &child,
+        10,
+        BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, 64 << 20),
+    );
+    let problems = ro(&child).check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        (problems[0].structure.as_str(), problems[0].offset),
+        ("BAT entry", at)
+    );
+    assert!(problems[0]
+        .reason
+        .contains("past the end of the virtual disk"));
+}
+
+#[test]
 fn bad_metadata_is_refused() {
     let dir = tmp();
     for (guid, value, structure, reason) in [
