@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds rehost's test option ROMs from resources/roms/*.asm into OUT_DIR
+# Builds rehost's test option ROMs from resources/roms/*.asm and
+# resources/serial/*.asm into OUT_DIR
 # (default: target/guest-artifacts/roms) with nasm (Debian package `nasm`),
 # and sets each ROM's checksum byte so its bytes sum to zero.
 set -eu
@@ -7,9 +8,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-"$here/../target/guest-artifacts/roms"}
 mkdir -p "$out"
 command -v nasm >/dev/null || { echo "build-roms.sh: nasm not found (apt-get install nasm)" >&2; exit 1; }
-for src in "$here"/roms/*.asm; do
+for src in "$here"/roms/*.asm "$here"/serial/*.asm; do
     name=$(basename "$src" .asm)
-    nasm -f bin -I "$here/roms/" -o "$out/$name.rom.tmp" "$src"
+    nasm -f bin -I "$here/roms/" -I "$here/serial/" -o "$out/$name.rom.tmp" "$src"
     perl -e '
         local $/; open my $f, "+<:raw", $ARGV[0] or die "$ARGV[0]: $!";
         my $d = <$f>; my $sum = 0; $sum += ord(substr($d, $_, 1)) for 0 .. length($d) - 2;

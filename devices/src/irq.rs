@@ -38,3 +38,61 @@ impl IrqLine for RecordingIrq {
         }
     }
 }
+
+/// One interrupt line driven by several devices, as COM1 and COM3 share
+/// ISA IRQ 4 (COM2 and COM4 IRQ 3). The line is the OR of its inputs: one
+/// device lowering its output does not hide another's pending request. On
+/// the edge-triggered PIC a second device asserting while the line is
+/// already high makes no new edge, as on a PC; a guest handler for a shared
+/// IRQ polls every device on it before returning.
+pub struct SharedIrqLine {
+    line: Arc<dyn IrqLine>,
+    /// Bit i set: input i is asserted.
+    asserted: std::sync::Mutex<u64>,
+    inputs: AtomicU32,
+}
+
+impl SharedIrqLine {
+    pub fn new(line: Arc<dyn IrqLine>) -> Arc<Self> {
+        Arc::new(Self {
+            line,
+            asserted: std::sync::Mutex::new(0),
+            inputs: AtomicU32::new(0),
+        })
+    }
+
+    /// A new input of this line for one device (at most 64).
+    pub fn input(self: &Arc<Self>) -> Arc<dyn IrqLine> {
+        let bit = self.inputs.fetch_add(1, Ordering::SeqCst).min(63);
+        Arc::new(SharedIrqInput {
+            shared: self.clone(),
+            mask: 1 << bit,
+        })
+    }
+}
+
+struct SharedIrqInput {
+    shared: Arc<SharedIrqLine>,
+    mask: u64,
+}
+
+impl IrqLine for SharedIrqInput {
+    fn set_level(&self, level: bool) {
+        // The lock also orders the changes of the line itself.
+        let mut asserted = self
+            .shared
+            .asserted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = *asserted != 0;
+        if level {
+            *asserted |= self.mask;
+        } else {
+            *asserted &= !self.mask;
+        }
+        let after = *asserted != 0;
+        if before != after {
+            self.shared.line.set_level(after);
+        }
+    }
+}

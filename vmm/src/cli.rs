@@ -32,6 +32,16 @@ Exit codes of `rehost run`:
   4    the guest crashed (triple fault, or a VM exit rehost cannot handle)
   130  stopped by SIGINT, 143 stopped by SIGTERM (after an orderly shutdown)";
 
+/// `rehost run --help`'s closing text: COM port SPECs, console keys, exit
+/// codes.
+fn run_after_help() -> String {
+    format!(
+        "{}\n\n{}\n\n{EXIT_CODES_HELP}",
+        crate::serial::spec::SPEC_HELP,
+        crate::serial::stdio::ESCAPE_HELP
+    )
+}
+
 /// rehost: a KVM virtual machine monitor for machines that were never meant
 /// to be virtual. It boots physical machines' VHD, VHDX and raw disks through
 /// PC firmware (SeaBIOS) on emulated IDE or AHCI controllers, redirects COM
@@ -46,8 +56,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a virtual PC.
-    #[command(after_help = EXIT_CODES_HELP)]
-    Run(RunArgs),
+    #[command(after_help = run_after_help())]
+    Run(Box<RunArgs>),
     /// Create, inspect, check, convert and merge disk images.
     #[command(subcommand)]
     Disk(DiskCommand),
@@ -79,10 +89,20 @@ pub struct RunArgs {
     /// Kernel command line for --kernel.
     #[arg(long, value_name = "STR", requires = "kernel")]
     pub cmdline: Option<String>,
-    /// Where COM1 (0x3F8, IRQ 4) goes: `stdio`, `null` or `file:PATH`
-    /// (appended to).
+    /// Where COM1 (0x3F8, IRQ 4) goes: stdio, null, none, file:PATH, pty,
+    /// unix:PATH[,server], tcp:HOST:PORT[,server], tty:DEVICE or
+    /// rfc2217:HOST:PORT, with ,buffer=SIZE (see "COM port SPECs" below).
     #[arg(long, default_value = "stdio", value_name = "SPEC")]
     pub com1: String,
+    /// Where COM2 (0x2F8, IRQ 3) goes; default none (no port).
+    #[arg(long, default_value = "none", value_name = "SPEC")]
+    pub com2: String,
+    /// Where COM3 (0x3E8, IRQ 4, shared with COM1) goes; default none.
+    #[arg(long, default_value = "none", value_name = "SPEC")]
+    pub com3: String,
+    /// Where COM4 (0x2E8, IRQ 3, shared with COM2) goes; default none.
+    #[arg(long, default_value = "none", value_name = "SPEC")]
+    pub com4: String,
     /// Write what the firmware prints on its debug port (0x402) to PATH.
     #[arg(long = "firmware-log", value_name = "PATH")]
     pub firmware_log: Option<PathBuf>,
@@ -107,7 +127,7 @@ pub fn main() -> std::process::ExitCode {
 /// Runs a parsed command line and returns the process exit code.
 pub fn execute(cli: Cli) -> u8 {
     let result = match cli.command {
-        Command::Run(args) => crate::run(args),
+        Command::Run(args) => crate::run(*args),
         Command::Disk(cmd) => crate::disk_cmd::execute(cmd),
     };
     match result {

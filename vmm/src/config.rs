@@ -32,7 +32,8 @@ pub struct MachineConfig {
     pub firmware: Option<Firmware>,
     pub option_roms: Vec<OptionRom>,
     pub kernel: Option<KernelConfig>,
-    pub com1: ComSpec,
+    /// COM1 to COM4.
+    pub com_ports: [ComSpec; 4],
     pub firmware_log: Option<PathBuf>,
     pub no_reboot: bool,
 }
@@ -93,17 +94,23 @@ impl MachineConfig {
             .iter()
             .map(|p| option_rom::load(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let com1: ComSpec = args
-            .com1
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--com1: {e}"))?;
+        let mut com_ports: [ComSpec; 4] = Default::default();
+        for (i, spec) in [&args.com1, &args.com2, &args.com3, &args.com4]
+            .into_iter()
+            .enumerate()
+        {
+            com_ports[i] = spec
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--com{} {spec}: {e}", i + 1))?;
+        }
+        crate::serial::check_specs(&com_ports).map_err(|e| anyhow::anyhow!(e))?;
         Ok(Self {
             layout,
             cpus: args.cpus,
             firmware,
             option_roms,
             kernel,
-            com1,
+            com_ports,
             firmware_log: args.firmware_log.clone(),
             no_reboot: args.no_reboot,
         })

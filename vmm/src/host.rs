@@ -8,15 +8,12 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use rehost_devices::events::MachineEvents;
-use rehost_devices::irq::RecordingIrq;
 use rehost_devices::legacy::debugcon::DebugCon;
-use rehost_devices::serial::{NullBackend, SerialBackend, Uart16550};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::MachineConfig;
-use crate::serial::pump::InputPump;
-use crate::serial::stdio::{RawModeGuard, StdinSource, StdoutBackend};
-use crate::serial::{ComSpec, FileBackend};
+use crate::serial::stdio::RawModeGuard;
+use crate::serial::{ComPort, ComPorts};
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -37,7 +34,8 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 pub struct HostSide {
-    pub com1: Arc<Mutex<Uart16550>>,
+    /// The configured COM ports (COM1-COM4), in order.
+    pub com_ports: Vec<ComPort>,
     pub debugcon: Arc<Mutex<DebugCon>>,
     /// Requests from the host side (the console escape key); persistent
     /// across resets, watched by the machine's run loop.
@@ -51,21 +49,10 @@ impl HostSide {
     pub fn start(cfg: &MachineConfig) -> anyhow::Result<Self> {
         let host_requests = Arc::new(MachineEvents::new()?);
         let mut subscribers: Vec<Subscriber> = Vec::new();
-        let mut raw_mode = None;
-
-        let space = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let backend: Box<dyn SerialBackend> = match &cfg.com1 {
-            ComSpec::Null => Box::new(NullBackend),
-            ComSpec::File(p) => Box::new(FileBackend::open(p)?),
-            ComSpec::Stdio => Box::new(StdoutBackend::new(space.clone())),
-        };
-        // The interrupt line is connected when the machine is built.
-        let com1 = Arc::new(Mutex::new(Uart16550::new(RecordingIrq::new(), backend)));
-        if cfg.com1 == ComSpec::Stdio {
-            raw_mode = RawModeGuard::enable(0);
-            let source = StdinSource::new(raw_mode.is_some(), host_requests.clone());
-            let pump = InputPump::new(com1.clone(), Box::new(source), space)?;
-            subscribers.push(Arc::new(Mutex::new(pump)));
+        let coms = ComPorts::start(&cfg.com_ports, &host_requests)?;
+        let port_loops = coms.loops.clone();
+        for l in &coms.loops {
+            subscribers.push(l.clone());
         }
 
         let log: Option<Box<dyn std::io::Write + Send>> = match &cfg.firmware_log {
@@ -102,14 +89,20 @@ impl HostSide {
                         break;
                     }
                 }
+                // The vCPUs have stopped: write what COM output is left.
+                for l in &port_loops {
+                    l.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .finish(std::time::Duration::from_secs(2));
+                }
             })?;
         Ok(Self {
-            com1,
+            com_ports: coms.ports,
             debugcon,
             host_requests,
             loop_exit,
             loop_thread: Some(loop_thread),
-            _raw_mode: raw_mode,
+            _raw_mode: coms.raw_mode,
         })
     }
 }

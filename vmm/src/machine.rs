@@ -19,7 +19,7 @@ use rehost_boot::linux::LinuxBootSpec;
 use rehost_boot::smbios::SmbiosConfig;
 use rehost_devices::bus::{Bus, SharedDevice};
 use rehost_devices::events::{MachineEvents, MachineRequest};
-use rehost_devices::irq::IrqLine;
+use rehost_devices::irq::{IrqLine, SharedIrqLine};
 use rehost_devices::legacy::cmos::{Cmos, NvramConfig, CMOS_PORT};
 use rehost_devices::legacy::debugcon::DEBUGCON_PORT;
 use rehost_devices::legacy::fw_cfg::{FwCfg, FW_CFG_PORT_LEN, FW_CFG_PORT_SEL};
@@ -229,19 +229,38 @@ impl Machine {
         io_bus.insert(PORT92, 1, Arc::new(Mutex::new(Port92::new(events.clone()))))?;
         io_bus.insert(DEBUGCON_PORT, 1, host.debugcon.clone())?;
 
-        {
-            let mut com1 = host.com1.lock().unwrap_or_else(|e| e.into_inner());
-            com1.set_irq(isa[COM_PORTS[0].1 as usize].clone());
-            com1.reset();
+        // COM ports. COM1/COM3 share IRQ 4 and COM2/COM4 IRQ 3: each line
+        // is the OR of its UARTs' outputs.
+        let mut com_irqs: Vec<(u32, Arc<SharedIrqLine>)> = Vec::new();
+        for port in &host.com_ports {
+            let (base, irq) = COM_PORTS[port.index];
+            let line = match com_irqs.iter().find(|(i, _)| *i == irq) {
+                Some((_, l)) => l.clone(),
+                None => {
+                    let l = SharedIrqLine::new(isa[irq as usize].clone());
+                    com_irqs.push((irq, l.clone()));
+                    l
+                }
+            };
+            {
+                let mut uart = port.uart.lock().unwrap_or_else(|e| e.into_inner());
+                uart.set_irq(line.input());
+                uart.reset();
+            }
+            io_bus.insert(base, 8, port.uart.clone())?;
         }
-        io_bus.insert(COM_PORTS[0].0, 8, host.com1.clone())?;
+        let com_resources: Vec<(u16, u8)> = host
+            .com_ports
+            .iter()
+            .map(|p| (COM_PORTS[p.index].0 as u16, COM_PORTS[p.index].1 as u8))
+            .collect();
 
         // Firmware configuration.
         let mut fw_cfg = FwCfg::new(ram.mem.clone());
         let content = fw_cfg_content::build(&FirmwareSettings {
             layout: cfg.layout,
             cpus: cfg.cpus,
-            serial_console_port: Some(COM_PORTS[0].0 as u16),
+            serial_console_port: com_resources.first().map(|&(port, _)| port),
             boot_order: Vec::new(),
         });
         for (key, data) in content.items {
@@ -253,11 +272,7 @@ impl Machine {
         let acpi = rehost_boot::acpi::build(&AcpiConfig {
             pm_base: PM_BASE,
             pirq_irqs: PIRQ_IRQS,
-            ..AcpiConfig::pc(
-                cfg.layout,
-                cfg.cpus,
-                vec![(COM_PORTS[0].0 as u16, COM_PORTS[0].1 as u8)],
-            )
+            ..AcpiConfig::pc(cfg.layout, cfg.cpus, com_resources.clone())
         });
         let entry = match &cfg.kernel {
             Some(k) => Some(rehost_boot::linux::load(

@@ -59,6 +59,16 @@ pub trait SerialBackend: Send {
     fn break_changed(&mut self, _on: bool) {}
     /// The receive FIFO has room again: input held back can be delivered.
     fn rx_space_available(&mut self) {}
+    /// Whether the host side can take more output now. While it cannot,
+    /// the UART holds THRE and TEMT clear, as a transmitter still busy
+    /// with earlier bytes would, so the guest waits instead of losing
+    /// data; the host side then calls `Uart16550::tx_space_available`.
+    /// After answering `true` a backend must accept at least a FIFO's
+    /// worth (16 bytes) of output. Backends that never push back keep
+    /// this default.
+    fn tx_ready(&mut self) -> bool {
+        true
+    }
 }
 
 /// A backend that discards output and never has input.

@@ -4,7 +4,10 @@
 //! registers (PC16550D datasheet, "Register Description").
 //!
 //! Transmission is immediate: a byte written to THR goes to the backend at
-//! once, so THRE and TEMT always read as set.
+//! once. THRE and TEMT read as set whenever the backend can take more
+//! (`SerialBackend::tx_ready`); while it cannot, they stay clear and the
+//! THRE interrupt waits for `tx_space_available`, so a host side slower
+//! than the guest paces it as a real line would.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -83,6 +86,9 @@ pub struct Uart16550 {
     rx: VecDeque<u8>,
     /// The THRE interrupt is armed: THR emptied and IIR not yet read.
     thre_pending: bool,
+    /// THR emptied while the backend could take no more: THRE is raised
+    /// when `tx_space_available` finds it ready again.
+    thre_deferred: bool,
     /// When the receive FIFO last changed (for the character timeout).
     last_rx_activity: Instant,
     modem_in: ModemStatus,
@@ -107,6 +113,7 @@ impl Uart16550 {
             rx_trigger: 1,
             rx: VecDeque::with_capacity(FIFO_SIZE),
             thre_pending: false,
+            thre_deferred: false,
             last_rx_activity: Instant::now(),
             // Nothing connected yet reads like a null-modem cable with the
             // far end ready, as most guests expect on a console.
@@ -136,6 +143,7 @@ impl Uart16550 {
         self.rx_trigger = 1;
         self.rx.clear();
         self.thre_pending = false;
+        self.thre_deferred = false;
         if let Some(saved) = self.modem_in_saved.take() {
             self.modem_in = saved;
         }
@@ -294,6 +302,11 @@ impl Uart16550 {
         }
     }
 
+    /// Whether the guest is sending a break (LCR bit 6).
+    pub fn break_on(&self) -> bool {
+        self.lcr & LCR_BREAK != 0
+    }
+
     pub fn modem_control(&self) -> ModemControl {
         ModemControl {
             dtr: self.mcr & MCR_DTR != 0,
@@ -319,8 +332,37 @@ impl Uart16550 {
         v
     }
 
-    fn lsr(&self) -> u8 {
-        let mut v = LSR_THRE | LSR_TEMT | self.lsr_errors;
+    /// Whether THR counts as empty: in loopback always, otherwise when
+    /// the backend can take more output.
+    fn tx_ready(&mut self) -> bool {
+        self.mcr & MCR_LOOP != 0 || self.backend.tx_ready()
+    }
+
+    /// THR emptied: raise THRE now, or once the backend has room.
+    fn thr_emptied(&mut self) {
+        if self.tx_ready() {
+            self.thre_pending = true;
+        } else {
+            self.thre_deferred = true;
+        }
+    }
+
+    /// The backend has room for output again (called by the host side
+    /// after `SerialBackend::tx_ready` said no): a deferred THRE interrupt
+    /// is raised now.
+    pub fn tx_space_available(&mut self) {
+        if self.thre_deferred && self.tx_ready() {
+            self.thre_deferred = false;
+            self.thre_pending = true;
+        }
+        self.update_irq();
+    }
+
+    fn lsr(&mut self) -> u8 {
+        let mut v = self.lsr_errors;
+        if self.tx_ready() {
+            v |= LSR_THRE | LSR_TEMT;
+        }
         if !self.rx.is_empty() {
             v |= LSR_DR;
         }
@@ -341,7 +383,7 @@ impl Uart16550 {
         } else {
             self.backend.write(&[byte]);
         }
-        self.thre_pending = true;
+        self.thr_emptied();
     }
 
     fn read_reg(&mut self, off: u64) -> u8 {
@@ -421,7 +463,7 @@ impl Uart16550 {
                 self.ier = v & 0x0f;
                 // Enabling ETBEI with THR empty raises THRE at once.
                 if newly_thre {
-                    self.thre_pending = true;
+                    self.thr_emptied();
                 }
             }
             IIR_FCR => {
@@ -435,7 +477,7 @@ impl Uart16550 {
                     self.rx.clear();
                 }
                 if v & FCR_CLEAR_TX != 0 {
-                    self.thre_pending = true;
+                    self.thr_emptied();
                 }
                 self.rx_trigger = match v >> 6 {
                     0 => 1,
@@ -530,6 +572,8 @@ mod tests {
         control: Vec<ModemControl>,
         breaks: Vec<bool>,
         space_signals: usize,
+        /// What `tx_ready` answers (true unless a test pushes back).
+        busy: bool,
     }
 
     #[derive(Clone, Default)]
@@ -550,6 +594,9 @@ mod tests {
         }
         fn rx_space_available(&mut self) {
             self.0.lock().unwrap().space_signals += 1;
+        }
+        fn tx_ready(&mut self) -> bool {
+            !self.0.lock().unwrap().busy
         }
     }
 
@@ -759,5 +806,66 @@ mod tests {
         assert_eq!(rd(&mut u, IIR_FCR), IIR_RLS);
         assert_eq!(rd(&mut u, LSR) & LSR_BI, LSR_BI);
         assert_eq!(rd(&mut u, LSR) & LSR_BI, 0, "LSR errors clear on read");
+    }
+
+    #[test]
+    fn a_busy_backend_holds_thre_until_it_has_room() {
+        let (mut u, irq, probe) = uart();
+        wr(&mut u, MCR, MCR_OUT2);
+        wr(&mut u, IER_DLM, IER_THRE);
+        assert_eq!(rd(&mut u, IIR_FCR), IIR_THRE);
+        probe.0.lock().unwrap().busy = true;
+        wr(&mut u, RBR_THR_DLL, b'a');
+        // The byte went out, but THR does not read empty and no THRE
+        // interrupt is raised while the backend is busy.
+        assert_eq!(probe.0.lock().unwrap().out, b"a");
+        assert_eq!(rd(&mut u, LSR) & (LSR_THRE | LSR_TEMT), 0);
+        assert!(!irq.level());
+        assert_eq!(rd(&mut u, IIR_FCR), IIR_NONE);
+        // Room again: THRE reads set and interrupts.
+        probe.0.lock().unwrap().busy = false;
+        u.tx_space_available();
+        assert!(irq.level());
+        assert_eq!(rd(&mut u, LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+        assert_eq!(rd(&mut u, IIR_FCR), IIR_THRE);
+        assert!(!irq.level());
+        // A spurious call raises nothing.
+        u.tx_space_available();
+        assert!(!irq.level());
+        // Loopback never waits for the backend.
+        probe.0.lock().unwrap().busy = true;
+        wr(&mut u, MCR, MCR_LOOP);
+        assert_eq!(rd(&mut u, LSR) & LSR_THRE, LSR_THRE);
+    }
+
+    #[test]
+    fn two_uarts_on_one_shared_isa_line() {
+        use crate::irq::SharedIrqLine;
+        // COM1 and COM3 share IRQ 4: the line is high while either wants
+        // service, and one UART going quiet does not hide the other.
+        let line = RecordingIrq::new();
+        let shared = SharedIrqLine::new(line.clone());
+        let p1 = Probe::default();
+        let p3 = Probe::default();
+        let mut com1 = Uart16550::new(shared.input(), Box::new(p1));
+        let mut com3 = Uart16550::new(shared.input(), Box::new(p3));
+        for u in [&mut com1, &mut com3] {
+            wr(u, MCR, MCR_OUT2);
+            wr(u, IER_DLM, IER_RDA);
+        }
+        com1.receive(b"1");
+        assert!(line.level());
+        com3.receive(b"3");
+        assert!(line.level());
+        assert_eq!(line.rising_edges(), 1, "the OR rose once");
+        // The guest's handler services COM1; COM3 still holds the line.
+        assert_eq!(rd(&mut com1, RBR_THR_DLL), b'1');
+        assert!(line.level(), "COM3's request is not lost");
+        assert_eq!(rd(&mut com3, IIR_FCR), IIR_RDA);
+        assert_eq!(rd(&mut com3, RBR_THR_DLL), b'3');
+        assert!(!line.level());
+        // A new request after both were served is a new edge.
+        com3.receive(b"x");
+        assert_eq!(line.rising_edges(), 2);
     }
 }

@@ -6,17 +6,14 @@
 //!   Ctrl-A Ctrl-A  send Ctrl-A itself
 //!   Ctrl-A h   show these keys
 
-use std::io::Write;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use rehost_devices::events::{MachineEvents, MachineRequest};
-use rehost_devices::serial::SerialBackend;
-use vmm_sys_util::eventfd::EventFd;
 
-use super::pump::InputSource;
+use super::termios::RxByte;
 
-pub const ESCAPE_HELP: &str = "Console keys (when COM1 is on a terminal):
+pub const ESCAPE_HELP: &str = "Console keys (a COM port on stdio, on a terminal):
   Ctrl-A x       stop rehost (orderly shutdown, exit code 130)
   Ctrl-A b       send a break to the guest
   Ctrl-A Ctrl-A  send Ctrl-A to the guest
@@ -24,36 +21,32 @@ pub const ESCAPE_HELP: &str = "Console keys (when COM1 is on a terminal):
 
 const CTRL_A: u8 = 0x01;
 
-/// Guest output to stdout.
-pub struct StdoutBackend {
-    space: Arc<EventFd>,
-    failed: bool,
-}
-
-impl StdoutBackend {
-    pub fn new(space: Arc<EventFd>) -> Self {
-        Self {
-            space,
-            failed: false,
+/// A descriptor for guest output to stdout that the event loop can write
+/// without blocking, and whether it can be polled. A pipe or terminal is
+/// opened again (a file description of its own, so O_NONBLOCK does not
+/// reach whoever else shares stdout); a regular file, which never blocks
+/// for long and cannot be polled, is written as it is.
+pub fn stdout_writer() -> std::io::Result<(std::os::fd::OwnedFd, bool)> {
+    use std::os::fd::{AsFd, FromRawFd};
+    // SAFETY: stat is plain data; fstat fills it or fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on fd 1 with a valid buffer.
+    let regular =
+        unsafe { libc::fstat(1, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if !regular {
+        // SAFETY: a constant NUL-terminated path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/fd/1".as_ptr(),
+                libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            return Ok((unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, true));
         }
     }
-}
-
-impl SerialBackend for StdoutBackend {
-    fn write(&mut self, data: &[u8]) {
-        if self.failed {
-            return;
-        }
-        let mut out = std::io::stdout().lock();
-        if out.write_all(data).and_then(|_| out.flush()).is_err() {
-            tracing::warn!("COM output to stdout failed; further output dropped");
-            self.failed = true;
-        }
-    }
-
-    fn rx_space_available(&mut self) {
-        let _ = self.space.write(1);
-    }
+    Ok((std::io::stdout().as_fd().try_clone_to_owned()?, false))
 }
 
 /// Saved terminal settings, restored when dropped.
@@ -95,64 +88,37 @@ impl Drop for RawModeGuard {
     }
 }
 
-/// Host input from stdin, with the escape key on a terminal.
-pub struct StdinSource {
-    escapes: bool,
+/// The console escape keys, applied to input from a terminal.
+pub struct EscapeKeys {
     after_escape: bool,
-    break_requested: bool,
     events: Arc<MachineEvents>,
 }
 
-impl StdinSource {
-    pub fn new(escapes: bool, events: Arc<MachineEvents>) -> Self {
+impl EscapeKeys {
+    pub fn new(events: Arc<MachineEvents>) -> Self {
         Self {
-            escapes,
             after_escape: false,
-            break_requested: false,
             events,
         }
     }
-}
 
-impl InputSource for StdinSource {
-    fn fd(&self) -> RawFd {
-        0
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        // SAFETY: reading into a valid, writable buffer of its own length.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    fn filter(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        if !self.escapes {
-            out.extend_from_slice(data);
-            return;
-        }
+    /// Passes keys to `out` as guest input, acting on escapes.
+    pub fn filter(&mut self, data: &[u8], out: &mut impl FnMut(RxByte)) {
         for &b in data {
             if self.after_escape {
                 self.after_escape = false;
                 match b {
                     b'x' | b'X' => self.events.request(MachineRequest::HostStop),
-                    b'b' | b'B' => self.break_requested = true,
-                    CTRL_A => out.push(CTRL_A),
+                    b'b' | b'B' => out(RxByte::Break),
+                    CTRL_A => out(RxByte::Data(CTRL_A)),
                     _ => eprint!("\r\n{}\r\n", ESCAPE_HELP.replace('\n', "\r\n")),
                 }
             } else if b == CTRL_A {
                 self.after_escape = true;
             } else {
-                out.push(b);
+                out(RxByte::Data(b));
             }
         }
-    }
-
-    fn take_break(&mut self) -> bool {
-        std::mem::take(&mut self.break_requested)
     }
 }
 
@@ -163,20 +129,22 @@ mod tests {
     #[test]
     fn escape_keys() {
         let ev = Arc::new(MachineEvents::new().unwrap());
-        let mut s = StdinSource {
-            escapes: true,
-            after_escape: false,
-            break_requested: false,
-            events: ev.clone(),
-        };
+        let mut keys = EscapeKeys::new(ev.clone());
         let mut out = Vec::new();
-        s.filter(b"ab\x01\x01c\x01b", &mut out);
-        assert_eq!(out, b"ab\x01c");
-        assert!(s.take_break());
-        assert!(!s.take_break());
+        keys.filter(b"ab\x01\x01c\x01b", &mut |b| out.push(b));
+        assert_eq!(
+            out,
+            vec![
+                RxByte::Data(b'a'),
+                RxByte::Data(b'b'),
+                RxByte::Data(1),
+                RxByte::Data(b'c'),
+                RxByte::Break
+            ]
+        );
         assert_eq!(ev.pending(), None);
-        s.filter(b"\x01", &mut out);
-        s.filter(b"x", &mut out);
+        keys.filter(b"\x01", &mut |b| out.push(b));
+        keys.filter(b"x", &mut |b| out.push(b));
         assert_eq!(ev.pending(), Some(MachineRequest::HostStop));
     }
 }
