@@ -96,3 +96,38 @@ impl IrqLine for SharedIrqInput {
         }
     }
 }
+
+/// Delivers message-signalled interrupts (PCI MSI): a dword `data`
+/// written to `address` in the interrupt controllers' window.
+pub trait MsiSender: Send + Sync {
+    fn send(&self, address: u64, data: u32);
+}
+
+/// An MSI sink that records messages, for unit tests.
+#[derive(Debug, Default)]
+pub struct RecordingMsi {
+    messages: std::sync::Mutex<Vec<(u64, u32)>>,
+}
+
+impl RecordingMsi {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Messages sent so far, oldest first.
+    pub fn messages(&self) -> Vec<(u64, u32)> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl MsiSender for RecordingMsi {
+    fn send(&self, address: u64, data: u32) {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((address, data));
+    }
+}

@@ -10,6 +10,7 @@ pub mod irq;
 pub mod legacy;
 pub mod pci;
 pub mod serial;
+pub mod storage;
 
 /// Guest memory as devices see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

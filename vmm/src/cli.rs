@@ -109,6 +109,19 @@ pub struct RunArgs {
     /// Exit (code 3) instead of restarting when the guest resets the machine.
     #[arg(long = "no-reboot")]
     pub no_reboot: bool,
+    /// A hard disk: a raw, VHD or VHDX image (the format is read from the
+    /// file), on the PIIX3 IDE controller (default) or the ICH9 AHCI
+    /// controller; `readonly=on` makes guest writes fail with ATA errors.
+    /// Repeatable; drives take the controller's free slots in order.
+    #[arg(long = "disk", value_name = "PATH[,controller=ide|ahci][,readonly=on]")]
+    pub disks: Vec<String>,
+    /// A CD/DVD-ROM drive with this ISO image inserted (read-only), on IDE
+    /// (default: secondary master) or AHCI. Repeatable.
+    #[arg(long = "cdrom", value_name = "PATH[,controller=ide|ahci]")]
+    pub cdroms: Vec<String>,
+    /// What the firmware boots first.
+    #[arg(long, value_enum, default_value = "disk")]
+    pub boot: crate::storage::BootDevice,
 }
 
 /// The whole program: parse, run, exit code.

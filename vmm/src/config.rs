@@ -36,6 +36,9 @@ pub struct MachineConfig {
     pub com_ports: [ComSpec; 4],
     pub firmware_log: Option<PathBuf>,
     pub no_reboot: bool,
+    /// Disks and CD-ROMs, opened, with their controller slots.
+    pub drives: Vec<crate::storage::DriveConfig>,
+    pub boot: crate::storage::BootDevice,
 }
 
 fn host_memory() -> Option<u64> {
@@ -104,6 +107,7 @@ impl MachineConfig {
                 .map_err(|e| anyhow::anyhow!("--com{} {spec}: {e}", i + 1))?;
         }
         crate::serial::check_specs(&com_ports).map_err(|e| anyhow::anyhow!(e))?;
+        let drives = crate::storage::open_drives(&args.disks, &args.cdroms)?;
         Ok(Self {
             layout,
             cpus: args.cpus,
@@ -113,6 +117,8 @@ impl MachineConfig {
             com_ports,
             firmware_log: args.firmware_log.clone(),
             no_reboot: args.no_reboot,
+            drives,
+            boot: args.boot,
         })
     }
 }

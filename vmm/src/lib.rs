@@ -10,6 +10,7 @@ pub mod machine;
 pub mod memory;
 pub mod serial;
 pub mod signals;
+pub mod storage;
 pub mod vcpu;
 
 use anyhow::Context;

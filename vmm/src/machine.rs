@@ -78,6 +78,7 @@ pub struct Machine {
     reports: Receiver<VcpuReport>,
     report_wake: Arc<EventFd>,
     events: Arc<MachineEvents>,
+    storage: crate::storage::Attached,
     _io_bus: Arc<Bus>,
     _mmio_bus: Arc<Bus>,
     _vm: Arc<VmFd>,
@@ -201,6 +202,15 @@ impl Machine {
             );
             pci.config_write(DevFn::new(1, 3), PMREGMISC, &[1]);
         }
+        let storage = crate::storage::attach(
+            &cfg.drives,
+            &ram.mem,
+            &mut pci,
+            &io_bus,
+            &isa,
+            &router,
+            Arc::new(crate::storage::KvmMsi { vm: vm.clone() }),
+        )?;
         let pci: SharedDevice = Arc::new(Mutex::new(pci));
         io_bus.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, pci)?;
         mmio_bus.insert(
@@ -261,7 +271,7 @@ impl Machine {
             layout: cfg.layout,
             cpus: cfg.cpus,
             serial_console_port: com_resources.first().map(|&(port, _)| port),
-            boot_order: Vec::new(),
+            boot_order: crate::storage::boot_order(&cfg.drives, cfg.boot),
         });
         for (key, data) in content.items {
             fw_cfg.add_item(key, data)?;
@@ -343,6 +353,7 @@ impl Machine {
             reports,
             report_wake,
             events,
+            storage,
             _io_bus: io_bus,
             _mmio_bus: mmio_bus,
             _vm: vm,
@@ -388,6 +399,7 @@ impl Machine {
             let _ = self.report_wake.read();
         };
         vcpu::stop_all(&self.stop, std::mem::take(&mut self.threads));
+        self.storage.flush();
         outcome
     }
 }

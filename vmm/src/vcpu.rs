@@ -121,14 +121,29 @@ impl VcpuContext {
     }
 
     pub fn run(mut self) {
+        // String I/O (`rep ins`/`rep outs`) exits with `count` accesses of
+        // `size` bytes in one data area; each is dispatched on its own.
+        let run_ptr: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        let io_size = || -> usize {
+            // SAFETY: `run_ptr` points at this vCPU's kvm_run mapping, which
+            // lives as long as `self.fd`; it is read only after a
+            // KVM_EXIT_IO, when `io` is the union member the kernel filled.
+            // The data area the exit's slice covers lies past the struct
+            // (at `io.data_offset`), so this read does not alias it.
+            usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }).max(1)
+        };
         while !self.stop.load(Ordering::Acquire) {
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    self.io_bus.read(u64::from(port), data);
+                    for access in data.chunks_mut(io_size()) {
+                        self.io_bus.read(u64::from(port), access);
+                    }
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    if !self.io_bus.write(u64::from(port), data) {
-                        tracing::trace!(port, "write to an unclaimed I/O port ignored");
+                    for access in data.chunks(io_size()) {
+                        if !self.io_bus.write(u64::from(port), access) {
+                            tracing::trace!(port, "write to an unclaimed I/O port ignored");
+                        }
                     }
                     // A power-off or reset stops this CPU at once, as on a
                     // real machine; the machine stops the others.
