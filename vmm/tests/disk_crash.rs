@@ -19,7 +19,7 @@ use rehost_disk::bench::{self, Pattern};
 use rehost_disk::{ImageFormat, OpenOptions};
 
 const SIZE: &str = "1G";
-const BYTES: u64 = 32 << 20;
+const BYTES: u64 = 16 << 20;
 const ROUNDS: u64 = 10;
 
 /// splitmix64 for kill delays and seeds, printed for reproduction.
