@@ -18,6 +18,24 @@ struct Bases {
     dir: PathBuf,
     dynamic: Vec<u8>,
     child: Vec<u8>,
+    parent_mtime: std::time::SystemTime,
+}
+
+/// Puts the parent back when something removed the scratch directory
+/// (shared tmpfs), with its modification time, which the child's link
+/// records.
+fn ensure_parent(b: &Bases) {
+    let parent = b.dir.join("parent.vhd");
+    if !parent.exists() {
+        std::fs::create_dir_all(&b.dir).unwrap();
+        std::fs::write(&parent, &b.dynamic).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&parent)
+            .unwrap()
+            .set_modified(b.parent_mtime)
+            .unwrap();
+    }
 }
 
 fn bases() -> &'static Bases {
@@ -27,7 +45,7 @@ fn bases() -> &'static Bases {
         let tmp = Some(PathBuf::from("/dev/shm"))
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let dir = tmp.join(format!("rehost-fuzz-vhd-{}", std::process::id()));
+        let dir = tmp.join(format!("rehost-vhd-open-fuzz-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let opts = |parent: Option<PathBuf>| CreateOptions {
@@ -51,6 +69,7 @@ fn bases() -> &'static Bases {
             d.write_at(4096, &[0x33; 1024]).unwrap();
         }
         Bases {
+            parent_mtime: std::fs::metadata(&base).unwrap().modified().unwrap(),
             dynamic: std::fs::read(&base).unwrap(),
             child: std::fs::read(&child).unwrap(),
             dir,
@@ -128,6 +147,7 @@ fuzz_target!(|data: &[u8]| {
         1 => ("dynamic.vhd", patched(&b.dynamic, rest)),
         _ => ("child.vhd", patched(&b.child, rest)),
     };
+    ensure_parent(b);
     let path = b.dir.join(name);
     let _ = std::fs::remove_file(&path);
     let f = std::fs::File::create(&path).unwrap();
