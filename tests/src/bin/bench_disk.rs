@@ -132,7 +132,7 @@ fn rehost_run(a: &Args, img: &Path, p: Pattern, bytes: u64) -> Run {
     let field = |k: &str| -> Option<f64> {
         let at = out.find(&format!("\"{k}\":"))? + k.len() + 3;
         out[at..]
-            .split(|c: char| c == ',' || c == '}')
+            .split([',', '}'])
             .next()?
             .parse()
             .ok()
