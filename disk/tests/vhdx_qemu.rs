@@ -240,7 +240,7 @@ fn rehost_made_images_pass_qemu_check_and_compare() {
         // A fresh image passes, and reads as zeros.
         qemu_check_and_compare(&img, &expected);
 
-        let block = block_size.unwrap_or(32 * MIB);
+        let block = block_size.unwrap_or(u64::from(vhdx::default_block_size(size)));
         let disk = open(&img, false);
         let mut seed = 0x1234_5678u64;
         for (i, &(o, l, b)) in pattern(size, block).iter().enumerate() {

@@ -15,9 +15,23 @@ use super::parent::{absolute_path_value, relative_path_value};
 use super::spec::*;
 use crate::{BlockError, CreateOptions, ImageFormat, Result, Subformat};
 
-/// Block size of new dynamic and fixed images when none is asked for (what
-/// Hyper-V uses).
-pub const DEFAULT_BLOCK_SIZE: u32 = 32 << 20;
+/// Block size of new dynamic and fixed images when none is asked for:
+/// qemu-img's choice for the same size (8 MiB up to 1 GiB, 16 MiB up to
+/// 100 GiB, 32 MiB up to 32 TiB, 64 MiB above), so an image made by either
+/// tool has the same layout. Smaller blocks keep the file sparse where the
+/// guest is; rehost batches the BAT updates that more blocks cost.
+pub fn default_block_size(virtual_size: u64) -> u32 {
+    const GIB: u64 = 1 << 30;
+    if virtual_size > 32 << 40 {
+        64 << 20
+    } else if virtual_size > 100 * GIB {
+        32 << 20
+    } else if virtual_size > GIB {
+        16 << 20
+    } else {
+        8 << 20
+    }
+}
 /// Block size of new differencing images when none is asked for (what
 /// Hyper-V uses for them).
 pub const DEFAULT_DIFFERENCING_BLOCK_SIZE: u32 = 2 << 20;
@@ -86,7 +100,7 @@ pub fn create(path: &Path, options: &CreateOptions) -> Result<()> {
     }
     let block_size = match options.block_size {
         None if options.parent.is_some() => DEFAULT_DIFFERENCING_BLOCK_SIZE,
-        None => DEFAULT_BLOCK_SIZE,
+        None => default_block_size(options.size),
         Some(b) => {
             if b < u64::from(BLOCK_SIZE_MIN)
                 || b > u64::from(BLOCK_SIZE_MAX)

@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 pub use create::create;
-pub use create::{DEFAULT_BLOCK_SIZE, DEFAULT_DIFFERENCING_BLOCK_SIZE, DEFAULT_LOG_SIZE};
+pub use create::{default_block_size, DEFAULT_DIFFERENCING_BLOCK_SIZE, DEFAULT_LOG_SIZE};
 
 use self::create::random_guid;
 use self::file::Backing;
@@ -276,7 +276,10 @@ impl VhdxImage {
     }
 
     /// Writes a new current header (section 2.2.2.1), twice so both copies
-    /// are up to date, each followed by a flush. The first update of a
+    /// are up to date. The first copy is flushed before anything else is
+    /// written, so one valid current header always exists; the second is
+    /// left to the next flush (were it lost, the first copy, valid and
+    /// newer than the old second one, stays current). The first update of a
     /// session also sets a new FileWriteGuid.
     fn update_header(&self, st: &mut State, change: impl FnOnce(&mut Header)) -> Result<()> {
         let mut next = st.header.clone();
@@ -284,7 +287,7 @@ impl VhdxImage {
         if !st.file_write_guid_set {
             next.file_write_guid = random_guid();
         }
-        for _ in 0..2 {
+        for copy in 0..2 {
             let index = 1 - st.header_index;
             next.sequence_number = st.header.sequence_number.checked_add(1).ok_or_else(|| {
                 self.corrupt(
@@ -294,7 +297,9 @@ impl VhdxImage {
                 )
             })?;
             st.backing.write(HEADER_OFFSETS[index], &next.to_bytes())?;
-            st.backing.sync()?;
+            if copy == 0 {
+                st.backing.sync()?;
+            }
             st.header = next.clone();
             st.header_index = index;
         }
@@ -756,11 +761,17 @@ impl VhdxImage {
             st.closed = true;
             return Ok(());
         }
-        self.flush_metadata(st)?;
-        if st.log_guid_in_header {
+        // Data and metadata on stable storage (flush_metadata ends with a
+        // flush), then the log is marked empty.
+        if st.dirty_pages() > 0 {
+            self.flush_metadata(st)?;
+        } else if st.file_write_guid_set {
             st.backing.sync()?;
+        }
+        if st.log_guid_in_header {
             self.update_header(st, |h| h.log_guid = Guid::ZERO)?;
             st.log_guid_in_header = false;
+            st.backing.sync()?;
         }
         st.closed = true;
         Ok(())

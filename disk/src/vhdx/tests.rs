@@ -167,6 +167,37 @@ fn fixed_image_has_every_block_and_ignores_discard() {
 }
 
 #[test]
+fn default_block_sizes_follow_qemu_img() {
+    // Measured with qemu-img 7.2: 512M and 1G -> 8 MiB, 1025M and 100G ->
+    // 16 MiB, 101G -> 32 MiB.
+    for (size, want) in [
+        (512u64 << 20, 8u32 << 20),
+        (1 << 30, 8 << 20),
+        (1025 << 20, 16 << 20),
+        (100 << 30, 16 << 20),
+        (101 << 30, 32 << 20),
+        (32 << 40, 32 << 20),
+        ((32 << 40) + 512, 64 << 20),
+    ] {
+        assert_eq!(default_block_size(size), want, "{size}");
+    }
+    let dir = tmp();
+    let p = dir.path().join("d.vhdx");
+    create(
+        &p,
+        &CreateOptions {
+            format: ImageFormat::Vhdx,
+            subformat: Subformat::Dynamic,
+            size: 2 << 30,
+            block_size: None,
+            parent: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(ro(&p).info().block_size, Some(16 << 20));
+}
+
+#[test]
 fn create_refuses_existing_files_and_bad_options() {
     let dir = tmp();
     let path = make(dir.path(), "x.vhdx", 1 << 20, 1 << 20, 512);
