@@ -16,6 +16,9 @@
 
 ; BP bit n set: COMn+1 is present.
 rom_init:
+    ; No interrupts: SeaBIOS's serial console (sercon) would otherwise
+    ; poll COM1 from its timer interrupt and take our input.
+    cli
     xor bp, bp
     xor di, di                  ; port index * 2
 .setup:

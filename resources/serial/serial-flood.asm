@@ -15,6 +15,9 @@
 %include "serial.inc"
 
 rom_init:
+    ; No interrupts: SeaBIOS's serial console (sercon) would otherwise
+    ; poll COM1 from its timer interrupt and take our input.
+    cli
     mov dx, 0x3f8
     mov bx, 1
     mov cl, 0x03
