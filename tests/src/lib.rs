@@ -2,6 +2,8 @@
 //! test against real guests, building guest artifacts from `resources/`,
 //! and deciding honestly when a test cannot run on this host.
 
+pub mod storage;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -65,6 +65,9 @@ pub struct MemDisk {
     failing: Mutex<Option<Range<u64>>>,
     log: Mutex<Vec<Access>>,
     flushes: AtomicU32,
+    /// Requests refused as out of range or misaligned: the device layer
+    /// must never send one.
+    refused: AtomicU32,
 }
 
 impl MemDisk {
@@ -88,6 +91,7 @@ impl MemDisk {
             failing: Mutex::new(None),
             log: Mutex::new(Vec::new()),
             flushes: AtomicU32::new(0),
+            refused: AtomicU32::new(0),
         }
     }
 
@@ -128,8 +132,16 @@ impl MemDisk {
         std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Out-of-range or misaligned requests seen so far.
+    pub fn refused(&self) -> u32 {
+        self.refused.load(Ordering::SeqCst)
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<()> {
-        check_request(&self.geometry, offset, len)?;
+        if let Err(e) = check_request(&self.geometry, offset, len) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(e);
+        }
         let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = failing.as_ref() {
             if offset < r.end && offset + len > r.start {
