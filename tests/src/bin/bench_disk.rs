@@ -131,11 +131,7 @@ fn rehost_run(a: &Args, img: &Path, p: Pattern, bytes: u64) -> Run {
     let secs = start.elapsed().as_secs_f64();
     let field = |k: &str| -> Option<f64> {
         let at = out.find(&format!("\"{k}\":"))? + k.len() + 3;
-        out[at..]
-            .split([',', '}'])
-            .next()?
-            .parse()
-            .ok()
+        out[at..].split([',', '}']).next()?.parse().ok()
     };
     let reqs = bytes.div_ceil(p.request_size()) as f64;
     Run {
