@@ -874,6 +874,20 @@ fn atapi_toc_configuration_and_mode_pages() {
     )
     .unwrap();
     assert_eq!(disc[2], 0x0e);
+    let track = packet(
+        &mut dev,
+        &[scsi::READ_TRACK_INFORMATION, 1, 0, 0, 0, 1, 0, 0, 36],
+    )
+    .unwrap();
+    assert_eq!((track[2], track[6]), (1, 1));
+    assert_eq!(track[24..28], 300u32.to_be_bytes());
+    assert_eq!(
+        packet(
+            &mut dev,
+            &[scsi::READ_TRACK_INFORMATION, 1, 0, 0, 0, 2, 0, 0, 36]
+        ),
+        Err(scsi::SENSE_ILLEGAL_REQUEST)
+    );
     // A big medium is a DVD.
     let (mut dvd, _) = cdrom(500_000);
     let conf = packet(&mut dvd, &[scsi::GET_CONFIGURATION, 1, 0, 0, 0, 0, 0, 1, 0]).unwrap();

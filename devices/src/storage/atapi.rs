@@ -239,6 +239,7 @@ impl Cdrom {
                 d[6] = 1; // last track of last session
                 reply(d, be16(&cdb[7..9]))
             }),
+            spec::READ_TRACK_INFORMATION => self.track_information(cdb),
             spec::MECHANISM_STATUS => {
                 let mut d = vec![0u8; 8];
                 if self.medium.is_none() && self.ejected.is_some() {
@@ -551,6 +552,30 @@ impl Cdrom {
         let len = (d.len() - 4) as u32;
         d[..4].copy_from_slice(&len.to_be_bytes());
         reply(d, alloc)
+    }
+
+    /// READ TRACK INFORMATION (MMC-5 6.27): the one data track, addressed
+    /// by track number (type 1) or by an LBA inside it (type 0).
+    fn track_information(&mut self, cdb: &[u8]) -> PacketOutcome {
+        self.need_medium()?;
+        let number = be32(&cdb[2..6]);
+        let ok = match cdb[1] & 0x03 {
+            0 => number < self.blocks,
+            1 => number == 1,
+            _ => false,
+        };
+        if !ok {
+            return self.check(spec::SENSE_ILLEGAL_REQUEST, spec::ASC_INVALID_FIELD_IN_CDB);
+        }
+        let mut d = vec![0u8; 36];
+        d[1] = 34;
+        d[2] = 1; // track number
+        d[3] = 1; // session number
+        d[5] = 0x04; // data track, uninterrupted
+        d[6] = 0x01; // data mode 1
+        let size = self.blocks.min(u64::from(u32::MAX)) as u32;
+        d[24..28].copy_from_slice(&size.to_be_bytes());
+        reply(d, be16(&cdb[7..9]))
     }
 
     fn event_status(&mut self, cdb: &[u8]) -> PacketOutcome {
