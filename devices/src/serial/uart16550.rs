@@ -520,6 +520,8 @@ impl Uart16550 {
             if let Some(saved) = self.modem_in_saved.take() {
                 self.apply_modem_inputs(saved);
             }
+            // Host input held off during loopback can come in now.
+            self.backend.rx_space_available();
         }
     }
 
@@ -749,8 +751,12 @@ mod tests {
             probe.0.lock().unwrap().out.is_empty(),
             "nothing leaves in loopback"
         );
-        // Host input is held off while looping.
+        // Host input is held off while looping, and invited back after.
         assert_eq!(u.receive(b"x"), 0);
+        let signals = probe.0.lock().unwrap().space_signals;
+        wr(&mut u, MCR, MCR_OUT2);
+        assert!(probe.0.lock().unwrap().space_signals > signals);
+        wr(&mut u, MCR, MCR_LOOP | MCR_OUT2);
         rd(&mut u, MSR);
         wr(&mut u, MCR, MCR_LOOP | MCR_RTS | MCR_DTR | MCR_OUT1);
         let msr = rd(&mut u, MSR);
