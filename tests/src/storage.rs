@@ -166,3 +166,172 @@ pub fn scratch(test: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A Debian kernel and an initramfs that loads `ata_piix`, `ahci` and
+/// `sd_mod` (with what they depend on) from the same kernel package, lists
+/// /proc/partitions on the console and powers off. Built once under
+/// target/guest-artifacts from `apt-get download linux-image-amd64
+/// busybox-static` (the packages are only unpacked, never installed).
+pub fn linux_storage_guest() -> (PathBuf, PathBuf) {
+    let dir = artifacts_dir().join("linux-storage");
+    let initramfs = dir.join("initramfs.cpio");
+    let kernel = dir.join("vmlinuz");
+    if initramfs.exists() && kernel.exists() {
+        return (kernel, initramfs);
+    }
+    let root = dir.join("pkg");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("sh").current_dir(&dir).args([
+        "-c",
+        "set -e; pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); \
+         apt-get download \"$pkg\" busybox-static >/dev/null; \
+         dpkg-deb -x \"$pkg\"_*.deb pkg; dpkg-deb -x busybox-static_*.deb pkg; \
+         cp pkg/boot/vmlinuz-* vmlinuz",
+    ]));
+    let modules = find_modules(&root.join("lib/modules"));
+    let order = module_order(
+        &modules,
+        &[
+            "crct10dif_generic",
+            "crc64_rocksoft_generic",
+            "ata_piix",
+            "ahci",
+            "sd_mod",
+        ],
+    );
+    let init = format!(
+        "#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+for m in {}; do /bin/busybox insmod /lib/$m.ko || echo \"rehost-initramfs: insmod $m failed\"; done
+/bin/busybox sleep 3
+echo \"rehost-initramfs: partitions\"
+/bin/busybox cat /proc/partitions
+echo \"rehost-initramfs: done\"
+/bin/busybox poweroff -f
+",
+        order.join(" ")
+    );
+    let mut cpio = Cpio::default();
+    for d in ["bin", "dev", "proc", "sys", "lib"] {
+        cpio.entry(d, 0o040_755, &[], (0, 0));
+    }
+    cpio.entry("dev/console", 0o020_600, &[], (5, 1));
+    cpio.entry("init", 0o100_755, init.as_bytes(), (0, 0));
+    let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
+    cpio.entry("bin/busybox", 0o100_755, &busybox, (0, 0));
+    for m in &order {
+        let data = std::fs::read(&modules[m]).unwrap();
+        cpio.entry(&format!("lib/{m}.ko"), 0o100_644, &data, (0, 0));
+    }
+    std::fs::write(&initramfs, cpio.finish()).unwrap();
+    (kernel, initramfs)
+}
+
+/// Module name (dashes as underscores) to .ko path, under `dir`.
+fn find_modules(dir: &Path) -> std::collections::HashMap<String, PathBuf> {
+    let mut found = std::collections::HashMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                if let Some(stem) = name.strip_suffix(".ko") {
+                    found.insert(stem.replace('-', "_"), p);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The `depends=` list of a module's .modinfo section.
+fn module_depends(ko: &Path) -> Vec<String> {
+    let data = std::fs::read(ko).unwrap();
+    let key = b"depends=";
+    let Some(at) = data.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &data[at + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace('-', "_"))
+        .collect()
+}
+
+/// `wanted` and their dependencies, each after what it depends on.
+fn module_order(
+    modules: &std::collections::HashMap<String, PathBuf>,
+    wanted: &[&str],
+) -> Vec<String> {
+    fn visit(m: &str, modules: &std::collections::HashMap<String, PathBuf>, out: &mut Vec<String>) {
+        if out.iter().any(|o| o == m) {
+            return;
+        }
+        let Some(path) = modules.get(m) else {
+            // Built into the kernel.
+            return;
+        };
+        for d in module_depends(path) {
+            visit(&d, modules, out);
+        }
+        out.push(m.to_owned());
+    }
+    let mut out = Vec::new();
+    for w in wanted {
+        visit(w, modules, &mut out);
+    }
+    out
+}
+
+/// A cpio archive in the "newc" format the kernel unpacks as initramfs.
+#[derive(Default)]
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
+        self.ino += 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[], (0, 0));
+        self.out
+    }
+}
