@@ -85,18 +85,22 @@ fn telnet_text(p: &Peer) -> String {
 }
 
 fn wait_text(what: &str, text: impl Fn() -> String, needle: &str, timeout: Duration, vm: &Running) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if text().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !wait_until(timeout, || text().contains(needle)) {
+        panic!(
+            "{what}: no {needle:?} in {:?}\nrehost stderr: {}",
+            text(),
+            vm.stderr()
+        );
     }
-    panic!(
-        "{what}: no {needle:?} in {:?}\nrehost stderr: {}",
-        text(),
-        vm.stderr()
-    );
+}
+
+/// What a port's far end received (telnet removed for RFC 2217).
+fn received(peer: &Peer, telnet: bool) -> String {
+    if telnet {
+        telnet_text(peer)
+    } else {
+        peer.text()
+    }
 }
 
 #[test]
@@ -142,7 +146,7 @@ fn grub_drives_a_tcp_a_unix_a_pty_and_an_rfc2217_port() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut com1 = Peer::tcp(com1);
+    let com1 = Peer::tcp(com1);
     // COM2: rehost connects to us.
     com2_listener.set_nonblocking(true).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -158,7 +162,7 @@ fn grub_drives_a_tcp_a_unix_a_pty_and_an_rfc2217_port() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut com2 = Peer::unix(com2);
+    let com2 = Peer::unix(com2);
     // COM3: a pty.
     let deadline = Instant::now() + Duration::from_secs(30);
     let pty = loop {
@@ -168,32 +172,37 @@ fn grub_drives_a_tcp_a_unix_a_pty_and_an_rfc2217_port() {
         assert!(Instant::now() < deadline, "no pty path: {}", vm.stderr());
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut com3 = Peer::terminal(Path::new(&pty));
+    let com3 = Peer::terminal(Path::new(&pty));
     // COM4: an RFC 2217 server that agrees to COM-PORT-OPTION.
     let mut com4 = Peer::tcp(accept(&rfc2217, Duration::from_secs(30)).expect("COM4 connects"));
     com4.send(&[IAC, DO, COM_PORT, IAC, WILL, 0, IAC, DO, 0]);
 
-    wait_text("COM1", || com1.text(), PROMPT, GRUB, &vm);
-    wait_text("COM2", || com2.text(), PROMPT, Duration::from_secs(30), &vm);
-    wait_text("COM3", || com3.text(), PROMPT, Duration::from_secs(30), &vm);
-    wait_text(
-        "COM4",
-        || telnet_text(&com4),
-        PROMPT,
-        Duration::from_secs(30),
-        &vm,
-    );
-    for text in [com1.text(), com2.text(), com3.text(), telnet_text(&com4)] {
+    let mut ports = [
+        (1, com1, false),
+        (2, com2, false),
+        (3, com3, false),
+        (4, com4, true),
+    ];
+    for (n, peer, telnet) in &ports {
+        wait_text(
+            &format!("COM{n}"),
+            || received(peer, *telnet),
+            PROMPT,
+            GRUB,
+            &vm,
+        );
+    }
+    for text in ports.iter().map(|(_, p, t)| received(p, *t)) {
         assert!(text.contains("rehost-grub: at 9600"), "{text:?}");
         assert!(text.contains("rehost-grub: at 115200"), "{text:?}");
     }
 
     // What GRUB's `serial` programmed reached the pty and the RFC 2217
     // server: 9600 first, then 115200, 8N1.
-    let t = termios(com3.raw_fd());
+    let t = termios(ports[2].1.raw_fd());
     // SAFETY: reading the speed field of a valid termios.
     assert_eq!(unsafe { libc::cfgetospeed(&t) }, libc::B115200);
-    let (subs, _) = parse_telnet(&com4.bytes());
+    let (subs, _) = parse_telnet(&ports[3].1.bytes());
     let bauds = baud_rates(&subs);
     let at_9600 = bauds.iter().position(|&b| b == 9600);
     let at_115200 = bauds.iter().rposition(|&b| b == 115200);
@@ -211,40 +220,19 @@ fn grub_drives_a_tcp_a_unix_a_pty_and_an_rfc2217_port() {
 
     // Type into GRUB's shell from each port in turn; the answer is
     // computed by GRUB, so it is not the typed echo.
-    com1.type_slowly("echo com1-$v\r");
-    wait_text(
-        "COM1",
-        || com1.text(),
-        "com1-7",
-        Duration::from_secs(60),
-        &vm,
-    );
-    com2.type_slowly("echo com2-$v\r");
-    wait_text(
-        "COM2",
-        || com2.text(),
-        "com2-7",
-        Duration::from_secs(60),
-        &vm,
-    );
-    com3.type_slowly("echo com3-$v\r");
-    wait_text(
-        "COM3",
-        || com3.text(),
-        "com3-7",
-        Duration::from_secs(60),
-        &vm,
-    );
-    com4.type_slowly("echo com4-$v\r");
-    wait_text(
-        "COM4",
-        || telnet_text(&com4),
-        "com4-7",
-        Duration::from_secs(60),
-        &vm,
-    );
+    for (n, peer, telnet) in &mut ports {
+        peer.type_slowly(&format!("echo com{n}-$v\r"));
+        let answer = format!("com{n}-7");
+        wait_text(
+            &format!("COM{n}"),
+            || received(peer, *telnet),
+            &answer,
+            Duration::from_secs(60),
+            &vm,
+        );
+    }
     assert!(!vm.stderr().contains("panicked"), "{}", vm.stderr());
-    com1.type_slowly("halt\r");
+    ports[0].1.type_slowly("halt\r");
     let status = vm
         .wait(Duration::from_secs(120))
         .unwrap_or_else(|| panic!("GRUB's halt did not power off: {}", vm.stderr()));

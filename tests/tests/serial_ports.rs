@@ -17,14 +17,36 @@ const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
 const BOOT: Duration = Duration::from_secs(90);
 
 fn wait_stderr(vm: &Running, needle: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if vm.stderr().contains(needle) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    wait_until(timeout, || vm.stderr().contains(needle))
+}
+
+/// Starts the echo program with COM1 on a Unix server socket in `dir` and
+/// COM2 on `com2`; returns the machine and COM1's far end, once COM1 is
+/// ready.
+fn start_echo(dir: &std::path::Path, com2: &str) -> (Running, Peer) {
+    let com1_sock = dir.join("com1.sock");
+    let echo = rom("serial-echo");
+    let vm = Running::start(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--com1",
+            &format!("unix:{},server", com1_sock.display()),
+            "--com2",
+            com2,
+            "--option-rom",
+            echo.to_str().unwrap(),
+        ],
+    );
+    let com1 = Peer::unix(connect_unix(&com1_sock, Duration::from_secs(20)));
+    assert!(
+        com1.wait_for("rehost-echo: COM1 ready", BOOT),
+        "{}",
+        vm.stderr()
+    );
+    (vm, com1)
 }
 
 fn no_panic(vm: &Running) {
@@ -142,32 +164,11 @@ fn a_tty_takes_the_guests_settings_and_unplugging_it_is_one_message() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let com1_sock = dir.path().join("com1.sock");
     // A pty pair stands in for a USB serial adapter: rehost opens the
     // slave as its tty, the test is the device on the master side.
     let (master, slave) = openpty();
     let m = master.as_raw_fd();
-    let echo = rom("serial-echo");
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--com1",
-            &format!("unix:{},server", com1_sock.display()),
-            "--com2",
-            &format!("tty:{slave}"),
-            "--option-rom",
-            echo.to_str().unwrap(),
-        ],
-    );
-    let mut com1 = Peer::unix(connect_unix(&com1_sock, Duration::from_secs(20)));
-    assert!(
-        com1.wait_for("rehost-echo: COM1 ready", BOOT),
-        "{}",
-        vm.stderr()
-    );
+    let (mut vm, mut com1) = start_echo(dir.path(), &format!("tty:{slave}"));
     let mut got = Vec::new();
     assert!(
         read_until(m, &mut got, "rehost-echo: COM2 ready", BOOT),
@@ -222,33 +223,12 @@ fn an_rfc2217_server_gets_the_settings_and_its_garbage_is_survived() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let com1_sock = dir.path().join("com1.sock");
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
-    let echo = rom("serial-echo");
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--com1",
-            &format!("unix:{},server", com1_sock.display()),
-            "--com2",
-            &format!("rfc2217:127.0.0.1:{port}"),
-            "--option-rom",
-            echo.to_str().unwrap(),
-        ],
-    );
-    let mut com1 = Peer::unix(connect_unix(&com1_sock, Duration::from_secs(20)));
+    let (mut vm, mut com1) = start_echo(dir.path(), &format!("rfc2217:127.0.0.1:{port}"));
     let mut srv = Peer::tcp(accept(&server, Duration::from_secs(20)).expect("rehost connects"));
     // The client offers COM-PORT-OPTION; agree.
     srv.send(&[IAC, DO, COM_PORT, IAC, WILL, 0, IAC, DO, 0]);
-    assert!(
-        com1.wait_for("rehost-echo: COM1 ready", BOOT),
-        "{}",
-        vm.stderr()
-    );
     let deadline = Instant::now() + BOOT;
     loop {
         let (subs, data) = parse_telnet(&srv.bytes());

@@ -10,6 +10,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Polls `done` until it holds or `timeout` passes; its last answer.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
 /// The far end of a COM port: everything it receives is collected by a
 /// reader thread.
 pub struct Peer {
@@ -71,14 +83,7 @@ impl Peer {
 
     /// Waits until what arrived contains `needle`.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.text().contains(needle)
+        wait_until(timeout, || self.text().contains(needle))
     }
 
     pub fn send(&mut self, data: &[u8]) {

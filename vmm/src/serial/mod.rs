@@ -13,7 +13,6 @@ pub mod telnet;
 pub mod termios;
 
 use std::net::ToSocketAddrs;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
@@ -135,11 +134,7 @@ impl ComPorts {
                     (Link::Pty { master, path }, *buffer)
                 }
                 ComSpec::Tty { device, buffer } => {
-                    let fd = termios::open_tty(device)
-                        .and_then(|fd| {
-                            termios::make_raw(fd.as_raw_fd(), true)?;
-                            Ok(fd)
-                        })
+                    let fd = termios::open_serial_port(device)
                         .with_context(|| format!("{opt} tty:{}", device.display()))?;
                     (
                         Link::Tty {

@@ -109,6 +109,35 @@ struct Conn {
     peer: String,
 }
 
+impl Conn {
+    /// A socket or tty of our own: read, written, watched, closed with
+    /// the connection.
+    fn owned(fd: OwnedFd, peer: String) -> Self {
+        Self {
+            fd: fd.as_raw_fd(),
+            _owned: Some(fd),
+            pollable: true,
+            readable: true,
+            connecting: false,
+            registered: None,
+            peer,
+        }
+    }
+
+    /// A descriptor the link keeps (stdout, a file, a pty master).
+    fn borrowed(fd: RawFd, pollable: bool, readable: bool, peer: String) -> Self {
+        Self {
+            fd,
+            _owned: None,
+            pollable,
+            readable,
+            connecting: false,
+            registered: None,
+            peer,
+        }
+    }
+}
+
 /// Connection-state messages: only the first failure of a series is a
 /// warning.
 #[derive(Default)]
@@ -254,42 +283,19 @@ impl PortLoop {
     fn start(&mut self, ops: &mut EventOps) {
         match &mut self.link {
             Link::Stdio { out, pollable, .. } => {
-                let conn = Conn {
-                    fd: out.as_raw_fd(),
-                    _owned: None,
-                    pollable: *pollable,
-                    readable: false,
-                    connecting: false,
-                    registered: None,
-                    peer: "stdout".into(),
-                };
+                let conn = Conn::borrowed(out.as_raw_fd(), *pollable, false, "stdout".into());
                 self.stdin = StdinState::Unregistered;
                 self.established(conn, ops);
             }
             Link::File { file, path } => {
-                let conn = Conn {
-                    fd: file.as_raw_fd(),
-                    _owned: None,
-                    pollable: false,
-                    readable: false,
-                    connecting: false,
-                    registered: None,
-                    peer: path.display().to_string(),
-                };
+                let conn =
+                    Conn::borrowed(file.as_raw_fd(), false, false, path.display().to_string());
                 self.established(conn, ops);
             }
             Link::Pty { .. } => self.check_pty(ops),
             Link::Tty { fd, device } => match fd.take() {
                 Some(fd) => {
-                    let conn = Conn {
-                        fd: fd.as_raw_fd(),
-                        _owned: Some(fd),
-                        pollable: true,
-                        readable: true,
-                        connecting: false,
-                        registered: None,
-                        peer: device.display().to_string(),
-                    };
+                    let conn = Conn::owned(fd, device.display().to_string());
                     self.established(conn, ops);
                 }
                 None => arm(&mut self.retry_timer, Duration::from_secs(1)),
@@ -441,26 +447,12 @@ impl PortLoop {
         match sock::connect(target) {
             Ok(Connecting::Done(fd)) => {
                 sock::set_nodelay(fd.as_raw_fd());
-                let conn = Conn {
-                    fd: fd.as_raw_fd(),
-                    _owned: Some(fd),
-                    pollable: true,
-                    readable: true,
-                    connecting: false,
-                    registered: None,
-                    peer,
-                };
-                self.established(conn, ops);
+                self.established(Conn::owned(fd, peer), ops);
             }
             Ok(Connecting::InProgress(fd)) => {
                 self.conn = Some(Conn {
-                    fd: fd.as_raw_fd(),
-                    _owned: Some(fd),
-                    pollable: true,
-                    readable: true,
                     connecting: true,
-                    registered: None,
-                    peer,
+                    ..Conn::owned(fd, peer)
                 });
                 self.update_interest(ops);
             }
@@ -498,16 +490,7 @@ impl PortLoop {
         match listener.accept() {
             Ok(Some((fd, who))) => {
                 let _ = ops.remove(Events::with_data_raw(listener.fd(), LISTEN, EventSet::IN));
-                let conn = Conn {
-                    fd: fd.as_raw_fd(),
-                    _owned: Some(fd),
-                    pollable: true,
-                    readable: true,
-                    connecting: false,
-                    registered: None,
-                    peer: who,
-                };
-                self.established(conn, ops);
+                self.established(Conn::owned(fd, who), ops);
             }
             Ok(None) => {}
             Err(e) => tracing::debug!("{}: accept failed: {e}", self.name),
@@ -527,15 +510,7 @@ impl PortLoop {
         // SAFETY: polling one valid pollfd without waiting.
         let r = unsafe { libc::poll(&mut p, 1, 0) };
         if r >= 0 && p.revents & libc::POLLHUP == 0 {
-            let conn = Conn {
-                fd: master.as_raw_fd(),
-                _owned: None,
-                pollable: true,
-                readable: true,
-                connecting: false,
-                registered: None,
-                peer: path.clone(),
-            };
+            let conn = Conn::borrowed(master.as_raw_fd(), true, true, path.clone());
             self.established(conn, ops);
         } else {
             arm(&mut self.poll_timer, PTY_POLL);
@@ -547,20 +522,9 @@ impl PortLoop {
             return;
         };
         let device = device.clone();
-        match termios::open_tty(&device).and_then(|fd| {
-            termios::make_raw(fd.as_raw_fd(), true)?;
-            Ok(fd)
-        }) {
+        match termios::open_serial_port(&device) {
             Ok(fd) => {
-                let conn = Conn {
-                    fd: fd.as_raw_fd(),
-                    _owned: Some(fd),
-                    pollable: true,
-                    readable: true,
-                    connecting: false,
-                    registered: None,
-                    peer: device.display().to_string(),
-                };
+                let conn = Conn::owned(fd, device.display().to_string());
                 self.established(conn, ops);
             }
             Err(e) => {

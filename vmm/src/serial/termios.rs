@@ -41,6 +41,14 @@ pub fn open_tty(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Opens a host serial port for `tty:` and puts it in raw mode with
+/// errors marked (see `make_raw`).
+pub fn open_serial_port(path: &Path) -> io::Result<OwnedFd> {
+    let fd = open_tty(path)?;
+    make_raw(fd.as_raw_fd(), true)?;
+    Ok(fd)
+}
+
 /// A new pseudo-terminal: returns the master (non-blocking) and the
 /// slave's path. The slave is put in raw mode so that what the guest
 /// sends arrives unchanged and nothing is echoed back.
