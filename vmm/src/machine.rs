@@ -237,7 +237,12 @@ impl Machine {
         io_bus.insert(DATA_PORT, 1, kbc.clone())?;
         io_bus.insert(COMMAND_PORT, 1, kbc)?;
         io_bus.insert(PORT92, 1, Arc::new(Mutex::new(Port92::new(events.clone()))))?;
-        io_bus.insert(DEBUGCON_PORT, 1, host.debugcon.clone())?;
+        // The debug port answers only when its output goes somewhere: SeaBIOS
+        // probes it and, if present, writes its whole log there, a port
+        // exit per character.
+        if cfg.firmware_log.is_some() {
+            io_bus.insert(DEBUGCON_PORT, 1, host.debugcon.clone())?;
+        }
 
         // COM ports. COM1/COM3 share IRQ 4 and COM2/COM4 IRQ 3: each line
         // is the OR of its UARTs' outputs.
