@@ -188,13 +188,19 @@ impl std::fmt::Display for Problem {
 /// itself.
 pub trait DiskImage: BlockDevice {
     fn info(&self) -> ImageInfo;
-    /// Every consistency rule of the format, checked against the file.
+    /// Every consistency rule of the format, checked against this image's
+    /// own file (its link to its parent included: that is this file's
+    /// metadata), never against its parents' files. Checking a chain is the
+    /// caller's walk through [`DiskImage::parent`], one `check` per image,
+    /// as `rehost disk check` does; so each problem is listed once.
     fn check(&self) -> Result<Vec<Problem>>;
     /// Byte ranges, sorted and disjoint, whose data this image itself holds
     /// (not its parents). Raw and fixed images hold everything.
     fn allocated_extents(&self) -> Result<Vec<std::ops::Range<u64>>>;
     /// The opened parent of a differencing image (the next image down the
-    /// chain), for walking the chain; `None` for images without one.
+    /// chain), for walking the chain; `None` for images without one. A
+    /// format with differencing images implements it: without it, whole-
+    /// chain operations count every range as allocated.
     fn parent(&self) -> Option<&dyn DiskImage> {
         None
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use disk_common::*;
-use rehost_disk::ImageFormat;
+use rehost_disk::{ImageFormat, OpenOptions};
 
 const SIZE: u64 = 24 << 20;
 
@@ -22,6 +22,14 @@ fn apply(model: &mut [u8], writes: &[(u64, Vec<u8>)]) {
     for (off, data) in writes {
         model[*off as usize..*off as usize + data.len()].copy_from_slice(data);
     }
+}
+
+/// The ranges an image holds data for itself (not through its parents).
+fn own_extents(path: &Path) -> Vec<std::ops::Range<u64>> {
+    rehost_disk::open(path, &OpenOptions { read_only: true })
+        .unwrap()
+        .allocated_extents()
+        .unwrap()
 }
 
 fn chain_end_to_end(format: ImageFormat) {
@@ -115,22 +123,28 @@ fn chain_end_to_end(format: ImageFormat) {
             continue;
         }
         assert_eq!(code, 0, "convert to {out_fmt}: {out}{err}");
+        // Only what the chain holds is read (every layer reports its own
+        // allocated ranges), not the whole disk.
+        let read: u64 = err
+            .split_once(" bytes of data written (")
+            .and_then(|(_, rest)| rest.split_once(" read)"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("no read count in {err:?}"));
+        assert!(
+            read < SIZE,
+            "{fmt} -> {out_fmt}: read {read} of {SIZE} bytes"
+        );
         let (code, out, _) = rehost(&[&"disk", &"compare", &"--strict", &flat, &model_path]);
         assert_eq!(code, 0, "{out_fmt} {sub}: {out}");
         if out_fmt == "raw" {
             assert_eq!(sha256_file(&flat), sha256_file(&model_path));
         } else if have_qemu() {
-            let qfmt = if out_fmt == "vhd" { "vpc" } else { "vhdx" };
-            let o = Command::new("qemu-img")
-                .args(["compare", "-f", qfmt, "-F", "raw"])
-                .arg(&flat)
-                .arg(&model_path)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "qemu-img compare {out_fmt} {sub}: {o:?}"
-            );
+            let f = if out_fmt == "vhd" {
+                ImageFormat::Vhd
+            } else {
+                ImageFormat::Vhdx
+            };
+            assert_qemu_reads_as(f, &flat, &model_path, &format!("{out_fmt} {sub}"));
         }
         if sub == "dynamic" {
             // Sparse where the source is: far less than the disk.
@@ -154,24 +168,42 @@ fn chain_end_to_end(format: ImageFormat) {
         read_all(&child) == model,
         "{fmt}: the child lacks the committed data"
     );
-    if out.contains("is now empty") {
-        assert!(read_all(&grandchild) == model);
-        let check = rehost_ok(&[&"disk", &"check", &grandchild]);
-        assert_eq!(check.matches("no problems found").count(), 3, "{check}");
-    }
+    assert!(out.contains("is now empty"), "{fmt}: {out}");
+    assert_eq!(own_extents(&grandchild), vec![], "{fmt}: grandchild");
+    assert!(read_all(&grandchild) == model, "{fmt}: grandchild");
+    let check = rehost_ok(&[&"disk", &"check", &grandchild]);
+    assert_eq!(check.matches("no problems found").count(), 3, "{check}");
 
-    // commit the child into the parent: now the parent changes.
+    // commit the child into the parent: now the parent changes, and holds
+    // the whole content on its own.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = rehost_ok(&[&"disk", &"commit", &child]);
+    assert!(out.contains("is now empty"), "{fmt}: {out}");
     assert_ne!(sha256_file(&base), base_sha);
-    let (code, out2, _) = rehost(&[&"disk", &"compare", &base, &model_path]);
+    let (code, out2, _) = rehost(&[&"disk", &"compare", &"--strict", &base, &model_path]);
     assert_eq!(code, 0, "{out2}");
-    rehost_ok(&[&"disk", &"check", &base]);
-    if out.contains("is now empty") {
-        assert!(read_all(&child) == model);
-        assert!(read_all(&grandchild) == model);
-        rehost_ok(&[&"disk", &"check", &grandchild]);
+    let flat_base = dir.path().join("base-after-commit.raw");
+    rehost_ok(&[&"disk", &"convert", &"-O", &"raw", &base, &flat_base]);
+    assert_eq!(sha256_file(&flat_base), sha256_file(&model_path), "{fmt}");
+    if have_qemu() {
+        assert_qemu_reads_as(format, &base, &model_path, "the merged parent");
     }
+    let check = rehost_ok(&[&"disk", &"check", &base]);
+    assert_eq!(check.matches("no problems found").count(), 1, "{check}");
+    // The child is empty, still opens over the changed parent and presents
+    // the same content; so does the grandchild over it.
+    assert_eq!(own_extents(&child), vec![], "{fmt}: child");
+    assert!(read_all(&child) == model, "{fmt}: child");
+    assert!(read_all(&grandchild) == model, "{fmt}: grandchild");
+    let check = rehost_ok(&[&"disk", &"check", &child]);
+    assert_eq!(check.matches("no problems found").count(), 2, "{check}");
+    let check = rehost_ok(&[&"disk", &"check", &grandchild]);
+    assert_eq!(check.matches("no problems found").count(), 3, "{check}");
+    // And it takes new writes over the merged parent.
+    write(&child, &[((6 << 20) + 512, fill(4096, 0xb0))]);
+    apply(&mut model, &[((6 << 20) + 512, fill(4096, 0xb0))]);
+    assert!(read_all(&child) == model, "{fmt}: child after a new write");
+    rehost_ok(&[&"disk", &"check", &child]);
     // The sibling was made over the parent as it was: refused now.
     let (code, _, err) = rehost(&[&"disk", &"info", &sibling]);
     assert_eq!(code, 1, "{err}");
@@ -188,6 +220,148 @@ fn vhd_chain_end_to_end() {
 #[test]
 fn vhdx_chain_end_to_end() {
     chain_end_to_end(ImageFormat::Vhdx);
+}
+
+/// Each image's `check` covers its own file and the CLI walks the chain, so
+/// a parent's problem is listed once, whichever image of the chain is
+/// checked.
+fn a_parent_problem_is_listed_once(format: ImageFormat) {
+    use std::os::unix::fs::FileExt;
+    let dir = tempdir();
+    let e = ext(format);
+    let base = dir.path().join(format!("base.{e}"));
+    let child = dir.path().join(format!("child.{e}"));
+    let grandchild = dir.path().join(format!("grandchild.{e}"));
+    rehost_ok(&[&"disk", &"create", &"-f", &format.name(), &base, &"8M"]);
+    write(&base, &[(0, fill(4096, 0x11))]);
+    rehost_ok(&[&"disk", &"create", &"--parent", &base, &child]);
+    rehost_ok(&[&"disk", &"create", &"--parent", &child, &grandchild]);
+    // A problem that leaves the parent usable: a damaged spare copy of a
+    // structure (VHD: the footer copy at offset 0; VHDX: region table 2).
+    let at = match format {
+        ImageFormat::Vhd => 64,
+        _ => 4 * 65536 + 100,
+    };
+    let f = std::fs::OpenOptions::new().write(true).open(&base).unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    let mut byte = [0u8; 1];
+    std::fs::File::open(&base)
+        .unwrap()
+        .read_exact_at(&mut byte, at)
+        .unwrap();
+    f.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
+    // (A VHD child checks its parent's modification time.)
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let name = base.display().to_string();
+    for top in [&base, &child, &grandchild] {
+        let (code, out, err) = rehost(&[&"disk", &"check", top]);
+        assert_eq!(code, 2, "{}: {out}{err}", top.display());
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&name)).collect();
+        assert_eq!(lines.len(), 1, "{}: {out}", top.display());
+        assert!(
+            out.contains("1 problem(s) found"),
+            "{}: {out}",
+            top.display()
+        );
+        let (code, json, _) = rehost(&[&"disk", &"check", &"--json", top]);
+        assert_eq!(code, 2);
+        let problems = json.split_once("\"problems\":").unwrap().1;
+        assert_eq!(
+            problems.matches(&format!("{{\"path\":\"{name}\"")).count(),
+            1,
+            "{json}"
+        );
+    }
+    rehost_ok(&[&"disk", &"info", &grandchild]);
+}
+
+#[test]
+fn vhd_parent_problem_is_listed_once() {
+    a_parent_problem_is_listed_once(ImageFormat::Vhd);
+}
+
+#[test]
+fn vhdx_parent_problem_is_listed_once() {
+    a_parent_problem_is_listed_once(ImageFormat::Vhdx);
+}
+
+/// Discarding whole blocks of a dynamic VHDX gives their space back to the
+/// host file system (holes), the range reads as zeros, later writes take
+/// the freed space before the file grows, and both rehost and QEMU find
+/// the image clean and reading as expected all along.
+#[test]
+fn vhdx_discard_returns_space_and_reuses_it() {
+    use std::os::unix::fs::MetadataExt;
+    const MIB: usize = 1 << 20;
+    let dir = tempdir();
+    let img = dir.path().join("d.vhdx");
+    let model_path = dir.path().join("model.raw");
+    let usage = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let qemu = have_qemu();
+    let verify = |model: &[u8], when: &str| {
+        std::fs::write(&model_path, model).unwrap();
+        assert!(read_all(&img) == model, "{when}: reads wrong");
+        let out = rehost_ok(&[&"disk", &"check", &img]);
+        assert!(out.contains("no problems found"), "{when}: {out}");
+        if qemu {
+            let o = Command::new("qemu-img")
+                .args(["check", "-f", "vhdx"])
+                .arg(&img)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{when}: qemu-img check: {o:?}");
+            assert_qemu_reads_as(ImageFormat::Vhdx, &img, &model_path, when);
+        }
+    };
+    rehost_ok(&[
+        &"disk",
+        &"create",
+        &"-f",
+        &"vhdx",
+        &"--block-size",
+        &"1M",
+        &img,
+        &"64M",
+    ]);
+    let mut model = vec![0u8; 64 * MIB];
+    let first = [(0, fill(32 * MIB, 0x21))];
+    write(&img, &first);
+    apply(&mut model, &first);
+    verify(&model, "written");
+    let (used, size) = (usage(&img), len(&img));
+
+    // Blocks 8..24 go whole; blocks 7 and 24, only partly covered, stay.
+    let d = rehost_disk::open(&img, &OpenOptions { read_only: false }).unwrap();
+    d.discard(8 * MIB as u64 - 4096, 16 * MIB as u64 + 8192)
+        .unwrap();
+    d.flush().unwrap();
+    drop(d);
+    model[8 * MIB..24 * MIB].fill(0);
+    let freed = used.saturating_sub(usage(&img));
+    assert!(
+        freed >= 16 * MIB as u64,
+        "{freed} bytes freed of the 16 MiB discarded ({used} -> {})",
+        usage(&img)
+    );
+    assert_eq!(len(&img), size);
+    verify(&model, "discarded");
+
+    // New blocks take the freed space: the file does not grow.
+    let second = [
+        (40 * MIB as u64, fill(8 * MIB, 0x31)),
+        (50 * MIB as u64 + 512, fill(4096, 0x41)),
+    ];
+    write(&img, &second);
+    apply(&mut model, &second);
+    assert_eq!(
+        len(&img),
+        size,
+        "the file grew instead of reusing freed space"
+    );
+    assert!(usage(&img) <= used, "{} > {used}", usage(&img));
+    verify(&model, "rewritten");
 }
 
 #[test]

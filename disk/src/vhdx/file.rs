@@ -33,6 +33,10 @@ pub(crate) struct Backing {
     /// extended by a replay that asks for more.
     pub len: u64,
     pub writable: bool,
+    /// A hole was punched since the last flush: the next flush is a full
+    /// fsync, so the file's new extent map (the hole reading as zeros) is
+    /// stable before any metadata that relies on it.
+    punched: bool,
     /// Test hook: the number of writes, truncations and flushes left before
     /// every further one fails, as if the process had been killed there.
     #[cfg(test)]
@@ -83,6 +87,7 @@ impl Backing {
             overlay: Overlay::default(),
             len,
             writable,
+            punched: false,
             #[cfg(test)]
             crash_countdown: None,
             #[cfg(test)]
@@ -260,11 +265,38 @@ impl Backing {
         Ok(())
     }
 
-    /// fdatasync: data and the file size reach stable storage.
+    /// Deallocates `len` bytes at `offset` (they read as zeros afterwards)
+    /// without changing the file's length.
+    pub fn punch_hole(&mut self, offset: u64, len: u64) -> Result<()> {
+        use vmm_sys_util::fallocate::{fallocate, FallocateMode};
+        self.tick()?;
+        if !self.writable {
+            return Err(BlockError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        #[cfg(test)]
+        {
+            let n = len.min(self.len.saturating_sub(offset));
+            self.record_write(offset, &vec![0u8; n as usize]);
+        }
+        self.punched = true;
+        fallocate(&self.file, FallocateMode::PunchHole, true, offset, len)
+            .map_err(|e| self.io_err(offset, e.into()))
+    }
+
+    /// fdatasync: data and the file size reach stable storage (a full
+    /// fsync after a hole was punched, so the hole is stable too).
     pub fn sync(&mut self) -> Result<()> {
         self.tick()?;
         #[cfg(test)]
         self.unsynced.clear();
-        self.file.sync_data().map_err(|e| self.io_err(0, e))
+        if self.punched {
+            self.file.sync_all().map_err(|e| self.io_err(0, e))?;
+            self.punched = false;
+            Ok(())
+        } else {
+            self.file.sync_data().map_err(|e| self.io_err(0, e))
+        }
     }
 }

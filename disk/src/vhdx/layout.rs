@@ -69,6 +69,44 @@ impl Layout {
             .min(self.virtual_size.saturating_sub(start))
     }
 
+    /// The file space payload block `block` occupies: its bytes inside the
+    /// virtual disk, rounded up to 1 MiB (objects are 1 MiB aligned).
+    pub fn block_slot(&self, block: u64) -> u64 {
+        self.block_extent(block).div_ceil(MIB) * MIB
+    }
+
+    /// Every file range in use (sorted by start): the header section, the
+    /// log, the regions and every block the BAT points to.
+    pub fn used_ranges(&self, bat: &[u64]) -> Vec<(u64, u64)> {
+        let mut used = vec![(0, HEADER_SECTION_SIZE)];
+        let (lo, le) = self.log_range();
+        if le > lo {
+            used.push((lo, le));
+        }
+        for r in &self.region_table.entries {
+            if r.length > 0 {
+                used.push((r.file_offset, r.end()));
+            }
+        }
+        let limit = (self.bat_entries as usize).min(bat.len());
+        for (i, &raw) in bat.iter().enumerate().take(limit) {
+            let (i, e) = (i as u64, BatEntry(raw));
+            if self.is_bitmap_index(i) {
+                if e.state() == SB_BLOCK_PRESENT {
+                    used.push((e.file_offset(), e.file_offset() + SECTOR_BITMAP_BLOCK_SIZE));
+                }
+            } else if matches!(
+                e.state(),
+                PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT
+            ) {
+                let block = i - i / (self.chunk_ratio + 1);
+                used.push((e.file_offset(), e.file_offset() + self.block_slot(block)));
+            }
+        }
+        used.sort_unstable();
+        used
+    }
+
     pub fn log_range(&self) -> (u64, u64) {
         (
             self.header.log_offset,

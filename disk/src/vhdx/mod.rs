@@ -4,9 +4,18 @@
 //! # Crash safety
 //!
 //! Payload data is written in place (to blocks already allocated) or into
-//! new blocks appended at the end of the file; new blocks are never placed
-//! over space any BAT entry (flushed or not) may point to, and freed space is
-//! never reused. Metadata changes (BAT entries, sector bitmap pages) are kept
+//! new blocks; new blocks are never placed over space any BAT entry (in
+//! memory, on disk or in the log) may point to. Space a block gives up (a
+//! discard, emptying after a commit) is released only once the metadata
+//! flush that drops the BAT entry has completed; then it becomes a hole
+//! (`fallocate` PUNCH_HOLE, so the host file system gets it back and it
+//! reads as zeros) and new blocks take it before the file grows. A writable
+//! open also finds the unreferenced ranges a crash or an earlier session
+//! left, and punches each before reusing it. A new block must read as
+//! zeros where it is not written, so on a file system that cannot punch
+//! holes freed space is left unused. After punching, the next flush is a
+//! full fsync, so the hole is stable before the BAT entry of any block
+//! reusing it. Metadata changes (BAT entries, sector bitmap pages) are kept
 //! in memory until the guest flushes, the log would overflow, or the image
 //! is closed; then:
 //!
@@ -100,8 +109,20 @@ struct State {
     dirty_bitmaps: BTreeSet<u64>,
     /// Other metadata pages (the metadata region) to write through the log.
     dirty_other: BTreeMap<u64, Vec<u8>>,
-    /// Where the next block is allocated (1 MiB aligned, past everything).
+    /// The metadata table and the parent locator as they will be after the
+    /// next metadata flush.
+    metadata: MetadataTable,
+    parent_locator: Option<ParentLocator>,
+    /// Where blocks are appended (1 MiB aligned, past everything).
     alloc_end: u64,
+    /// File ranges (1 MiB aligned) that no BAT entry points to, neither in
+    /// memory nor on disk nor in the log, which new blocks take before the
+    /// file grows: start -> (end, known to read as zeros).
+    free: BTreeMap<u64, (u64, bool)>,
+    /// Ranges blocks gave up since the last metadata flush. The metadata on
+    /// disk may still point to them, so they become free only once that
+    /// flush has completed.
+    pending_free: Vec<(u64, u64)>,
     file_write_guid_set: bool,
     data_write_guid_set: bool,
     /// The LogGuid this session writes entries with (zero until the first).
@@ -166,6 +187,11 @@ impl VhdxImage {
             .unwrap_or(backing.len)
             .div_ceil(MIB)
             * MIB;
+        let free = if writable && subformat != Subformat::Fixed {
+            unused_ranges(&layout, &bat, alloc_end)
+        } else {
+            BTreeMap::new()
+        };
         let next_sequence = layout
             .replay
             .as_ref()
@@ -194,6 +220,10 @@ impl VhdxImage {
                 bitmaps: HashMap::new(),
                 dirty_bitmaps: BTreeSet::new(),
                 dirty_other: BTreeMap::new(),
+                metadata: layout.metadata.clone(),
+                parent_locator: layout.parent_locator.clone(),
+                free,
+                pending_free: Vec::new(),
                 alloc_end,
                 file_write_guid_set: false,
                 data_write_guid_set: false,
@@ -315,10 +345,7 @@ impl VhdxImage {
     /// they may still be right on the host that made the image. The change
     /// goes through the log with the next metadata flush.
     fn refresh_parent_locator(&self, st: &mut State, found: &Path) -> Result<()> {
-        let Some(locator) = &self.layout.parent_locator else {
-            return Ok(());
-        };
-        let Some(item) = self.layout.metadata.find(&PARENT_LOCATOR_GUID).cloned() else {
+        let Some(locator) = st.parent_locator.clone() else {
             return Ok(());
         };
         let (Ok(parent_abs), Some(Ok(child_dir))) = (
@@ -345,7 +372,7 @@ impl VhdxImage {
         };
         let mut updated = locator.clone();
         let mut stale = false;
-        for c in parent::candidates(&self.path, locator) {
+        for c in parent::candidates(&self.path, &locator) {
             let new_value = match c.source.as_str() {
                 "relative_path" => parent::relative_path_value(&child_dir, &parent_abs),
                 "absolute_win32_path" if c.path.is_ok() => parent::absolute_path_value(&parent_abs),
@@ -364,17 +391,41 @@ impl VhdxImage {
         if !stale {
             return Ok(());
         }
-        let bytes = updated.to_bytes();
+        if !self.stage_parent_locator(st, &updated)? {
+            tracing::warn!(path = %self.path.display(), "no room to update the stale parent locator");
+            return Ok(());
+        }
+        tracing::info!(path = %self.path.display(), parent = %found.display(), "updating stale parent locator paths");
+        if !st.file_write_guid_set {
+            self.update_header(st, |_| {})?;
+        }
+        Ok(())
+    }
+
+    /// Stages a new parent locator item for the next metadata flush (it
+    /// goes through the log with it): in place when it fits, else after
+    /// every other item of the metadata region, with the metadata table
+    /// updated to match. Only the 4 KiB pages that change are staged.
+    /// Returns `false`, staging nothing, when the region has no room.
+    fn stage_parent_locator(&self, st: &mut State, updated: &ParentLocator) -> Result<bool> {
         let md = &self.layout.metadata_region;
         let region_len = u64::from(md.length);
-        let mut table = self.layout.metadata.clone();
-        let index = table
+        let mut table = st.metadata.clone();
+        let Some(index) = table
             .entries
             .iter()
             .position(|e| e.item_id == PARENT_LOCATOR_GUID && !e.is_user)
-            .unwrap_or(0);
-        // In place when it fits, else after every other item.
-        let offset = if bytes.len() as u64 <= u64::from(item.length) {
+        else {
+            return Err(self.corrupt(
+                "metadata table",
+                md.file_offset,
+                "there is no parent locator item to update",
+            ));
+        };
+        let item = table.entries[index].clone();
+        let bytes = updated.to_bytes();
+        let in_place = bytes.len() as u64 <= u64::from(item.length);
+        let offset = if in_place {
             u64::from(item.offset)
         } else {
             let end = table
@@ -385,49 +436,46 @@ impl VhdxImage {
                 .unwrap_or(METADATA_TABLE_SIZE as u64)
                 .max(METADATA_TABLE_SIZE as u64);
             if end + bytes.len() as u64 > region_len {
-                tracing::warn!(path = %self.path.display(), "no room to update the stale parent locator");
-                return Ok(());
+                return Ok(false);
             }
             end
         };
-        let length = (bytes.len() as u32).max(if offset == u64::from(item.offset) {
-            item.length
-        } else {
-            0
-        });
-        if let Some(e) = table.entries.get_mut(index) {
-            e.offset = offset as u32;
-            e.length = length;
-        }
+        let length = (bytes.len() as u32).max(if in_place { item.length } else { 0 });
+        table.entries[index].offset = offset as u32;
+        table.entries[index].length = length;
         let mut item_bytes = bytes;
         item_bytes.resize(length as usize, 0);
-        // Compose the changed 4 KiB pages of the metadata region.
-        let mut changes: Vec<(u64, Vec<u8>)> = vec![(0, table.to_bytes()), (offset, item_bytes)];
-        changes.retain(|(_, b)| !b.is_empty());
+        let mut changes: Vec<(u64, Vec<u8>)> = vec![(offset, item_bytes)];
+        if table != st.metadata {
+            changes.push((0, table.to_bytes()));
+        }
         for (rel, data) in changes {
             let start = md.file_offset + rel;
             let end = start + data.len() as u64;
             let mut page = start / PAGE * PAGE;
             while page < end {
-                if !st.dirty_other.contains_key(&page) {
-                    let mut buf = vec![0u8; PAGE as usize];
-                    st.backing.read(page, &mut buf)?;
+                let mut buf = match st.dirty_other.get(&page) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let mut b = vec![0u8; PAGE as usize];
+                        st.backing.read(page, &mut b)?;
+                        b
+                    }
+                };
+                let a = start.max(page);
+                let b = end.min(page + PAGE);
+                let new = &data[(a - start) as usize..(b - start) as usize];
+                let old = &mut buf[(a - page) as usize..(b - page) as usize];
+                if old != new {
+                    old.copy_from_slice(new);
                     st.dirty_other.insert(page, buf);
-                }
-                if let Some(buf) = st.dirty_other.get_mut(&page) {
-                    let a = start.max(page);
-                    let b = end.min(page + PAGE);
-                    buf[(a - page) as usize..(b - page) as usize]
-                        .copy_from_slice(&data[(a - start) as usize..(b - start) as usize]);
                 }
                 page += PAGE;
             }
         }
-        tracing::info!(path = %self.path.display(), parent = %found.display(), "updating stale parent locator paths");
-        if !st.file_write_guid_set {
-            self.update_header(st, |_| {})?;
-        }
-        Ok(())
+        st.metadata = table;
+        st.parent_locator = Some(updated.clone());
+        Ok(true)
     }
 
     /// Before the first change of a session: new FileWriteGuid (and
@@ -469,8 +517,48 @@ impl VhdxImage {
             })
     }
 
-    /// Appends `len` bytes (a multiple of 1 MiB) at the end of the file.
+    /// Finds `len` bytes (a multiple of 1 MiB) for a new block: the first
+    /// free range that holds them, else the end of the file. A new block
+    /// must read as zeros wherever it is not written, so a free range not
+    /// known to be zeros is deallocated (a hole) before use; on a file
+    /// system that cannot punch holes it is left unused instead.
     fn allocate(&self, st: &mut State, len: u64) -> Result<u64> {
+        if let Some((start, end, zeroed)) = st
+            .free
+            .iter()
+            .find(|(&s, &(e, _))| e - s >= len)
+            .map(|(&s, &(e, z))| (s, e, z))
+        {
+            st.free.remove(&start);
+            if start + len < end {
+                st.free.insert(start + len, (end, zeroed));
+            }
+            if !zeroed {
+                match st.backing.punch_hole(start, len) {
+                    Ok(()) => {}
+                    Err(BlockError::Io { source, .. })
+                        if matches!(
+                            source.raw_os_error(),
+                            Some(libc::EOPNOTSUPP | libc::ENOSYS)
+                        ) =>
+                    {
+                        tracing::debug!(path = %self.path.display(), "cannot punch holes: free space is not reused");
+                        st.free.clear();
+                        return self.append(st, len);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if start + len > st.backing.len {
+                st.backing.set_len(start + len)?;
+            }
+            return Ok(start);
+        }
+        self.append(st, len)
+    }
+
+    /// Appends `len` bytes (a multiple of 1 MiB) at the end of the file.
+    fn append(&self, st: &mut State, len: u64) -> Result<u64> {
         let offset = st.alloc_end;
         let end = offset + len;
         if end > st.backing.len {
@@ -478,6 +566,28 @@ impl VhdxImage {
         }
         st.alloc_end = end;
         Ok(offset)
+    }
+
+    /// A block's file space is no longer pointed to by the BAT in memory;
+    /// the metadata on disk may still point to it until the next flush.
+    fn release(&self, st: &mut State, file_offset: u64, len: u64) {
+        st.pending_free.push((file_offset, file_offset + len));
+    }
+
+    /// After a completed metadata flush, nothing on disk points to the
+    /// ranges released before it: their space goes back to the file system
+    /// (a hole, which reads as zeros) and new blocks may take them. A range
+    /// whose hole cannot be punched is left unused (reusing it would take
+    /// zeros written over the whole block); a later open finds it again.
+    fn free_released(&self, st: &mut State) {
+        for (start, end) in std::mem::take(&mut st.pending_free) {
+            match st.backing.punch_hole(start, end - start) {
+                Ok(()) => insert_free(&mut st.free, start, end, true),
+                Err(e) => {
+                    tracing::debug!(path = %self.path.display(), "freed space at {start}..{end} left unused: {e}")
+                }
+            }
+        }
     }
 
     /// The bitmap page holding the bit of virtual `sector`, loaded on
@@ -521,6 +631,32 @@ impl VhdxImage {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Clears every sector bitmap bit of payload `block`, before it becomes
+    /// PARTIALLY_PRESENT: bits a block's earlier life left behind (the
+    /// bitmap of a NOT_PRESENT block means nothing) must not count.
+    fn clear_block_bits(&self, st: &mut State, block: u64) -> Result<()> {
+        let lss = u64::from(self.layout.logical_sector_size);
+        let sectors = self.layout.block_size() / lss;
+        let end = (block + 1) * sectors;
+        // A block's bits are whole bytes (at least 256 sectors per block).
+        let mut sector = block * sectors;
+        while sector < end {
+            let Some((page, byte, _)) = self.bitmap_position(st, sector)? else {
+                return Ok(());
+            };
+            let n = ((PAGE - byte as u64) * 8).min(end - sector);
+            if let Some(p) = st.bitmaps.get_mut(&page) {
+                let bytes = &mut p[byte..byte + (n / 8) as usize];
+                if bytes.iter().any(|&b| b != 0) {
+                    bytes.fill(0);
+                    st.dirty_bitmaps.insert(page);
+                }
+            }
+            sector += n;
         }
         Ok(())
     }
@@ -665,6 +801,7 @@ impl VhdxImage {
                             let sb = self.allocate(st, SECTOR_BITMAP_BLOCK_SIZE)?;
                             self.set_bat(st, sb_index, BatEntry::new(SB_BLOCK_PRESENT, sb));
                         }
+                        self.clear_block_bits(st, block)?;
                         self.set_sectors_present(st, voff / lss, n as u64 / lss)?;
                         self.set_bat(
                             st,
@@ -753,6 +890,7 @@ impl VhdxImage {
         st.dirty_bat_pages.clear();
         st.dirty_bitmaps.clear();
         st.dirty_other.clear();
+        self.free_released(st);
         Ok(())
     }
 
@@ -851,11 +989,101 @@ impl VhdxImage {
             if !reads_zero {
                 self.begin_change(st)?;
                 self.make_room(st)?;
+                if matches!(
+                    state,
+                    PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT
+                ) {
+                    let old = self.bat(st, index)?.file_offset();
+                    self.release(st, old, self.layout.block_slot(block));
+                }
                 self.set_bat(st, index, BatEntry::new(new_state, 0));
             }
             block += 1;
         }
         Ok(())
+    }
+
+    /// After `commit` merged this image's data into its parent: re-links
+    /// the image to the parent's new DataWriteGuid and drops every block,
+    /// so it reads through to the parent again. Three metadata flushes,
+    /// each through the log:
+    ///
+    /// 1. whatever was pending;
+    /// 2. the parent locator's parent_linkage (parent_linkage2, naming an
+    ///    older parent, goes): from here the image opens over the merged
+    ///    parent, its own blocks holding what the parent now holds too;
+    /// 3. the BAT: every payload block NOT_PRESENT and every sector bitmap
+    ///    block released (NOT_PRESENT: no sector is present). Should the
+    ///    pages need more than one log entry, they go in file order, so a
+    ///    chunk's payload entries are always applied before its sector
+    ///    bitmap entry, and any mix of old and new entries reads the same.
+    ///
+    /// The content the image presents does not change, so its
+    /// DataWriteGuid stays and images made over it stay valid. The space of
+    /// the dropped blocks becomes holes and is reused by later writes.
+    fn empty_locked(&self, st: &mut State) -> Result<()> {
+        let Some(parent) = &self.parent else {
+            return Ok(());
+        };
+        if st.closed {
+            return Err(BlockError::Open {
+                path: self.path.clone(),
+                reason: "the image is closed".into(),
+            });
+        }
+        let parent_path = parent.info().path;
+        let parent_guid = read_current_header(&parent_path)?.data_write_guid;
+        self.flush_metadata(st)?;
+        let Some(mut locator) = st.parent_locator.clone() else {
+            return Err(self.corrupt(
+                "parent locator",
+                self.layout.metadata_region.file_offset,
+                "a differencing image without a parent locator",
+            ));
+        };
+        locator.entries.retain(|(k, _)| k != "parent_linkage2");
+        for (k, v) in &mut locator.entries {
+            if k == "parent_linkage" {
+                *v = parent_guid.to_braced();
+            }
+        }
+        if !self.stage_parent_locator(st, &locator)? {
+            return Err(BlockError::Unsupported {
+                path: self.path.clone(),
+                reason: "no room in the metadata region for the updated parent locator".into(),
+            });
+        }
+        if !st.file_write_guid_set {
+            self.update_header(st, |_| {})?;
+        }
+        self.flush_metadata(st)?;
+        tracing::info!(path = %self.path.display(), parent = %parent_path.display(), "re-linked to the parent's DataWriteGuid {parent_guid}");
+        for index in 0..self.layout.bat_entries {
+            let entry = self.bat(st, index)?;
+            if self.layout.is_bitmap_index(index) {
+                if entry.state() == SB_BLOCK_PRESENT {
+                    self.release(st, entry.file_offset(), SECTOR_BITMAP_BLOCK_SIZE);
+                }
+                if entry.0 != 0 {
+                    self.set_bat(st, index, BatEntry::new(SB_BLOCK_NOT_PRESENT, 0));
+                }
+                continue;
+            }
+            if matches!(
+                entry.state(),
+                PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT
+            ) {
+                let block = index - index / (self.layout.chunk_ratio + 1);
+                self.release(st, entry.file_offset(), self.layout.block_slot(block));
+            }
+            if entry.0 != 0 {
+                self.set_bat(st, index, BatEntry::new(PAYLOAD_BLOCK_NOT_PRESENT, 0));
+            }
+        }
+        // No bitmap page is dirty (everything was flushed above); the
+        // cached ones belong to blocks being released.
+        st.bitmaps.clear();
+        self.flush_metadata(st)
     }
 
     fn extents_locked(&self, st: &mut State) -> Result<Vec<std::ops::Range<u64>>> {
@@ -894,6 +1122,43 @@ impl VhdxImage {
         }
         Ok(out)
     }
+}
+
+/// The 1 MiB-aligned ranges below `end` that nothing in the file uses
+/// (space a crash left unreferenced, blocks freed in an earlier session):
+/// new blocks may take them. Their content is unknown, so they are not
+/// marked as reading zeros.
+/// Adds `start..end` to the free ranges, merged with free neighbours of
+/// the same kind.
+fn insert_free(free: &mut BTreeMap<u64, (u64, bool)>, start: u64, end: u64, zeroed: bool) {
+    let (mut start, mut end) = (start, end);
+    if let Some((&s, &(e, z))) = free.range(..start).next_back() {
+        if e == start && z == zeroed {
+            free.remove(&s);
+            start = s;
+        }
+    }
+    if let Some(&(e, z)) = free.get(&end) {
+        if z == zeroed {
+            free.remove(&end);
+            end = e;
+        }
+    }
+    free.insert(start, (end, zeroed));
+}
+
+fn unused_ranges(layout: &Layout, bat: &[u64], end: u64) -> BTreeMap<u64, (u64, bool)> {
+    let mut free = BTreeMap::new();
+    let mut at = 0u64;
+    for (start, stop) in layout.used_ranges(bat).into_iter().chain([(end, end)]) {
+        let gap_start = at.div_ceil(MIB) * MIB;
+        let gap_end = start.min(end) / MIB * MIB;
+        if gap_end > gap_start {
+            free.insert(gap_start, (gap_end, false));
+        }
+        at = at.max(stop);
+    }
+    free
 }
 
 /// Pages one log entry of `slot` bytes can carry: (descriptor sectors +
@@ -1079,8 +1344,12 @@ impl DiskImage for VhdxImage {
         let _st = self.lock();
         let mut problems = Vec::new();
         let loaded = Backing::open(&self.path, false).and_then(|mut b| load(&mut b));
+        let mut linkage = None;
         match loaded {
-            Ok((layout, _)) => problems.extend(layout.soft_problems),
+            Ok((layout, _)) => {
+                problems.extend(layout.soft_problems);
+                linkage = Some(layout.parent_linkage);
+            }
             Err(BlockError::Corrupt {
                 path,
                 structure,
@@ -1097,10 +1366,12 @@ impl DiskImage for VhdxImage {
             }
             Err(e) => return Err(e),
         }
-        if let Some(parent) = &self.parent {
+        // The link to the parent is this file's own metadata (the parent's
+        // own rules are its own check's business).
+        if let (Some(parent), Some(linkage)) = (&self.parent, linkage) {
             let ppath = parent.info().path;
             match read_current_header(&ppath) {
-                Ok(h) if self.layout.parent_linkage.contains(&h.data_write_guid) => {}
+                Ok(h) if linkage.contains(&h.data_write_guid) => {}
                 Ok(h) => problems.push(problem(
                     &self.path,
                     "parent locator",
@@ -1109,7 +1380,11 @@ impl DiskImage for VhdxImage {
                         "parent {} now has DataWriteGuid {}, not the parent_linkage {}",
                         ppath.display(),
                         h.data_write_guid.to_braced(),
-                        self.layout.parent_linkage[0].to_braced()
+                        linkage
+                            .iter()
+                            .map(|g| g.to_braced())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
                     ),
                 )),
                 Err(e) => problems.push(problem(
@@ -1119,7 +1394,6 @@ impl DiskImage for VhdxImage {
                     format!("parent {} cannot be read: {e}", ppath.display()),
                 )),
             }
-            problems.extend(parent.check()?);
         }
         Ok(problems)
     }
@@ -1127,6 +1401,24 @@ impl DiskImage for VhdxImage {
     fn allocated_extents(&self) -> Result<Vec<std::ops::Range<u64>>> {
         let mut st = self.lock();
         self.extents_locked(&mut st)
+    }
+
+    fn parent(&self) -> Option<&dyn DiskImage> {
+        self.parent.as_deref()
+    }
+
+    fn empty_after_commit(&self) -> Result<bool> {
+        if self.parent.is_none() {
+            return Ok(false);
+        }
+        if self.geometry.read_only {
+            return Err(BlockError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let mut st = self.lock();
+        self.empty_locked(&mut st)?;
+        Ok(true)
     }
 }
 

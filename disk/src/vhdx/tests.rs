@@ -33,6 +33,23 @@ fn make(dir: &Path, name: &str, size: u64, block_size: u32, lss: u32) -> PathBuf
     path
 }
 
+/// A dynamic image whose first `len` bytes hold `pattern(seed, len)`.
+fn written(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    lss: u32,
+    len: usize,
+    seed: u64,
+) -> (PathBuf, Vec<u8>) {
+    let path = make(dir, name, size, 1 << 20, lss);
+    let data = pattern(seed, len);
+    let d = rw(&path);
+    d.write_at(0, &data).unwrap();
+    drop(d);
+    (path, data)
+}
+
 fn make_child(parent: &Path, name: &str, block_size: Option<u64>) -> PathBuf {
     let path = parent.parent().unwrap().join(name);
     create(
@@ -884,6 +901,37 @@ fn a_file_without_a_log_opens_read_only_only() {
 
 // ---- crash safety --------------------------------------------------------
 
+/// How a crash ends a session.
+#[derive(Debug, Clone, Copy)]
+enum Crash {
+    /// The process dies: everything written so far persists.
+    Kill,
+    /// The power fails: nothing written since the last flush persists...
+    LoseAll,
+    /// ...or an arbitrary subset of it (in 4 KiB pieces), chosen from `n`.
+    LoseSome,
+}
+
+impl Crash {
+    const ALL: [Crash; 3] = [Crash::Kill, Crash::LoseAll, Crash::LoseSome];
+
+    fn apply(self, disk: VhdxImage, n: u64) {
+        match self {
+            Crash::Kill => disk.abandon(),
+            Crash::LoseAll => disk.power_loss(|_| false),
+            Crash::LoseSome => {
+                let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                disk.power_loss(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x & 1 == 1
+                })
+            }
+        }
+    }
+}
+
 /// Runs `workload` on a fresh image and stops it at its `n`-th file
 /// operation, for every `n`: as if the process were killed there (every
 /// write issued so far persists) or the power failed (only what was flushed
@@ -893,15 +941,9 @@ fn a_file_without_a_log_opens_read_only_only() {
 /// every other sector either its flushed content or something written to it
 /// since.
 fn crash_everywhere(make_image: impl Fn(&Path) -> PathBuf, workload: &[Op]) {
-    #[derive(Debug, Clone, Copy)]
-    enum Crash {
-        Kill,
-        LoseAll,
-        LoseSome,
-    }
     let mut n = 0u64;
     'points: loop {
-        for mode in [Crash::Kill, Crash::LoseAll, Crash::LoseSome] {
+        for mode in Crash::ALL {
             let dir = tmp();
             let path = make_image(dir.path());
             let base = flat(&ro(&path));
@@ -932,19 +974,7 @@ fn crash_everywhere(make_image: impl Fn(&Path) -> PathBuf, workload: &[Op]) {
                 }
             }
             let ctx = format!("crash at file operation {n} ({mode:?})");
-            match mode {
-                Crash::Kill => disk.abandon(),
-                Crash::LoseAll => disk.power_loss(|_| false),
-                Crash::LoseSome => {
-                    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                    disk.power_loss(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x & 1 == 1
-                    })
-                }
-            }
+            mode.apply(disk, n);
             let after = ro(&path);
             assert_eq!(after.check().unwrap(), vec![], "{ctx}");
             let got = flat(&after);
@@ -1129,11 +1159,7 @@ fn differencing_chain_reads_through_and_never_touches_parents() {
 #[test]
 fn differencing_with_4k_logical_sectors_fills_partial_sectors_from_the_parent() {
     let dir = tmp();
-    let base = make(dir.path(), "b4k.vhdx", 8 << 20, 1 << 20, 4096);
-    let b = rw(&base);
-    let base_data = pattern(3, 8 << 20);
-    b.write_at(0, &base_data).unwrap();
-    drop(b);
+    let (base, base_data) = written(dir.path(), "b4k.vhdx", 8 << 20, 4096, 8 << 20, 3);
     let child = make_child(&base, "c4k.vhdx", Some(1 << 20));
     let c = rw(&child);
     assert_eq!(c.geometry().logical_sector_size, 4096);
@@ -1449,6 +1475,244 @@ fn parent_loops_are_refused() {
     assert!(text.contains("loops back"), "{text}");
     let err = crate::open(&a, &OpenOptions { read_only: true }).unwrap_err();
     assert!(err.to_string().contains("loops back"), "{err}");
+}
+
+// ---- freed space, commit ---------------------------------------------------
+
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn discarded_blocks_become_holes_and_new_blocks_reuse_them() {
+    const MIB: usize = 1 << 20;
+    let dir = tmp();
+    let path = make(dir.path(), "h.vhdx", 16 << 20, 1 << 20, 512);
+    let mut want = vec![0u8; 16 * MIB];
+    let data = pattern(1, 8 * MIB);
+    let d = rw(&path);
+    d.write_at(0, &data).unwrap();
+    want[..8 * MIB].copy_from_slice(&data);
+    drop(d);
+    let (len, used) = (file_len(&path), disk_usage(&path));
+
+    // Whole blocks 2..6 go; the partly covered blocks 1 and 6 stay.
+    let d = rw(&path);
+    d.discard((1 << 20) + 4096, (5 << 20) + 4096).unwrap();
+    d.flush().unwrap();
+    want[2 * MIB..6 * MIB].fill(0);
+    let freed = used - disk_usage(&path);
+    assert!(freed >= 4 << 20, "only {freed} bytes were freed");
+    assert_eq!(flat(&d), want);
+    // A new block in the same session takes a freed slot; where it is not
+    // written it reads as zeros.
+    let w = pattern(2, 4096);
+    d.write_at((10 << 20) + 8192, &w).unwrap();
+    want[10 * MIB + 8192..10 * MIB + 12288].copy_from_slice(&w);
+    d.flush().unwrap();
+    assert_eq!(flat(&d), want);
+    drop(d);
+    assert_eq!(file_len(&path), len, "the file grew instead of reusing");
+    assert_eq!(ro(&path).check().unwrap(), vec![]);
+    assert_eq!(flat(&ro(&path)), want);
+
+    // The next session finds the three other freed slots on its own.
+    let d = rw(&path);
+    let w = pattern(3, 3 * MIB - 1024);
+    d.write_at((12 << 20) + 512, &w).unwrap();
+    want[12 * MIB + 512..15 * MIB - 512].copy_from_slice(&w);
+    drop(d);
+    assert_eq!(file_len(&path), len, "the file grew instead of reusing");
+    let d = ro(&path);
+    assert_eq!(d.check().unwrap(), vec![]);
+    assert_eq!(flat(&d), want);
+    drop(d);
+    // Now every slot is taken: the next block goes at the end.
+    let d = rw(&path);
+    d.write_at(15 << 20, &[5u8; 512]).unwrap();
+    want[15 * MIB..15 * MIB + 512].fill(5);
+    drop(d);
+    assert_eq!(file_len(&path), len + (1 << 20));
+    assert_eq!(flat(&ro(&path)), want);
+}
+
+#[test]
+fn space_a_crash_left_unreferenced_is_reused_and_reads_as_zeros() {
+    let dir = tmp();
+    let path = make(dir.path(), "u.vhdx", 8 << 20, 1 << 20, 512);
+    let d = rw(&path);
+    d.write_at(0, &[1u8; 4096]).unwrap();
+    d.flush().unwrap();
+    // Two new blocks whose BAT entries never reach the file.
+    d.write_at(2 << 20, &pattern(1, 2 << 20)).unwrap();
+    d.abandon();
+    let len = file_len(&path);
+    let d = rw(&path);
+    assert!(read(&d, 2 << 20, 2 << 20).iter().all(|&b| b == 0));
+    d.write_at((6 << 20) + 4096, &[2u8; 512]).unwrap();
+    d.write_at(7 << 20, &[3u8; 512]).unwrap();
+    let mut want = vec![0u8; 8 << 20];
+    want[..4096].fill(1);
+    want[(6 << 20) + 4096..(6 << 20) + 4608].fill(2);
+    want[7 << 20..(7 << 20) + 512].fill(3);
+    assert!(flat(&d) == want, "a reused slot shows its old data");
+    drop(d);
+    assert_eq!(file_len(&path), len, "the file grew instead of reusing");
+    let d = ro(&path);
+    assert_eq!(d.check().unwrap(), vec![]);
+    assert!(flat(&d) == want, "a reused slot shows its old data");
+}
+
+#[test]
+fn a_new_partial_block_ignores_bitmap_bits_left_by_its_earlier_life() {
+    let dir = tmp();
+    let (parent, base) = written(dir.path(), "p.vhdx", 4 << 20, 512, 4 << 20, 4);
+    let child = make_child(&parent, "c.vhdx", Some(1 << 20));
+    let c = rw(&child);
+    c.write_at(1 << 20, &[1u8; 4096]).unwrap();
+    c.flush().unwrap();
+    // As another tool may leave it: block 1 NOT_PRESENT, its bits still
+    // set in the sector bitmap.
+    {
+        let mut st = c.lock();
+        let index = c.layout.payload_index(1);
+        c.set_bat(&mut st, index, BatEntry::new(PAYLOAD_BLOCK_NOT_PRESENT, 0));
+        c.flush_metadata(&mut st).unwrap();
+    }
+    assert_eq!(read(&c, 1 << 20, 4096), base[1 << 20..(1 << 20) + 4096]);
+    c.write_at((1 << 20) + 8192, &[2u8; 512]).unwrap();
+    let mut want = base.clone();
+    want[(1 << 20) + 8192..(1 << 20) + 8704].fill(2);
+    assert_eq!(flat(&c), want);
+    drop(c);
+    assert_eq!(flat(&ro(&child)), want);
+}
+
+/// Copies a child's own data into its parent, as `ops::commit` does.
+fn merge_into_parent(child: &VhdxImage, parent: &Path) {
+    let p = rw(parent);
+    for r in child.allocated_extents().unwrap() {
+        let data = read(child, r.start, (r.end - r.start) as usize);
+        p.write_at(r.start, &data).unwrap();
+    }
+    p.close().unwrap();
+}
+
+fn child_with_data(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let (parent, _) = written(dir, "p.vhdx", 8 << 20, 512, 6 << 20, 5);
+    let child = make_child(&parent, "c.vhdx", Some(1 << 20));
+    let c = rw(&child);
+    c.write_at(512, &pattern(6, 1024)).unwrap(); // partial block
+    c.write_at(2 << 20, &pattern(7, 1 << 20)).unwrap(); // whole block
+    c.write_at((5 << 20) + 4096, &pattern(8, 8192)).unwrap();
+    c.discard(3 << 20, 1 << 20).unwrap(); // zeros over the parent
+    drop(c);
+    let want = flat(&ro(&child));
+    (parent, child, want)
+}
+
+#[test]
+fn commit_empties_and_relinks_a_differencing_child() {
+    let dir = tmp();
+    let (parent, child, want) = child_with_data(dir.path());
+    let grand = make_child(&child, "g.vhdx", None);
+    let child_guid = ro(&child).data_write_guid();
+    let report = crate::ops::commit(&child, &mut |_, _| {}).unwrap();
+    assert!(report.child_emptied);
+    assert_eq!(flat(&ro(&parent)), want);
+    let c = ro(&child);
+    assert_eq!(c.allocated_extents().unwrap(), vec![]);
+    assert_eq!(flat(&c), want);
+    assert_eq!(c.check().unwrap(), vec![]);
+    // The content did not change: the DataWriteGuid stays, and so does the
+    // grandchild's link.
+    assert_eq!(c.data_write_guid(), child_guid);
+    let loc = locator_of(&child);
+    assert_eq!(
+        loc.get("parent_linkage"),
+        Some(ro(&parent).data_write_guid().to_braced().as_str())
+    );
+    assert_eq!(loc.get("parent_linkage2"), None);
+    drop(c);
+    assert_eq!(flat(&ro(&grand)), want);
+    assert_eq!(ro(&grand).check().unwrap(), vec![]);
+    // The blocks' space went back and is reused.
+    let len = file_len(&child);
+    let c = rw(&child);
+    c.write_at(7 << 20, &[9u8; 4096]).unwrap();
+    drop(c);
+    assert_eq!(file_len(&child), len);
+    let mut want = want;
+    want[7 << 20..(7 << 20) + 4096].fill(9);
+    assert_eq!(flat(&ro(&child)), want);
+    assert_eq!(ro(&child).check().unwrap(), vec![]);
+}
+
+#[test]
+fn crash_at_every_file_operation_of_emptying_after_commit() {
+    let mut n = 0u64;
+    let mut relinked = 0;
+    'points: loop {
+        for mode in Crash::ALL {
+            let dir = tmp();
+            let (parent, child, want) = child_with_data(dir.path());
+            let c = rw(&child);
+            merge_into_parent(&c, &parent);
+            c.crash_after(Some(n));
+            let done = c.empty_after_commit().is_ok();
+            mode.apply(c, n);
+            let ctx = format!("crash at file operation {n} ({mode:?})");
+            match open(&child, true) {
+                // Before the new link is stable the child still names the
+                // parent as it was, and says so.
+                Err(e) => {
+                    assert!(!done, "{ctx}: {e}");
+                    assert!(e.to_string().contains("has changed"), "{ctx}: {e}");
+                }
+                Ok(after) => {
+                    relinked += 1;
+                    assert_eq!(after.check().unwrap(), vec![], "{ctx}");
+                    assert!(flat(&after) == want, "{ctx}: the content changed");
+                    if done {
+                        assert_eq!(after.allocated_extents().unwrap(), vec![], "{ctx}");
+                    }
+                    drop(after);
+                    // Usable read-write.
+                    let again = rw(&child);
+                    again.write_at(7 << 20, &[0xEE; 512]).unwrap();
+                    drop(again);
+                    assert_eq!(ro(&child).check().unwrap(), vec![], "{ctx}, then written");
+                }
+            }
+            if done {
+                break 'points;
+            }
+        }
+        n += 1;
+    }
+    assert!(n > 10, "emptying performed only {n} file operations");
+    assert!(relinked > 0);
+}
+
+#[test]
+fn check_covers_only_the_image_itself() {
+    let dir = tmp();
+    let parent = make(dir.path(), "p.vhdx", 4 << 20, 1 << 20, 512);
+    let child = make_child(&parent, "c.vhdx", None);
+    // Damage the second region table copy of the parent: a problem of the
+    // parent alone (the first copy is used).
+    patch(&parent, REGION_TABLE_OFFSETS[1] + 100, &[0x5a]);
+    let problems = ro(&parent).check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, parent);
+    let c = ro(&child);
+    assert_eq!(c.check().unwrap(), vec![]);
+    assert_eq!(c.parent().unwrap().check().unwrap(), problems);
 }
 
 // ---- model-based property tests ------------------------------------------

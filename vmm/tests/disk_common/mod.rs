@@ -58,6 +58,22 @@ pub fn have_qemu() -> bool {
     ok
 }
 
+/// `qemu-img compare -f FMT -F raw IMG RAW` (FMT as QEMU names it: vpc,
+/// vhdx) must find the same content.
+pub fn assert_qemu_reads_as(format: ImageFormat, img: &Path, raw: &Path, what: &str) {
+    let qfmt = match format {
+        ImageFormat::Vhd => "vpc",
+        f => f.name(),
+    };
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", qfmt, "-F", "raw"])
+        .arg(img)
+        .arg(raw)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{what}: qemu-img compare: {o:?}");
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&base).unwrap();
