@@ -58,6 +58,17 @@ fn missing_and_malformed_inputs_are_named() {
         &["run", "--kernel", &d("vmlinuz")],
         &["vmlinuz", "cannot read kernel"],
     );
+    std::fs::write(d("vmlinuz"), b"not a kernel").unwrap();
+    fails_with(
+        &[
+            "run",
+            "--kernel",
+            &d("vmlinuz"),
+            "--initrd",
+            &d("initrd.img"),
+        ],
+        &["initrd.img", "cannot read initrd"],
+    );
     fails_with(&["run", "--memory", "1M"], &["--memory", "too small"]);
     fails_with(&["run", "--memory", "64T"], &["--memory", "64T"]);
     fails_with(&["run", "--memory", "lots"], &["--memory", "not a size"]);
@@ -94,4 +105,66 @@ fn help_explains_every_option_and_the_exit_codes() {
     }
     let (code, _, err) = run(REHOST, &["run", "--bogus"], Duration::from_secs(10));
     assert_eq!(code, Some(2), "{err}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// No /dev/kvm, and no permission on it: one line that says what to do.
+/// Uses a private mount namespace (hiding /dev/kvm) and an unprivileged
+/// user, so it needs root; elsewhere it says so and does nothing.
+#[test]
+fn missing_or_forbidden_dev_kvm_is_explained() {
+    if !is_root() {
+        eprintln!(
+            "missing_or_forbidden_dev_kvm_is_explained: skipped: needs root to hide /dev/kvm"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The binary is copied somewhere every user can execute it.
+    let bin = dir.path().join("rehost");
+    std::fs::copy(REHOST, &bin).unwrap();
+    let bin = bin.to_str().unwrap();
+
+    // An empty /dev in a private mount namespace: no /dev/kvm at all.
+    let script = format!("mount -t tmpfs none /dev && exec {bin} run --memory 16M");
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/dev/kvm") && err.contains("no such device"),
+        "{err}"
+    );
+
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin,
+            "run",
+            "--memory",
+            "16M",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/dev/kvm") && err.contains("permission denied"),
+        "{err}"
+    );
 }
