@@ -201,3 +201,28 @@ pub fn run(bin: &str, args: &[&str], timeout: Duration) -> (Option<i32>, String,
     let status = r.wait(timeout);
     (status.and_then(|s| s.code()), r.stdout(), r.stderr())
 }
+
+/// Helpers shared by the benchmark programs in `src/bin`.
+pub mod bench {
+    use std::path::PathBuf;
+
+    /// The median (the upper middle one for an even count).
+    pub fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The release rehost to measure: `arg`, or target/release/rehost,
+    /// which must exist.
+    pub fn release_rehost(arg: Option<String>) -> PathBuf {
+        let rehost = arg
+            .map(PathBuf::from)
+            .unwrap_or_else(|| super::workspace_root().join("target/release/rehost"));
+        assert!(
+            rehost.exists(),
+            "{} not found: cargo build --release -p rehost",
+            rehost.display()
+        );
+        rehost
+    }
+}

@@ -11,6 +11,38 @@ const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
 const BANNER: &str = "SeaBIOS (version";
 const ROM_MARKER: &str = "rehost-test-rom: option ROM ran during POST";
 
+/// What one boot printed and how it ended.
+struct Boot {
+    code: Option<i32>,
+    out: String,
+    err: String,
+    /// The firmware's debug log.
+    fw: String,
+}
+
+/// Boots SeaBIOS with the test option ROM `rom_name` and `extra` options
+/// (COM1 on stdout, the firmware log captured, 64 MiB unless `extra` says),
+/// to its end or 60 s.
+fn boot_rom(rom_name: &str, extra: &[&str]) -> Boot {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fw.log");
+    let rom = rom(rom_name);
+    let mut args = vec!["run"];
+    if !extra.contains(&"--memory") {
+        args.extend_from_slice(&["--memory", "64M"]);
+    }
+    args.extend_from_slice(&[
+        "--firmware-log",
+        log.to_str().unwrap(),
+        "--option-rom",
+        rom.to_str().unwrap(),
+    ]);
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(REHOST, &args, Duration::from_secs(60));
+    let fw = std::fs::read_to_string(&log).unwrap_or_default();
+    Boot { code, out, err, fw }
+}
+
 #[test]
 fn seabios_without_disks_prints_banner_and_no_bootable_device_on_com1() {
     if !kvm_available("seabios_without_disks") {
@@ -39,28 +71,19 @@ fn option_rom_runs_during_post_and_powers_off_with_exit_0() {
     if !kvm_available("option_rom_poweroff") {
         return;
     }
-    let poweroff = rom("poweroff");
-    let (code, out, err) = run(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--option-rom",
-            poweroff.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "stdout: {out:?}\nstderr: {err}");
-    assert!(out.contains(BANNER), "{out:?}");
-    assert!(out.contains(ROM_MARKER), "{out:?}");
+    let b = boot_rom("poweroff", &[]);
+    assert_eq!(b.code, Some(0), "stdout: {:?}\nstderr: {}", b.out, b.err);
+    assert!(b.out.contains(BANNER), "{:?}", b.out);
+    assert!(b.out.contains(ROM_MARKER), "{:?}", b.out);
     assert!(
-        !out.contains("power-off did not happen"),
-        "the ROM kept running after S5: {out:?}"
+        !b.out.contains("power-off did not happen"),
+        "the ROM kept running after S5: {:?}",
+        b.out
     );
     assert!(
-        err.is_empty(),
-        "nothing on stderr for a clean power-off: {err}"
+        b.err.is_empty(),
+        "nothing on stderr for a clean power-off: {}",
+        b.err
     );
 }
 
@@ -69,29 +92,12 @@ fn several_cpus_start_under_firmware() {
     if !kvm_available("several_cpus") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("fw.log");
-    let poweroff = rom("poweroff");
-    let (code, out, err) = run(
-        REHOST,
-        &[
-            "run",
-            "--cpus",
-            "4",
-            "--memory",
-            "128M",
-            "--firmware-log",
-            log.to_str().unwrap(),
-            "--option-rom",
-            poweroff.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "stdout: {out:?}\nstderr: {err}");
-    let fw = std::fs::read_to_string(&log).unwrap();
+    let b = boot_rom("poweroff", &["--cpus", "4", "--memory", "128M"]);
+    assert_eq!(b.code, Some(0), "stdout: {:?}\nstderr: {}", b.out, b.err);
     assert!(
-        fw.contains("Found 4 cpu(s) max supported 4 cpu(s)"),
-        "SeaBIOS did not bring up all CPUs: {fw}"
+        b.fw.contains("Found 4 cpu(s) max supported 4 cpu(s)"),
+        "SeaBIOS did not bring up all CPUs: {}",
+        b.fw
     );
 }
 
@@ -121,20 +127,9 @@ fn guest_reset_restarts_firmware_and_no_reboot_exits_3() {
     assert!(vm.stdout().matches(BANNER).count() >= 2);
     drop(vm);
 
-    let (code, out, err) = run(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--no-reboot",
-            "--option-rom",
-            reset.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(3), "stdout: {out:?}\nstderr: {err}");
-    assert_eq!(out.matches(marker).count(), 1, "{out:?}");
+    let b = boot_rom("reset", &["--no-reboot"]);
+    assert_eq!(b.code, Some(3), "stdout: {:?}\nstderr: {}", b.out, b.err);
+    assert_eq!(b.out.matches(marker).count(), 1, "{:?}", b.out);
 }
 
 #[test]
@@ -142,28 +137,19 @@ fn guest_crash_exits_4_with_one_line_naming_the_instruction_pointer() {
     if !kvm_available("guest_crash") {
         return;
     }
-    let crash = rom("triple-fault");
-    let (code, out, err) = run(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--option-rom",
-            crash.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
+    let b = boot_rom("triple-fault", &[]);
     assert!(
-        out.contains("rehost-test-rom: triple fault next"),
-        "{out:?}"
+        b.out.contains("rehost-test-rom: triple fault next"),
+        "{:?}",
+        b.out
     );
-    assert_eq!(code, Some(4), "stdout: {out:?}\nstderr: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert_eq!(b.code, Some(4), "stdout: {:?}\nstderr: {}", b.out, b.err);
+    let lines: Vec<&str> = b.err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {}", b.err);
     assert!(
         lines[0].contains("vCPU 0") && lines[0].contains("RIP 0x"),
-        "{err}"
+        "{}",
+        b.err
     );
 }
 
@@ -172,30 +158,17 @@ fn firmware_debug_port_goes_to_the_firmware_log() {
     if !kvm_available("firmware_log") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("fw.log");
-    let poweroff = rom("poweroff");
-    let (code, _, err) = run(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--com1",
-            "null",
-            "--firmware-log",
-            log.to_str().unwrap(),
-            "--option-rom",
-            poweroff.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let fw = std::fs::read_to_string(&log).unwrap();
-    assert!(fw.contains("Running on QEMU (i440fx)"), "{fw}");
-    assert!(fw.contains("Found QEMU fw_cfg"), "{fw}");
-    assert!(fw.contains("QEMU fw_cfg DMA interface supported"), "{fw}");
-    assert!(fw.contains("genroms/poweroff.rom"), "{fw}");
+    let b = boot_rom("poweroff", &["--com1", "null"]);
+    assert_eq!(b.code, Some(0), "{}", b.err);
+    assert!(b.out.is_empty(), "COM1 is null: {:?}", b.out);
+    for line in [
+        "Running on QEMU (i440fx)",
+        "Found QEMU fw_cfg",
+        "QEMU fw_cfg DMA interface supported",
+        "genroms/poweroff.rom",
+    ] {
+        assert!(b.fw.contains(line), "{line:?} not in {}", b.fw);
+    }
 }
 
 #[test]
@@ -206,24 +179,11 @@ fn acpi_tables_read_back_from_guest_memory_are_consistent() {
     // The acpi-check ROM walks RSDP -> RSDT/XSDT -> FADT -> DSDT/FACS and
     // the MADT in guest memory after the firmware ran the table loader, and
     // prints a verdict per table.
-    let check = rom("acpi-check");
-    let (code, out, err) = run(
-        REHOST,
-        &[
-            "run",
-            "--cpus",
-            "2",
-            "--memory",
-            "96M",
-            "--option-rom",
-            check.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "stdout: {out:?}\nstderr: {err}");
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("acpi: ")).collect();
-    assert!(lines.contains(&"acpi: done"), "{out}");
-    assert!(!out.contains("BAD"), "{out}");
+    let b = boot_rom("acpi-check", &["--cpus", "2", "--memory", "96M"]);
+    assert_eq!(b.code, Some(0), "stdout: {:?}\nstderr: {}", b.out, b.err);
+    let lines: Vec<&str> = b.out.lines().filter(|l| l.starts_with("acpi: ")).collect();
+    assert!(lines.contains(&"acpi: done"), "{}", b.out);
+    assert!(!b.out.contains("BAD"), "{}", b.out);
     for expected in [
         "acpi: RSDP rev 02 ok ok",
         "acpi: FACP len 00F4 ok",

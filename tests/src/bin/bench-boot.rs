@@ -10,11 +10,11 @@
 //!
 //! RUNS defaults to 5; REHOST defaults to target/release/rehost.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use rehost_tests::{rom, workspace_root};
+use rehost_tests::bench::{median, release_rehost};
+use rehost_tests::rom;
 
 const MARKER: &str = "rehost-test-rom: option ROM ran during POST";
 
@@ -55,16 +55,6 @@ fn measure(cmd: &mut Command) -> Sample {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn summary(name: &str, s: &[Sample]) -> (f64, f64) {
     let t = median(s.iter().map(|x| x.secs).collect());
     let r = median(s.iter().map(|x| x.rss_kib as f64).collect());
@@ -80,15 +70,7 @@ fn summary(name: &str, s: &[Sample]) -> (f64, f64) {
 fn main() {
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let rehost: PathBuf = args
-        .next()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/rehost"));
-    assert!(
-        rehost.exists(),
-        "{} not found: cargo build --release -p rehost",
-        rehost.display()
-    );
+    let rehost = release_rehost(args.next());
     let rom = rom("poweroff");
     let rom = rom.to_str().expect("utf-8 path");
     let mem = "64";

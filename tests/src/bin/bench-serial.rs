@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rehost_tests::{rom, workspace_root};
+use rehost_tests::bench::{median, release_rehost};
+use rehost_tests::rom;
 
 /// Must match FLOOD_BYTES in serial-flood.asm.
 const FLOOD_BYTES: usize = 512 * 1024;
@@ -117,28 +118,10 @@ fn run_once(program: &Path, args: &[String], transport: Transport, dir: &Path) -
     rate
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let rehost: PathBuf = args
-        .next()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/rehost"));
-    assert!(
-        rehost.exists(),
-        "{} not found: cargo build --release -p rehost",
-        rehost.display()
-    );
+    let rehost = release_rehost(args.next());
     let flood = rom("serial-flood");
     let flood = flood.to_str().expect("utf-8 path").to_owned();
     let dir = tempfile::tempdir().expect("temp dir");

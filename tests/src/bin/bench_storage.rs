@@ -27,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rehost_tests::bench::median;
 use rehost_tests::storage::Int13Program;
 
 struct Args {
@@ -162,11 +163,6 @@ fn qemu_cmd(a: &Args, image: &Path, controller: &str) -> Command {
         ]),
     };
     c
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
