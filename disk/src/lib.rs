@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub mod bench;
 pub mod ops;
 pub mod raw;
+#[cfg(test)]
+mod scratch;
 pub mod vhd;
 pub mod vhdx;
 

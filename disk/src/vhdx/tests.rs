@@ -11,8 +11,11 @@ use super::spec::*;
 use super::*;
 use crate::{BlockDevice, BlockError, CreateOptions, DiskImage, OpenOptions};
 
+/// Scratch space, on tmpfs when it has room: crashes here are simulated in
+/// the process (the backing's test hooks), so real stable storage is not
+/// needed, and the crash tests' many fsyncs cost nothing there.
 fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
+    crate::scratch::tmpfs_dir(1 << 30).unwrap_or_else(|| tempfile::tempdir().unwrap())
 }
 
 fn make(dir: &Path, name: &str, size: u64, block_size: u32, lss: u32) -> PathBuf {

@@ -6,6 +6,9 @@ use std::process::Command;
 
 use rehost_disk::{CreateOptions, ImageFormat, OpenOptions, Subformat};
 
+#[path = "../../../disk/src/scratch.rs"]
+mod scratch;
+
 pub const REHOST: &str = env!("CARGO_BIN_EXE_rehost");
 
 /// `rehost ARGS...`: (exit code, stdout, stderr).
@@ -84,34 +87,11 @@ pub fn ext(format: ImageFormat) -> &'static str {
     format.name()
 }
 
-/// A scratch directory for tests that only kill processes (SIGKILL): on
-/// tmpfs (`/dev/shm`) when it has room, else under the target directory.
-/// What a killed process wrote is in the page cache either way, so such a
-/// test sees the same files on both; tmpfs spares it the fsyncs of every
-/// flush and the freeing of extents each time a used image is removed,
-/// which on a disk file system take most of its time. Tests of power loss
-/// (what reaches stable storage) must not use it.
+/// A scratch directory for tests that only kill processes (SIGKILL), never
+/// need stable storage: on tmpfs when it has room, else under the target
+/// directory (see the scratch module for why).
 pub fn kill_only_scratch_dir() -> tempfile::TempDir {
-    const ROOM: u64 = 4 << 30;
-    let shm = Path::new("/dev/shm");
-    let avail = Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(shm)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .nth(1)
-                .and_then(|l| l.trim().parse::<u64>().ok())
-        });
-    match avail {
-        Some(n) if n >= ROOM && shm.is_dir() => {
-            tempfile::tempdir_in(shm).unwrap_or_else(|_| tempdir())
-        }
-        _ => tempdir(),
-    }
+    scratch::tmpfs_dir(4 << 30).unwrap_or_else(tempdir)
 }
 
 /// Whether rehost can create and open images of `format` yet. A format
