@@ -211,7 +211,8 @@ pub trait DiskImage: BlockDevice {
     /// its own blocks, so it stays a valid (empty) child presenting the same
     /// content. Returns `Ok(false)` when the format does not do this; the
     /// image is then left as it was (Hyper-V's behaviour: no longer valid
-    /// over the changed parent).
+    /// over the changed parent). The parent this image holds open was read
+    /// before the merge: reopen the image before reading through it again.
     fn empty_after_commit(&self) -> Result<bool> {
         Ok(false)
     }
