@@ -4,6 +4,8 @@
 //! read-write. The originals are never touched: each test decompresses its
 //! sample into a temporary directory under target/.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,26 +13,10 @@ use std::process::{Command, Stdio};
 use rehost_disk::vhdx::VhdxImage;
 use rehost_disk::{BlockDevice, BlockError, DiskImage, ImageFormat, OpenOptions, Subformat};
 
-fn samples_dir() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for candidate in [
-        here.join("../../shared/samples"),
-        PathBuf::from("/work/shared/samples"),
-    ] {
-        if candidate.join("README.md").is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "the sample images are missing: expected ../shared/samples next to the repository ({})",
-        here.display()
-    );
-}
-
 /// Decompresses a sample into a fresh directory under target/.
 fn unpack(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let src = samples_dir().join(format!("{name}.bz2"));
+    let src = common::samples_dir().join(format!("{name}.bz2"));
     let dst = dir.path().join(name);
     let out = std::fs::File::create(&dst).unwrap();
     let status = Command::new("bunzip2")

@@ -49,6 +49,16 @@ fn start_echo(dir: &std::path::Path, com2: &str) -> (Running, Peer) {
     (vm, com1)
 }
 
+/// Held by the tests that use ptys for their whole run. Linux reuses a
+/// freed pty number at once, so while one test unplugs its pty another
+/// test's new pty could take the same /dev/pts path, and rehost (rightly)
+/// reopening that path would look like a second unplug.
+static PTYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn pty_guard() -> std::sync::MutexGuard<'static, ()> {
+    PTYS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn no_panic(vm: &Running) {
     assert!(!vm.stderr().contains("panicked"), "{}", vm.stderr());
 }
@@ -58,6 +68,7 @@ fn echo_through_a_file_a_pty_a_unix_server_and_a_tcp_client() {
     if !kvm_available("serial echo") {
         return;
     }
+    let _ptys = pty_guard();
     let dir = tempfile::tempdir().unwrap();
     let com1_log = dir.path().join("com1.log");
     let com3_sock = dir.path().join("com3.sock");
@@ -163,6 +174,7 @@ fn a_tty_takes_the_guests_settings_and_unplugging_it_is_one_message() {
     if !kvm_available("serial tty") {
         return;
     }
+    let _ptys = pty_guard();
     let dir = tempfile::tempdir().unwrap();
     // A pty pair stands in for a USB serial adapter: rehost opens the
     // slave as its tty, the test is the device on the master side.

@@ -61,16 +61,29 @@ pub fn sha256_bytes(dir: &Path, bytes: &[u8]) -> String {
     s
 }
 
-/// The project's shared folder of third-party samples (beside the repo).
+/// The project's shared folder of third-party samples: `REHOST_SAMPLES`
+/// when set, else `shared/samples` beside the checkout, else the
+/// machine-wide `/work/shared/samples` (for a clone made elsewhere).
 pub fn samples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples")
+    if let Some(dir) = std::env::var_os("REHOST_SAMPLES") {
+        return PathBuf::from(dir);
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples");
+    if beside.is_dir() {
+        return beside;
+    }
+    PathBuf::from("/work/shared/samples")
 }
 
 /// Decompresses a sample into `dir` and returns its path; the original is
 /// only read.
 pub fn sample(dir: &Path, name: &str) -> PathBuf {
     let src = samples_dir().join(format!("{name}.bz2"));
-    assert!(src.exists(), "sample {} is missing", src.display());
+    assert!(
+        src.exists(),
+        "sample {} is missing (set REHOST_SAMPLES to the folder of samples)",
+        src.display()
+    );
     let dst = dir.join(name);
     let data = Command::new("bzip2").arg("-dc").arg(&src).output().unwrap();
     assert!(data.status.success());
