@@ -102,11 +102,14 @@ impl MachineConfig {
             .into_iter()
             .enumerate()
         {
-            com_ports[i] = spec
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--com{} {spec}: {e}", i + 1))?;
+            // A bad SPEC is one message; the guest still gets the UART,
+            // with nothing behind it, and the machine runs.
+            com_ports[i] = spec.parse().unwrap_or_else(|e| {
+                crate::serial::warn_disconnected(i, &format!("--com{} {spec}: {e}", i + 1));
+                ComSpec::Null
+            });
         }
-        crate::serial::check_specs(&com_ports).map_err(|e| anyhow::anyhow!(e))?;
+        crate::serial::settle_specs(&mut com_ports);
         let drives = crate::storage::open_drives(&args.disks, &args.cdroms)?;
         Ok(Self {
             layout,

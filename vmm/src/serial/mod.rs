@@ -41,18 +41,50 @@ pub struct ComPorts {
     pub raw_mode: Option<RawModeGuard>,
 }
 
-/// Checks the ports as a whole: one terminal, one port per listening
-/// address.
-pub fn check_specs(specs: &[ComSpec; 4]) -> Result<(), String> {
-    let stdio: Vec<_> = (0..4).filter(|&i| specs[i] == ComSpec::Stdio).collect();
-    if stdio.len() > 1 {
-        return Err(format!(
-            "--com{} and --com{} are both stdio; only one port can use the terminal",
-            stdio[0] + 1,
-            stdio[1] + 1
-        ));
+/// The one message for a port that cannot be connected as asked: the
+/// guest keeps the UART (output dropped, no input) and the machine runs.
+pub fn warn_disconnected(index: usize, why: &str) {
+    tracing::warn!(
+        "{why}; COM{} is disconnected and the machine runs on",
+        index + 1
+    );
+}
+
+/// Settles the ports as a whole: only one can use the terminal; a later
+/// stdio port is disconnected with one message.
+pub fn settle_specs(specs: &mut [ComSpec; 4]) {
+    let mut first_stdio = None;
+    for (i, spec) in specs.iter_mut().enumerate() {
+        if *spec != ComSpec::Stdio {
+            continue;
+        }
+        match first_stdio {
+            None => first_stdio = Some(i),
+            Some(first) => {
+                warn_disconnected(
+                    i,
+                    &format!(
+                        "--com{} and --com{} are both stdio; only one port can use the terminal",
+                        first + 1,
+                        i + 1
+                    ),
+                );
+                *spec = ComSpec::Null;
+            }
+        }
     }
-    Ok(())
+}
+
+/// A UART with nothing connected.
+fn null_port(index: usize) -> ComPort {
+    ComPort {
+        index,
+        // The interrupt line is connected when the machine is built.
+        uart: Arc::new(Mutex::new(Uart16550::new(
+            RecordingIrq::new(),
+            Box::new(NullBackend),
+        ))),
+    }
 }
 
 fn resolve(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
@@ -70,131 +102,47 @@ fn resolve(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
 
 impl ComPorts {
     /// Opens what each port is connected to (files, devices, listening
-    /// sockets: their errors stop rehost before the guest starts) and
-    /// builds the UARTs. Client connections start on the event loop.
+    /// sockets) and builds the UARTs. A port that cannot be connected as
+    /// asked is one message and stays disconnected; a host serial port that
+    /// is not there yet is opened when it appears. Client connections start
+    /// on the event loop.
     pub fn start(specs: &[ComSpec; 4], host_requests: &Arc<MachineEvents>) -> anyhow::Result<Self> {
-        check_specs(specs).map_err(|e| anyhow!(e))?;
+        let mut specs = specs.clone();
+        settle_specs(&mut specs);
         let mut ports = Vec::new();
         let mut loops = Vec::new();
         let mut raw_mode = None;
         for (index, spec) in specs.iter().enumerate() {
             let name = format!("COM{}", index + 1);
-            let opt = format!("--com{}", index + 1);
             let (link, buffer) = match spec {
                 ComSpec::None => continue,
                 ComSpec::Null => {
-                    ports.push(ComPort {
-                        index,
-                        // The interrupt line is connected when the machine is built.
-                        uart: Arc::new(Mutex::new(Uart16550::new(
-                            RecordingIrq::new(),
-                            Box::new(NullBackend),
-                        ))),
-                    });
+                    ports.push(null_port(index));
                     continue;
                 }
-                ComSpec::Stdio => {
-                    raw_mode = RawModeGuard::enable(0);
-                    let (out, pollable) =
-                        stdio::stdout_writer().with_context(|| format!("{opt} stdio: stdout"))?;
-                    let keys = raw_mode
-                        .is_some()
-                        .then(|| EscapeKeys::new(host_requests.clone()));
-                    // Always connected; the buffer covers the moment
-                    // before the event loop starts.
-                    (
-                        Link::Stdio {
-                            out,
-                            pollable,
-                            keys,
-                        },
-                        spec::DEFAULT_BUFFER,
-                    )
-                }
-                ComSpec::File(path) => {
-                    let file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .with_context(|| {
-                            format!("{opt} file:{}: cannot open for COM output", path.display())
-                        })?;
-                    (
-                        Link::File {
-                            file,
-                            path: path.clone(),
-                        },
-                        spec::DEFAULT_BUFFER,
-                    )
-                }
-                ComSpec::Pty { buffer } => {
-                    let (master, path) =
-                        termios::open_pty().with_context(|| format!("{opt} pty"))?;
-                    eprintln!("rehost: {name} is {path}");
-                    (Link::Pty { master, path }, *buffer)
-                }
-                ComSpec::Tty { device, buffer } => {
-                    let fd = termios::open_serial_port(device)
-                        .with_context(|| format!("{opt} tty:{}", device.display()))?;
-                    (
-                        Link::Tty {
-                            device: device.clone(),
-                            fd: Some(fd),
-                        },
-                        *buffer,
-                    )
-                }
-                ComSpec::Unix {
-                    path,
-                    server,
-                    buffer,
-                } => {
-                    let target = Target::Unix(path.clone());
-                    let link = if *server {
-                        let listener = Listener::bind(&target).with_context(|| {
-                            format!("{opt} unix:{}: cannot listen", path.display())
-                        })?;
-                        Link::Server { listener }
-                    } else {
-                        Link::Client {
-                            target,
-                            rfc2217: false,
+                _ => match open_link(index, spec, host_requests, &mut raw_mode) {
+                    Ok(link) => link,
+                    Err(e) => match spec {
+                        ComSpec::Tty { device, buffer } if !device.exists() => {
+                            tracing::warn!(
+                                "--com{} tty:{}: no such device yet; {name} is disconnected \
+                                 and rehost opens it when it appears",
+                                index + 1,
+                                device.display()
+                            );
+                            let link = Link::Tty {
+                                device: device.clone(),
+                                fd: None,
+                            };
+                            (link, *buffer)
                         }
-                    };
-                    (link, *buffer)
-                }
-                ComSpec::Tcp {
-                    host,
-                    port,
-                    server,
-                    buffer,
-                } => {
-                    let addr =
-                        resolve(host, *port).with_context(|| format!("{opt} tcp:{host}:{port}"))?;
-                    let target = Target::Tcp(addr);
-                    let link = if *server {
-                        let listener = Listener::bind(&target)
-                            .with_context(|| format!("{opt} tcp:{host}:{port}: cannot listen"))?;
-                        Link::Server { listener }
-                    } else {
-                        Link::Client {
-                            target,
-                            rfc2217: false,
+                        _ => {
+                            warn_disconnected(index, &format!("{e:#}"));
+                            ports.push(null_port(index));
+                            continue;
                         }
-                    };
-                    (link, *buffer)
-                }
-                ComSpec::Rfc2217 { host, port, buffer } => {
-                    let addr = resolve(host, *port)
-                        .with_context(|| format!("{opt} rfc2217:{host}:{port}"))?;
-                    (
-                        Link::Client {
-                            target: Target::Tcp(addr),
-                            rfc2217: true,
-                        },
-                        *buffer,
-                    )
-                }
+                    },
+                },
             };
             let shared = PortShared::new(buffer)?;
             let uart = Arc::new(Mutex::new(Uart16550::new(
@@ -211,4 +159,113 @@ impl ComPorts {
             raw_mode,
         })
     }
+}
+
+/// A listening socket, or a plain (not RFC 2217) client of `target`.
+fn socket_link(target: Target, server: bool, what: &str) -> anyhow::Result<Link> {
+    Ok(if server {
+        let listener = Listener::bind(&target).with_context(|| format!("{what}: cannot listen"))?;
+        Link::Server { listener }
+    } else {
+        Link::Client {
+            target,
+            rfc2217: false,
+        }
+    })
+}
+
+/// What one port (not `None` or `Null`) is connected to, and its buffer.
+fn open_link(
+    index: usize,
+    spec: &ComSpec,
+    host_requests: &Arc<MachineEvents>,
+    raw_mode: &mut Option<RawModeGuard>,
+) -> anyhow::Result<(Link, usize)> {
+    let name = format!("COM{}", index + 1);
+    let opt = format!("--com{}", index + 1);
+    Ok(match spec {
+        ComSpec::None | ComSpec::Null => anyhow::bail!("{opt}: nothing to connect"),
+        ComSpec::Stdio => {
+            *raw_mode = RawModeGuard::enable(0);
+            let (out, pollable) =
+                stdio::stdout_writer().with_context(|| format!("{opt} stdio: stdout"))?;
+            let keys = raw_mode
+                .is_some()
+                .then(|| EscapeKeys::new(host_requests.clone()));
+            // Always connected; the buffer covers the moment
+            // before the event loop starts.
+            (
+                Link::Stdio {
+                    out,
+                    pollable,
+                    keys,
+                },
+                spec::DEFAULT_BUFFER,
+            )
+        }
+        ComSpec::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| {
+                    format!("{opt} file:{}: cannot open for COM output", path.display())
+                })?;
+            (
+                Link::File {
+                    file,
+                    path: path.clone(),
+                },
+                spec::DEFAULT_BUFFER,
+            )
+        }
+        ComSpec::Pty { buffer } => {
+            let (master, path) = termios::open_pty().with_context(|| format!("{opt} pty"))?;
+            eprintln!("rehost: {name} is {path}");
+            (Link::Pty { master, path }, *buffer)
+        }
+        ComSpec::Tty { device, buffer } => {
+            let fd = termios::open_serial_port(device)
+                .with_context(|| format!("{opt} tty:{}", device.display()))?;
+            (
+                Link::Tty {
+                    device: device.clone(),
+                    fd: Some(fd),
+                },
+                *buffer,
+            )
+        }
+        ComSpec::Unix {
+            path,
+            server,
+            buffer,
+        } => {
+            let what = format!("{opt} unix:{}", path.display());
+            (
+                socket_link(Target::Unix(path.clone()), *server, &what)?,
+                *buffer,
+            )
+        }
+        ComSpec::Tcp {
+            host,
+            port,
+            server,
+            buffer,
+        } => {
+            let addr = resolve(host, *port).with_context(|| format!("{opt} tcp:{host}:{port}"))?;
+            let what = format!("{opt} tcp:{host}:{port}");
+            (socket_link(Target::Tcp(addr), *server, &what)?, *buffer)
+        }
+        ComSpec::Rfc2217 { host, port, buffer } => {
+            let addr =
+                resolve(host, *port).with_context(|| format!("{opt} rfc2217:{host}:{port}"))?;
+            (
+                Link::Client {
+                    target: Target::Tcp(addr),
+                    rfc2217: true,
+                },
+                *buffer,
+            )
+        }
+    })
 }

@@ -26,7 +26,11 @@ COM port SPECs (--com1 .. --com4):
 Ports that can be disconnected (pty, unix, tcp, tty, rfc2217) take
 ,buffer=SIZE: guest output kept while nobody is connected (default 64K; 0 drops
 it; dropped output is counted in the log). Clients reconnect with back-off;
-servers take a new client when one leaves.";
+servers take a new client when one leaves. A SPEC that is malformed or cannot be
+opened (a device that is not a tty, a socket path that cannot be bound) is one
+warning: the guest keeps that port with nothing connected and the machine runs.
+A tty:DEVICE that does not exist yet (an adapter not plugged in) is opened when
+it appears, and reopened after it is unplugged.";
 
 /// Where a COM port is connected.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
