@@ -62,7 +62,11 @@ impl Int13Program {
         );
         let out = dir.join(name);
         if !out.exists() {
-            let tmp = out.with_extension("tmp");
+            // Tests in one process may build the same program at once:
+            // each assembles into its own file and renames it into place.
+            static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = out.with_extension(format!("{}.{n}.tmp", std::process::id()));
             let mut cmd = Command::new("nasm");
             cmd.args(["-f", "bin"])
                 .arg(format!("-DSTART_LBA={}", self.start_lba))
