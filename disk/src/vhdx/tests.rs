@@ -1758,46 +1758,47 @@ mod model {
     }
 
     /// Per sector, the contents a read may return: after a discard, the old
-    /// data or zeros; after a crash, what was flushed or anything written
-    /// since.
+    /// data or zeros; after a crash, any contents the sector held since the
+    /// last flush (each unflushed write or discard may or may not have
+    /// reached the disk, so a read's observation does not narrow that).
     struct Model {
-        flushed: Vec<Vec<Vec<u8>>>,
         current: Vec<Vec<Vec<u8>>>,
+        since_flush: Vec<Vec<Vec<u8>>>,
+    }
+
+    fn add(slot: &mut Vec<Vec<u8>>, x: &[u8]) {
+        if !slot.iter().any(|y| y == x) {
+            slot.push(x.to_vec());
+        }
     }
 
     impl Model {
         fn new(base: &[u8]) -> Model {
             let v: Vec<Vec<Vec<u8>>> = base.chunks(512).map(|c| vec![c.to_vec()]).collect();
             Model {
-                flushed: v.clone(),
+                since_flush: v.clone(),
                 current: v,
             }
         }
         fn write(&mut self, sector: u64, data: &[u8]) {
             for (i, c) in data.chunks(512).enumerate() {
-                self.current[sector as usize + i] = vec![c.to_vec()];
+                let s = sector as usize + i;
+                self.current[s] = vec![c.to_vec()];
+                add(&mut self.since_flush[s], c);
             }
         }
         fn discard(&mut self, sector: u64, sectors: u64) {
+            let zeros = [0u8; 512];
             for s in sector..sector + sectors {
-                let slot = &mut self.current[s as usize];
-                if !slot.contains(&vec![0u8; 512]) {
-                    slot.push(vec![0u8; 512]);
-                }
+                add(&mut self.current[s as usize], &zeros);
+                add(&mut self.since_flush[s as usize], &zeros);
             }
         }
         fn flush(&mut self) {
-            self.flushed = self.current.clone();
+            self.since_flush = self.current.clone();
         }
         fn crash(&mut self) {
-            for (f, c) in self.flushed.iter_mut().zip(self.current.iter()) {
-                for x in c {
-                    if !f.contains(x) {
-                        f.push(x.clone());
-                    }
-                }
-            }
-            self.current = self.flushed.clone();
+            self.current = self.since_flush.clone();
         }
         /// Checks a read and narrows each sector to what was observed (a
         /// disk must keep returning what it returned).
@@ -1806,7 +1807,16 @@ mod model {
                 let s = sector as usize + i;
                 let slot = &mut self.current[s];
                 if !slot.iter().any(|x| x == c) {
-                    return Err(format!("sector {s} holds unexpected data"));
+                    let what = if c.iter().all(|&b| b == 0) {
+                        "zeros".to_string()
+                    } else {
+                        format!("{:02x?}", &c[..8])
+                    };
+                    let allowed: Vec<String> =
+                        slot.iter().map(|x| format!("{:02x?}", &x[..8])).collect();
+                    return Err(format!(
+                        "sector {s} holds unexpected data {what}; allowed {allowed:?}"
+                    ));
                 }
                 *slot = vec![c.to_vec()];
             }
