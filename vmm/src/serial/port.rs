@@ -1052,10 +1052,11 @@ impl MutEventSubscriber for PortLoop {
                 if conn.connecting {
                     match sock::finish_connect(fd) {
                         Ok(()) => {
-                            let mut c = self.conn.take().expect("checked above");
-                            c.connecting = false;
-                            sock::set_nodelay(fd);
-                            self.established(c, ops);
+                            if let Some(mut c) = self.conn.take() {
+                                c.connecting = false;
+                                sock::set_nodelay(fd);
+                                self.established(c, ops);
+                            }
                         }
                         Err(e) => self.connect_failed(e, ops),
                     }
