@@ -9,11 +9,6 @@
 ;   acpi: FACP len 00F4 ok
 ; and end with "acpi: done". A failed check prints BAD instead of ok.
 %define ROM_BLOCKS 3
-    bits 16
-    org 0
-    db 0x55, 0xaa
-    db ROM_BLOCKS
-    jmp near rom_init
 
 %include "common.inc"
 

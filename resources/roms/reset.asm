@@ -1,11 +1,6 @@
 ; Test option ROM: prints a marker on COM1 during POST, then resets the
 ; machine through the PIIX3 reset control register (0xCF9).
 %define ROM_BLOCKS 1
-    bits 16
-    org 0
-    db 0x55, 0xaa
-    db ROM_BLOCKS
-    jmp near rom_init
 
 %include "common.inc"
 

@@ -2,11 +2,6 @@
 ; enters protected mode and raises an exception: #GP, then #DF, then a
 ; triple fault (shutdown).
 %define ROM_BLOCKS 1
-    bits 16
-    org 0
-    db 0x55, 0xaa
-    db ROM_BLOCKS
-    jmp near rom_init
 
 %include "common.inc"
 

@@ -3,11 +3,6 @@
 ; forever. tests/tests/serial_reconnect.rs checks their order across a
 ; reconnection and that the count kept growing while nobody listened.
 %define ROM_BLOCKS 1
-    bits 16
-    org 0
-    db 0x55, 0xaa
-    db ROM_BLOCKS
-    jmp near rom_init
 
 %include "common.inc"
 %include "serial.inc"

@@ -5,11 +5,6 @@
 ; back on that port, letters in upper case. A '!' on any port prints
 ; "rehost-echo: bye" there and powers the machine off.
 %define ROM_BLOCKS 2
-    bits 16
-    org 0
-    db 0x55, 0xaa
-    db ROM_BLOCKS
-    jmp near rom_init
 
 %include "common.inc"
 %include "serial.inc"

@@ -5,11 +5,6 @@
 ; times the bytes between the markers.
 %define ROM_BLOCKS 2
 %define FLOOD_BYTES (512 * 1024)
-    bits 16
-    org 0
-    db 0x55, 0xaa
-    db ROM_BLOCKS
-    jmp near rom_init
 
 %include "common.inc"
 %include "serial.inc"
