@@ -5,14 +5,17 @@
 //! no request ever reaches a disk outside its range.
 #![no_main]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{ident, Input};
 use libfuzzer_sys::fuzz_target;
 use rehost_devices::bus::BusDevice;
 use rehost_devices::irq::{MsiSender, RecordingIrq, RecordingMsi};
 use rehost_devices::pci::PciFunction;
 use rehost_devices::storage::ahci::Ahci;
-use rehost_devices::storage::ata::{AtaDevice, DriveIdentity, Link};
+use rehost_devices::storage::ata::{AtaDevice, Link};
 use rehost_devices::storage::testing::MemDisk;
 use rehost_devices::GuestMemory;
 use rehost_disk::BlockDevice;
@@ -25,31 +28,6 @@ const PORT_REGS: [u64; 14] = [
 ];
 const HOST_REGS: [u64; 6] = [0x00, 0x04, 0x08, 0x0c, 0x10, 0x28];
 const CONFIG: [usize; 6] = [0x04, 0x24, 0x82, 0x84, 0x8c, 0x92];
-
-fn ident() -> DriveIdentity {
-    DriveIdentity {
-        serial: "F".into(),
-        model: "FUZZ".into(),
-        firmware: "0".into(),
-    }
-}
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-    fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-    fn u32(&mut self) -> Option<u32> {
-        let b = self.bytes(4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-}
 
 fn reg(input: &mut Input) -> Option<u64> {
     let r = input.byte()?;
@@ -87,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
     for p in 0..3u64 {
         let base = ABAR + 0x100 + p * 0x80;
         ahci.write(base, &((0x1_0000 * (p + 1)) as u32).to_le_bytes());
-        ahci.write(base + 8, &((0x1_0000 * (p + 1) + 0x8000) as u32).to_le_bytes());
+        ahci.write(
+            base + 8,
+            &((0x1_0000 * (p + 1) + 0x8000) as u32).to_le_bytes(),
+        );
         ahci.write(base + 0x18, &0x11u32.to_le_bytes());
     }
     let mut input = Input(data);
@@ -97,7 +78,10 @@ fuzz_target!(|data: &[u8]| {
             0..=2 => {
                 let Some(r) = reg(&mut input) else { break };
                 let Some(v) = input.bytes(width) else { break };
-                ahci.write(ABAR + r + u64::from(op >> 3 & 3) % (4 / width as u64).max(1), &v);
+                ahci.write(
+                    ABAR + r + u64::from(op >> 3 & 3) % (4 / width as u64).max(1),
+                    &v,
+                );
             }
             3 => {
                 let Some(r) = reg(&mut input) else { break };
@@ -147,11 +131,16 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 let Some(o) = input.byte() else { break };
-                let Some(v) = input.bytes(width.min(2)) else { break };
+                let Some(v) = input.bytes(width.min(2)) else {
+                    break;
+                };
                 ahci.config_write(CONFIG[usize::from(o) % CONFIG.len()], &v);
             }
         }
     }
     assert_eq!(hd.refused() + ro.refused() + cd.refused(), 0);
-    assert!(ro.bytes(0..512 * 20).iter().all(|&b| b == 0), "read-only disk written");
+    assert!(
+        ro.bytes(0..512 * 20).iter().all(|&b| b == 0),
+        "read-only disk written"
+    );
 });

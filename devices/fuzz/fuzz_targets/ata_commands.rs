@@ -3,10 +3,13 @@
 //! panic; no request outside a disk; nothing written to a read-only one.
 #![no_main]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::ident;
 use libfuzzer_sys::fuzz_target;
-use rehost_devices::storage::ata::{AtaDevice, Direction, DriveIdentity, Link, Next, TaskFile};
+use rehost_devices::storage::ata::{AtaDevice, Direction, Link, Next, TaskFile};
 use rehost_devices::storage::dma::{DmaFault, DmaTarget};
 use rehost_devices::storage::testing::MemDisk;
 use rehost_disk::BlockDevice;
@@ -29,19 +32,15 @@ impl DmaTarget for Buf {
     }
 }
 
-fn ident() -> DriveIdentity {
-    DriveIdentity {
-        serial: "F".into(),
-        model: "FUZZ".into(),
-        firmware: "0".into(),
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&first, mut rest)) = data.split_first() else {
         return;
     };
-    let link = if first & 1 == 0 { Link::Parallel } else { Link::Serial };
+    let link = if first & 1 == 0 {
+        Link::Parallel
+    } else {
+        Link::Serial
+    };
     let hd = Arc::new(MemDisk::patterned(512 * 1000, |i| i as u8));
     let ro = Arc::new(MemDisk::new(512 * 8));
     let cd = Arc::new(MemDisk::patterned(2048 * 40, |i| (i >> 11) as u8));
@@ -109,5 +108,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(hd.refused() + ro.refused() + cd.refused(), 0);
-    assert!(ro.bytes(0..512 * 8).iter().all(|&b| b == 0), "read-only disk written");
+    assert!(
+        ro.bytes(0..512 * 8).iter().all(|&b| b == 0),
+        "read-only disk written"
+    );
 });

@@ -5,13 +5,16 @@
 //! disk outside its range.
 #![no_main]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{ident, Input};
 use libfuzzer_sys::fuzz_target;
 use rehost_devices::bus::BusDevice;
 use rehost_devices::irq::{IrqLine, RecordingIrq};
 use rehost_devices::pci::PciFunction;
-use rehost_devices::storage::ata::{AtaDevice, DriveIdentity, Link};
+use rehost_devices::storage::ata::{AtaDevice, Link};
 use rehost_devices::storage::ide::PiixIde;
 use rehost_devices::storage::testing::MemDisk;
 use rehost_devices::GuestMemory;
@@ -21,31 +24,32 @@ use vm_memory::{Bytes, GuestAddress};
 const RAM: u64 = 1 << 20;
 const BM: u64 = 0xc000;
 const PORTS: [u64; 24] = [
-    0x1f0, 0x1f1, 0x1f2, 0x1f3, 0x1f4, 0x1f5, 0x1f6, 0x1f7, 0x3f6, 0x170, 0x171, 0x172, 0x173,
-    0x174, 0x175, 0x176, 0x177, 0x376, BM, BM + 2, BM + 4, BM + 8, BM + 10, BM + 12,
+    0x1f0,
+    0x1f1,
+    0x1f2,
+    0x1f3,
+    0x1f4,
+    0x1f5,
+    0x1f6,
+    0x1f7,
+    0x3f6,
+    0x170,
+    0x171,
+    0x172,
+    0x173,
+    0x174,
+    0x175,
+    0x176,
+    0x177,
+    0x376,
+    BM,
+    BM + 2,
+    BM + 4,
+    BM + 8,
+    BM + 10,
+    BM + 12,
 ];
 const CONFIG: [usize; 7] = [0x04, 0x20, 0x40, 0x41, 0x42, 0x43, 0x44];
-
-fn ident() -> DriveIdentity {
-    DriveIdentity {
-        serial: "F".into(),
-        model: "FUZZ".into(),
-        firmware: "0".into(),
-    }
-}
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-    fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
@@ -118,5 +122,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(hd.refused() + ro.refused() + cd.refused(), 0);
-    assert!(ro.bytes(0..512 * 20).iter().all(|&b| b == 0), "read-only disk written");
+    assert!(
+        ro.bytes(0..512 * 20).iter().all(|&b| b == 0),
+        "read-only disk written"
+    );
 });
