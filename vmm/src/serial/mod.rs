@@ -106,9 +106,8 @@ impl ComPorts {
     /// asked is one message and stays disconnected; a host serial port that
     /// is not there yet is opened when it appears. Client connections start
     /// on the event loop.
+    /// `specs` are settled (`settle_specs`) by the configuration.
     pub fn start(specs: &[ComSpec; 4], host_requests: &Arc<MachineEvents>) -> anyhow::Result<Self> {
-        let mut specs = specs.clone();
-        settle_specs(&mut specs);
         let mut ports = Vec::new();
         let mut loops = Vec::new();
         let mut raw_mode = None;
@@ -122,26 +121,11 @@ impl ComPorts {
                 }
                 _ => match open_link(index, spec, host_requests, &mut raw_mode) {
                     Ok(link) => link,
-                    Err(e) => match spec {
-                        ComSpec::Tty { device, buffer } if !device.exists() => {
-                            tracing::warn!(
-                                "--com{} tty:{}: no such device yet; {name} is disconnected \
-                                 and rehost opens it when it appears",
-                                index + 1,
-                                device.display()
-                            );
-                            let link = Link::Tty {
-                                device: device.clone(),
-                                fd: None,
-                            };
-                            (link, *buffer)
-                        }
-                        _ => {
-                            warn_disconnected(index, &format!("{e:#}"));
-                            ports.push(null_port(index));
-                            continue;
-                        }
-                    },
+                    Err(e) => {
+                        warn_disconnected(index, &format!("{e:#}"));
+                        ports.push(null_port(index));
+                        continue;
+                    }
                 },
             };
             let shared = PortShared::new(buffer)?;
@@ -225,12 +209,23 @@ fn open_link(
             (Link::Pty { master, path }, *buffer)
         }
         ComSpec::Tty { device, buffer } => {
-            let fd = termios::open_serial_port(device)
-                .with_context(|| format!("{opt} tty:{}", device.display()))?;
+            let fd = match termios::open_serial_port(device) {
+                Ok(fd) => Some(fd),
+                // Not plugged in yet: the event loop opens it when it appears.
+                Err(_) if !device.exists() => {
+                    tracing::warn!(
+                        "{opt} tty:{}: no such device yet; {name} is disconnected \
+                         and rehost opens it when it appears",
+                        device.display()
+                    );
+                    None
+                }
+                Err(e) => return Err(e).with_context(|| format!("{opt} tty:{}", device.display())),
+            };
             (
                 Link::Tty {
                     device: device.clone(),
-                    fd: Some(fd),
+                    fd,
                 },
                 *buffer,
             )

@@ -356,6 +356,14 @@ impl PortLoop {
         self.pump_out(ops);
     }
 
+    /// Stops reading the terminal for good.
+    fn end_stdin(&mut self, ops: &mut EventOps) {
+        if let StdinState::Registered(ev) = self.stdin {
+            let _ = ops.remove(Events::with_data_raw(0, STDIN, ev));
+        }
+        self.stdin = StdinState::Ended;
+    }
+
     /// The connection ended: `why` is said once; clients retry, servers
     /// listen again, a pty waits for a new reader, a tty is reopened.
     fn lost(&mut self, why: String, ops: &mut EventOps) {
@@ -365,9 +373,8 @@ impl PortLoop {
         if let Some(ev) = conn.registered.take() {
             let _ = ops.remove(Events::with_data_raw(conn.fd, CONN, ev));
         }
-        if let StdinState::Registered(ev) = self.stdin {
-            let _ = ops.remove(Events::with_data_raw(0, STDIN, ev));
-            self.stdin = StdinState::Ended;
+        if matches!(self.stdin, StdinState::Registered(_)) {
+            self.end_stdin(ops);
         }
         let unsent = self.outbuf.len() - self.out_pos;
         self.outbuf.clear();
@@ -607,10 +614,7 @@ impl PortLoop {
             match read_fd(fd, &mut buf[..room]) {
                 Ok(0) => {
                     if from_stdin {
-                        if let StdinState::Registered(ev) = self.stdin {
-                            let _ = ops.remove(Events::with_data_raw(0, STDIN, ev));
-                        }
-                        self.stdin = StdinState::Ended;
+                        self.end_stdin(ops);
                     } else {
                         self.deliver_input(ops);
                         self.lost("closed by the peer".into(), ops);
@@ -627,7 +631,9 @@ impl PortLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if from_stdin {
-                        self.stdin = StdinState::Ended;
+                        // Unregistered too, or the loop would read it again
+                        // on every wakeup.
+                        self.end_stdin(ops);
                         return;
                     }
                     self.deliver_input(ops);

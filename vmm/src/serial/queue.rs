@@ -246,6 +246,15 @@ impl QueueBackend {
     pub fn new(shared: Arc<PortShared>) -> Self {
         Self { shared }
     }
+
+    /// Queues a line, modem-control or break change for the far end.
+    fn control(&mut self, c: Control) {
+        let mut q = self.shared.lock();
+        q.push_control(c);
+        if q.connected {
+            self.shared.notify(&mut q);
+        }
+    }
 }
 
 impl SerialBackend for QueueBackend {
@@ -279,27 +288,15 @@ impl SerialBackend for QueueBackend {
     }
 
     fn line_params_changed(&mut self, params: LineParams) {
-        let mut q = self.shared.lock();
-        q.push_control(Control::Line(params));
-        if q.connected {
-            self.shared.notify(&mut q);
-        }
+        self.control(Control::Line(params));
     }
 
     fn modem_control_changed(&mut self, control: ModemControl) {
-        let mut q = self.shared.lock();
-        q.push_control(Control::Modem(control));
-        if q.connected {
-            self.shared.notify(&mut q);
-        }
+        self.control(Control::Modem(control));
     }
 
     fn break_changed(&mut self, on: bool) {
-        let mut q = self.shared.lock();
-        q.push_control(Control::Break(on));
-        if q.connected {
-            self.shared.notify(&mut q);
-        }
+        self.control(Control::Break(on));
     }
 
     fn rx_space_available(&mut self) {

@@ -69,13 +69,6 @@ pub enum ComSpec {
     },
 }
 
-impl ComSpec {
-    /// Whether the port exists for the guest.
-    pub fn present(&self) -> bool {
-        *self != ComSpec::None
-    }
-}
-
 /// Parses `64K`, `1M`, `4096`, `0`.
 fn parse_size(s: &str) -> Option<usize> {
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
