@@ -766,8 +766,7 @@ impl Ahci {
         phase: &mut DataPhase,
         tf: &mut TaskFile,
     ) -> DmaEnd {
-        let mem = self.mem.clone();
-        let mut sg = SgList::new(&mem);
+        let mut sg = SgList::new(&self.mem);
         for &(addr, len, _) in prdt {
             sg.push(addr, len);
         }
@@ -822,7 +821,7 @@ impl Ahci {
                 } else {
                     0
                 };
-                f[2] = ata::STATUS_DRDY | ata::STATUS_DSC | ata::STATUS_DRQ;
+                f[2] = ata::STATUS_READY_DRQ;
                 f[3] = st.error;
                 put_fis_registers(&mut f, &tf);
                 f[15] = st.status;

@@ -333,6 +333,9 @@ pub struct AtaDevice {
     identity: DriveIdentity,
     power: PowerMode,
     media: Media,
+    /// `run_dma`'s bounce buffer, kept between requests (up to
+    /// `DMA_CHUNK_BYTES`) so that each request does not allocate one.
+    dma_buf: Vec<u8>,
 }
 
 fn put_string(words: &mut [u16], start: usize, len: usize, s: &str) {
@@ -544,6 +547,7 @@ impl AtaDevice {
             identity,
             power: PowerMode::Active,
             media: Media::Disk(Disk::new(medium, read_only)),
+            dma_buf: Vec::new(),
         }
     }
 
@@ -558,6 +562,7 @@ impl AtaDevice {
             identity,
             power: PowerMode::Active,
             media: Media::Cdrom(Cdrom::new(medium)),
+            dma_buf: Vec::new(),
         }
     }
 
@@ -1270,7 +1275,24 @@ impl AtaDevice {
         tf: &mut TaskFile,
         target: &mut dyn DmaTarget,
     ) -> DmaEnd {
-        let mut buf = vec![0u8; phase.remaining().min(DMA_CHUNK_BYTES as u64) as usize];
+        let mut buf = std::mem::take(&mut self.dma_buf);
+        let len = phase.remaining().min(DMA_CHUNK_BYTES as u64) as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let end = self.run_dma_through(phase, tf, target, &mut buf);
+        self.dma_buf = buf;
+        end
+    }
+
+    /// `run_dma` with its bounce buffer (every chunk is filled before use).
+    fn run_dma_through(
+        &mut self,
+        phase: &mut DataPhase,
+        tf: &mut TaskFile,
+        target: &mut dyn DmaTarget,
+        buf: &mut [u8],
+    ) -> DmaEnd {
         let start = phase.done;
         while !phase.is_complete() {
             let pos = phase.done - start;

@@ -16,6 +16,8 @@ pub const STATUS_DSC: u8 = 0x10;
 pub const STATUS_DRQ: u8 = 0x08;
 /// Error: the Error register says what.
 pub const STATUS_ERR: u8 = 0x01;
+/// A ready drive asking for (or offering) a data block or a command packet.
+pub const STATUS_READY_DRQ: u8 = STATUS_DRDY | STATUS_DSC | STATUS_DRQ;
 
 // ATA8-ACS 6.3: Error field.
 /// Interface CRC error.

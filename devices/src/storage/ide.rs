@@ -408,7 +408,7 @@ impl PiixIde {
                 byte_count_limit,
             } => {
                 d.tf.count = spec::IREASON_COD;
-                d.status = ata::STATUS_DRDY | ata::STATUS_DSC | ata::STATUS_DRQ;
+                d.status = ata::STATUS_READY_DRQ;
                 d.error = 0;
                 d.state = DriveState::PacketCdb {
                     cdb: Vec::with_capacity(CDB_LEN),
@@ -420,7 +420,7 @@ impl PiixIde {
                 (Protocol::Pio, Direction::In) => Self::next_pio_in_block(d, phase, atapi),
                 (Protocol::Pio, Direction::Out) => {
                     let want = phase.next_block();
-                    d.status = ata::STATUS_DRDY | ata::STATUS_DSC | ata::STATUS_DRQ;
+                    d.status = ata::STATUS_READY_DRQ;
                     d.error = 0;
                     d.state = DriveState::PioOut {
                         phase,
@@ -429,7 +429,7 @@ impl PiixIde {
                     };
                 }
                 (Protocol::Dma, _) => {
-                    d.status = ata::STATUS_DRDY | ata::STATUS_DSC | ata::STATUS_DRQ;
+                    d.status = ata::STATUS_READY_DRQ;
                     d.error = 0;
                     d.state = DriveState::DmaPending { phase };
                     if bm_running {
@@ -476,7 +476,7 @@ impl PiixIde {
                     d.tf.lba_mid = n as u8;
                     d.tf.lba_high = (n >> 8) as u8;
                 }
-                d.status = ata::STATUS_DRDY | ata::STATUS_DSC | ata::STATUS_DRQ;
+                d.status = ata::STATUS_READY_DRQ;
                 d.error = 0;
                 d.intrq = true;
                 d.state = DriveState::PioIn {
@@ -556,7 +556,7 @@ impl PiixIde {
                     }
                     Ok(()) => {
                         let want = phase.next_block();
-                        d.status = ata::STATUS_DRDY | ata::STATUS_DSC | ata::STATUS_DRQ;
+                        d.status = ata::STATUS_READY_DRQ;
                         d.intrq = true;
                         d.state = DriveState::PioOut {
                             phase,
@@ -721,7 +721,7 @@ impl PiixIde {
                     phase.len
                 );
                 c.bm.status &= !spec::BM_STATUS_ACTIVE;
-                d.status = ata::STATUS_DRDY | ata::STATUS_DSC | ata::STATUS_DRQ;
+                d.status = ata::STATUS_READY_DRQ;
             }
             Some(DmaFault::OutsideRam { addr, len }) => {
                 if len > 0 {
