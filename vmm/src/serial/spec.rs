@@ -136,19 +136,18 @@ impl std::str::FromStr for ComSpec {
             None => (head, None),
         };
         let needs_arg = |example: &str| format!("{kind}: needs {example}");
+        let buf = buffer.unwrap_or(DEFAULT_BUFFER);
         let spec = match (kind, arg) {
             ("stdio", None) => ComSpec::Stdio,
             ("null", None) => ComSpec::Null,
             ("none", None) => ComSpec::None,
-            ("pty", None) => ComSpec::Pty {
-                buffer: DEFAULT_BUFFER,
-            },
+            ("pty", None) => ComSpec::Pty { buffer: buf },
             ("file", Some(p)) if !p.is_empty() => ComSpec::File(p.into()),
             ("file", _) => return Err(needs_arg("a path, e.g. file:/tmp/com1.log")),
             ("unix", Some(p)) if !p.is_empty() => ComSpec::Unix {
                 path: p.into(),
                 server,
-                buffer: DEFAULT_BUFFER,
+                buffer: buf,
             },
             ("unix", _) => return Err(needs_arg("a socket path, e.g. unix:/tmp/com1.sock")),
             ("tcp", Some(a)) => {
@@ -157,13 +156,13 @@ impl std::str::FromStr for ComSpec {
                     host,
                     port,
                     server,
-                    buffer: DEFAULT_BUFFER,
+                    buffer: buf,
                 }
             }
             ("tcp", None) => return Err(needs_arg("HOST:PORT, e.g. tcp:127.0.0.1:4555")),
             ("tty", Some(d)) if !d.is_empty() => ComSpec::Tty {
                 device: d.into(),
-                buffer: DEFAULT_BUFFER,
+                buffer: buf,
             },
             ("tty", _) => return Err(needs_arg("a device, e.g. tty:/dev/ttyUSB0")),
             ("rfc2217", Some(a)) => {
@@ -171,7 +170,7 @@ impl std::str::FromStr for ComSpec {
                 ComSpec::Rfc2217 {
                     host,
                     port,
-                    buffer: DEFAULT_BUFFER,
+                    buffer: buf,
                 }
             }
             ("rfc2217", None) => return Err(needs_arg("HOST:PORT, e.g. rfc2217:127.0.0.1:2000")),
@@ -185,41 +184,19 @@ impl std::str::FromStr for ComSpec {
                 ))
             }
         };
-        let spec = match spec {
-            ComSpec::Pty { .. } => ComSpec::Pty {
-                buffer: buffer.unwrap_or(DEFAULT_BUFFER),
-            },
-            ComSpec::Unix { path, server, .. } => ComSpec::Unix {
-                path,
-                server,
-                buffer: buffer.unwrap_or(DEFAULT_BUFFER),
-            },
-            ComSpec::Tcp {
-                host, port, server, ..
-            } => ComSpec::Tcp {
-                host,
-                port,
-                server,
-                buffer: buffer.unwrap_or(DEFAULT_BUFFER),
-            },
-            ComSpec::Tty { device, .. } => ComSpec::Tty {
-                device,
-                buffer: buffer.unwrap_or(DEFAULT_BUFFER),
-            },
-            ComSpec::Rfc2217 { host, port, .. } => ComSpec::Rfc2217 {
-                host,
-                port,
-                buffer: buffer.unwrap_or(DEFAULT_BUFFER),
-            },
-            other => {
-                if buffer.is_some() {
-                    return Err(format!(
-                        "{kind}: buffer= applies only to pty, unix, tcp, tty and rfc2217"
-                    ));
-                }
-                other
-            }
-        };
+        let takes_buffer = matches!(
+            spec,
+            ComSpec::Pty { .. }
+                | ComSpec::Unix { .. }
+                | ComSpec::Tcp { .. }
+                | ComSpec::Tty { .. }
+                | ComSpec::Rfc2217 { .. }
+        );
+        if buffer.is_some() && !takes_buffer {
+            return Err(format!(
+                "{kind}: buffer= applies only to pty, unix, tcp, tty and rfc2217"
+            ));
+        }
         let takes_server = matches!(spec, ComSpec::Unix { .. } | ComSpec::Tcp { .. });
         if server && !takes_server {
             return Err(format!("{kind}: server applies only to unix and tcp"));
