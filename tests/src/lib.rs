@@ -202,6 +202,41 @@ pub fn run(bin: &str, args: &[&str], timeout: Duration) -> (Option<i32>, String,
     (status.and_then(|s| s.code()), r.stdout(), r.stderr())
 }
 
+/// `rehost run` with 64 MiB and the test option ROM `rom_name` (see
+/// [`rom`]), then `more` options.
+fn rom_args(rom_name: &str, more: &[&str]) -> Vec<String> {
+    let rom = rom(rom_name);
+    let mut args: Vec<String> = ["run", "--memory", "64M", "--option-rom"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(rom.to_string_lossy().into_owned());
+    args.extend(more.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts rehost on the test option ROM `rom_name` with 64 MiB and `more`
+/// options.
+pub fn start_rom(bin: &str, rom_name: &str, more: &[&str]) -> Running {
+    let args = rom_args(rom_name, more);
+    Running::start(bin, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// [`run`] on the test option ROM `rom_name` with 64 MiB and `more` options.
+pub fn run_rom(
+    bin: &str,
+    rom_name: &str,
+    more: &[&str],
+    timeout: Duration,
+) -> (Option<i32>, String, String) {
+    let args = rom_args(rom_name, more);
+    run(
+        bin,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        timeout,
+    )
+}
+
 /// Helpers shared by the benchmark programs in `src/bin`.
 pub mod bench {
     use std::path::PathBuf;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rehost_tests::{kvm_available, rom, run, Running};
+use rehost_tests::{kvm_available, rom, run, start_rom, Running};
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
 const BANNER: &str = "SeaBIOS (version";
@@ -106,18 +106,8 @@ fn guest_reset_restarts_firmware_and_no_reboot_exits_3() {
     if !kvm_available("guest_reset") {
         return;
     }
-    let reset = rom("reset");
     let marker = "rehost-test-rom: resetting the machine";
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--option-rom",
-            reset.to_str().unwrap(),
-        ],
-    );
+    let mut vm = start_rom(REHOST, "reset", &[]);
     assert!(
         vm.wait_for(marker, 2, Duration::from_secs(60)),
         "firmware did not run twice: {:?} {}",

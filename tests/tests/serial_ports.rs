@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use rehost_tests::{kvm_available, rom, run, Running};
+use rehost_tests::{kvm_available, run, run_rom, start_rom, Running};
 use serial_common::*;
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
@@ -30,19 +30,10 @@ fn start_echo(dir: &std::path::Path, com2: &str) -> (Running, Peer) {
 /// As `start_echo`, with `more` arguments after COM1's.
 fn start_echo_with(dir: &std::path::Path, more: &[&str]) -> (Running, Peer) {
     let com1_sock = dir.join("com1.sock");
-    let echo = rom("serial-echo");
     let com1 = format!("unix:{},server", com1_sock.display());
-    let mut args = vec![
-        "run",
-        "--memory",
-        "64M",
-        "--com1",
-        &com1,
-        "--option-rom",
-        echo.to_str().unwrap(),
-    ];
+    let mut args = vec!["--com1", &com1];
     args.extend_from_slice(more);
-    let vm = Running::start(REHOST, &args);
+    let vm = start_rom(REHOST, "serial-echo", &args);
     let com1 = Peer::unix(connect_unix(&com1_sock, Duration::from_secs(20)));
     assert!(
         com1.wait_for("rehost-echo: COM1 ready", BOOT),
@@ -87,13 +78,10 @@ fn echo_through_a_file_a_pty_a_unix_server_and_a_tcp_client() {
     let fw_log = dir.path().join("fw.log");
     let com4_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let com4_port = com4_listener.local_addr().unwrap().port();
-    let echo = rom("serial-echo");
-    let mut vm = Running::start(
+    let mut vm = start_rom(
         REHOST,
+        "serial-echo",
         &[
-            "run",
-            "--memory",
-            "64M",
             "--com1",
             &format!("file:{}", com1_log.display()),
             "--com2",
@@ -104,8 +92,6 @@ fn echo_through_a_file_a_pty_a_unix_server_and_a_tcp_client() {
             &format!("tcp:127.0.0.1:{com4_port}"),
             "--firmware-log",
             fw_log.to_str().unwrap(),
-            "--option-rom",
-            echo.to_str().unwrap(),
         ],
     );
     assert!(
@@ -349,19 +335,14 @@ fn an_unreachable_rfc2217_server_is_one_message_and_the_guest_runs() {
         return;
     }
     let port = free_port();
-    let poweroff = rom("poweroff");
-    let (code, _, err) = run(
+    let (code, _, err) = run_rom(
         REHOST,
+        "poweroff",
         &[
-            "run",
-            "--memory",
-            "64M",
             "--com1",
             "null",
             "--com2",
             &format!("rfc2217:127.0.0.1:{port}"),
-            "--option-rom",
-            poweroff.to_str().unwrap(),
         ],
         Duration::from_secs(60),
     );

@@ -8,7 +8,7 @@ mod serial_common;
 
 use std::time::{Duration, Instant};
 
-use rehost_tests::{kvm_available, rom, Running};
+use rehost_tests::{kvm_available, start_rom};
 use serial_common::*;
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
@@ -79,18 +79,10 @@ fn a_tcp_client_port_reconnects_and_the_guest_never_waits() {
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let counter = rom("serial-counter");
-    let mut vm = Running::start(
+    let mut vm = start_rom(
         REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--com1",
-            &format!("tcp:127.0.0.1:{port},buffer=4K"),
-            "--option-rom",
-            counter.to_str().unwrap(),
-        ],
+        "serial-counter",
+        &["--com1", &format!("tcp:127.0.0.1:{port},buffer=4K")],
     );
     let first = Peer::tcp(accept(&listener, Duration::from_secs(60)).expect("rehost connects"));
     assert!(
@@ -133,17 +125,12 @@ fn a_server_port_takes_the_next_client_in_order() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("com1.sock");
-    let counter = rom("serial-counter");
-    let mut vm = Running::start(
+    let mut vm = start_rom(
         REHOST,
+        "serial-counter",
         &[
-            "run",
-            "--memory",
-            "64M",
             "--com1",
             &format!("unix:{},server,buffer=4K", sock.display()),
-            "--option-rom",
-            counter.to_str().unwrap(),
         ],
     );
     let first = Peer::unix(connect_unix(&sock, Duration::from_secs(30)));
