@@ -390,6 +390,16 @@ impl Disk {
         }
     }
 
+    /// Commits the medium's write cache; a read-only disk has nothing to
+    /// commit.
+    fn flush(&self) -> Result<(), BlockError> {
+        if self.read_only {
+            Ok(())
+        } else {
+            self.medium.flush()
+        }
+    }
+
     /// Default CHS geometry (ATA8-ACS Annex B: 16 heads, 63 sectors).
     fn default_cylinders(&self) -> u16 {
         (self.sectors / (16 * 63)).clamp(1, 16383) as u16
@@ -622,7 +632,7 @@ impl AtaDevice {
     /// Flushes the medium's write cache (for an orderly shutdown).
     pub fn flush(&self) -> Result<(), BlockError> {
         match &self.media {
-            Media::Disk(d) if !d.read_only => d.medium.flush(),
+            Media::Disk(d) => d.flush(),
             _ => Ok(()),
         }
     }
@@ -728,12 +738,10 @@ impl AtaDevice {
 
     fn flush_for_command(&mut self, tf: &mut TaskFile) -> Result<(), AtaStatus> {
         if let Media::Disk(d) = &self.media {
-            if !d.read_only {
-                if let Err(e) = d.medium.flush() {
-                    guest_error!("ATA: flush failed: {e}");
-                    tf.set_lba(0, true);
-                    return Err(AtaStatus::error(spec::ERROR_ABRT));
-                }
+            if let Err(e) = d.flush() {
+                guest_error!("ATA: flush failed: {e}");
+                tf.set_lba(0, true);
+                return Err(AtaStatus::error(spec::ERROR_ABRT));
             }
         }
         Ok(())
@@ -771,10 +779,9 @@ impl AtaDevice {
             spec::FEATURE_ENABLE_WRITE_CACHE | spec::FEATURE_DISABLE_WRITE_CACHE => {
                 match disk {
                     Some(d) => {
-                        if sub == spec::FEATURE_DISABLE_WRITE_CACHE && d.write_cache && !d.read_only
-                        {
+                        if sub == spec::FEATURE_DISABLE_WRITE_CACHE && d.write_cache {
                             // Disabling the cache commits what it holds.
-                            if let Err(e) = d.medium.flush() {
+                            if let Err(e) = d.flush() {
                                 guest_error!("ATA: flush failed: {e}");
                                 return AtaStatus::ABORTED;
                             }
@@ -952,11 +959,9 @@ impl AtaDevice {
                 }
             }
             spec::CMD_FLUSH_CACHE | spec::CMD_FLUSH_CACHE_EXT => {
-                if !d.read_only {
-                    if let Err(e) = d.medium.flush() {
-                        guest_error!("ATA: FLUSH CACHE failed: {e}");
-                        return Next::Done(AtaStatus::ABORTED);
-                    }
+                if let Err(e) = d.flush() {
+                    guest_error!("ATA: FLUSH CACHE failed: {e}");
+                    return Next::Done(AtaStatus::ABORTED);
                 }
                 Next::Done(AtaStatus::OK)
             }
@@ -1248,7 +1253,7 @@ impl AtaDevice {
         if let Media::Disk(d) = &mut self.media {
             match &phase.op {
                 DataOp::WriteMedium { offset, fua } if *fua || !d.write_cache => {
-                    if let Err(e) = d.medium.flush() {
+                    if let Err(e) = d.flush() {
                         guest_error!("ATA: flush after write failed: {e}");
                         tf.set_lba(*offset / phase.unit, phase.lba48);
                         status = AtaStatus::ABORTED;
