@@ -129,27 +129,13 @@ impl Port {
     }
 }
 
-/// The task file registers in bytes 4-13 of a Register D2H or PIO Setup
-/// FIS (SATA 10.3.5, 10.3.11).
-fn put_fis_registers(f: &mut [u8; 20], tf: &TaskFile) {
-    f[4] = tf.lba_low;
-    f[5] = tf.lba_mid;
-    f[6] = tf.lba_high;
-    f[7] = tf.device;
-    f[8] = tf.lba_low_exp;
-    f[9] = tf.lba_mid_exp;
-    f[10] = tf.lba_high_exp;
-    f[12] = tf.count;
-    f[13] = tf.count_exp;
-}
-
 fn d2h_fis(st: AtaStatus, tf: &TaskFile, interrupt: bool) -> [u8; 20] {
     let mut f = [0u8; 20];
     f[0] = spec::FIS_REG_D2H;
     f[1] = if interrupt { spec::FIS_INTERRUPT } else { 0 };
     f[2] = st.status;
     f[3] = st.error;
-    put_fis_registers(&mut f, tf);
+    tf.store_regs(&mut f);
     f
 }
 
@@ -823,7 +809,7 @@ impl Ahci {
                 };
                 f[2] = ata::STATUS_READY_DRQ;
                 f[3] = st.error;
-                put_fis_registers(&mut f, &tf);
+                tf.store_regs(&mut f);
                 f[15] = st.status;
                 let xfer = phase.block.min(0xffff) as u16;
                 f[16..18].copy_from_slice(&xfer.to_le_bytes());

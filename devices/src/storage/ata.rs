@@ -50,6 +50,21 @@ pub struct TaskFile {
 }
 
 impl TaskFile {
+    /// The registers a device reports, in the byte layout shared by the
+    /// SATA Register D2H / PIO Setup FISes and the NCQ Command Error log
+    /// (bytes 4-13: LBA low/mid/high, device, their exp bytes, count).
+    pub fn store_regs(&self, out: &mut [u8]) {
+        out[4] = self.lba_low;
+        out[5] = self.lba_mid;
+        out[6] = self.lba_high;
+        out[7] = self.device;
+        out[8] = self.lba_low_exp;
+        out[9] = self.lba_mid_exp;
+        out[10] = self.lba_high_exp;
+        out[12] = self.count;
+        out[13] = self.count_exp;
+    }
+
     /// The 28-bit LBA: bits 27:24 come from the Device register.
     pub fn lba28(&self) -> u64 {
         u64::from(self.lba_low)
@@ -361,9 +376,15 @@ pub(crate) fn put_identify_strings(words: &mut [u16; 256], ident: &DriveIdentity
 pub(crate) fn identify_bytes(words: &mut [u16; 256]) -> Vec<u8> {
     words[id::INTEGRITY] = id::INTEGRITY_SIGNATURE;
     let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let sum = bytes[..511].iter().fold(0u8, |a, b| a.wrapping_add(*b));
-    bytes[511] = sum.wrapping_neg();
+    set_checksum(&mut bytes);
     bytes
+}
+
+/// Sets the last byte of a 512-byte data structure so that all its bytes
+/// sum to zero (ATA8-ACS: IDENTIFY integrity word, log pages).
+fn set_checksum(block: &mut [u8]) {
+    let sum = block[..511].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    block[511] = sum.wrapping_neg();
 }
 
 impl Disk {
@@ -1032,20 +1053,11 @@ impl AtaDevice {
                                 v[0] = e.tag & 0x1f;
                                 v[2] = e.status.status;
                                 v[3] = e.status.error;
-                                v[4] = e.tf.lba_low;
-                                v[5] = e.tf.lba_mid;
-                                v[6] = e.tf.lba_high;
-                                v[7] = e.tf.device;
-                                v[8] = e.tf.lba_low_exp;
-                                v[9] = e.tf.lba_mid_exp;
-                                v[10] = e.tf.lba_high_exp;
-                                v[12] = e.tf.count;
-                                v[13] = e.tf.count_exp;
+                                e.tf.store_regs(&mut v);
                             }
                             None => v[0] = spec::NCQ_LOG_NQ,
                         }
-                        let sum = v[..511].iter().fold(0u8, |a, b| a.wrapping_add(*b));
-                        v[511] = sum.wrapping_neg();
+                        set_checksum(&mut v);
                         v
                     }
                     (log, page, pages) => {
