@@ -61,6 +61,9 @@ pub enum Command {
     /// Create, inspect, check, convert and merge disk images.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Send one command to a running VM's control socket (`run --qmp`), or
+    /// follow its events.
+    Qmp(crate::control::client::QmpArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -113,15 +116,26 @@ pub struct RunArgs {
     /// file), on the PIIX3 IDE controller (default) or the ICH9 AHCI
     /// controller; `readonly=on` makes guest writes fail with ATA errors.
     /// Repeatable; drives take the controller's free slots in order.
-    #[arg(long = "disk", value_name = "PATH[,controller=ide|ahci][,readonly=on]")]
+    /// `id=NAME` names the drive on the control socket.
+    #[arg(
+        long = "disk",
+        value_name = "PATH[,controller=ide|ahci][,readonly=on][,id=NAME]"
+    )]
     pub disks: Vec<String>,
     /// A CD/DVD-ROM drive with this ISO image inserted (read-only), on IDE
-    /// (default: secondary master) or AHCI. Repeatable.
-    #[arg(long = "cdrom", value_name = "PATH[,controller=ide|ahci]")]
+    /// (default: secondary master) or AHCI. Repeatable. The medium can be
+    /// changed at run time through the control socket (--qmp).
+    #[arg(long = "cdrom", value_name = "PATH[,controller=ide|ahci][,id=NAME]")]
     pub cdroms: Vec<String>,
     /// What the firmware boots first.
     #[arg(long, value_enum, default_value = "disk")]
     pub boot: crate::storage::BootDevice,
+    /// Create a QMP-compatible control socket at PATH (a Unix socket,
+    /// mode 0600): power, media and status commands and events, for
+    /// `rehost qmp`, QEMU's `qemu.qmp` library or `socat`. rehost refuses
+    /// a PATH that exists and is not a stale socket.
+    #[arg(long, value_name = "PATH")]
+    pub qmp: Option<PathBuf>,
 }
 
 /// The whole program: parse, run, exit code.
@@ -142,6 +156,7 @@ pub fn execute(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Run(args) => crate::run(*args),
         Command::Disk(cmd) => crate::disk_cmd::execute(cmd),
+        Command::Qmp(args) => crate::control::client::execute(args),
     };
     match result {
         Ok(code) => code,

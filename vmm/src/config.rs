@@ -39,6 +39,8 @@ pub struct MachineConfig {
     /// Disks and CD-ROMs, opened, with their controller slots.
     pub drives: Vec<crate::storage::DriveConfig>,
     pub boot: crate::storage::BootDevice,
+    /// The control socket's path (`--qmp`).
+    pub qmp: Option<PathBuf>,
 }
 
 fn host_memory() -> Option<u64> {
@@ -122,6 +124,7 @@ impl MachineConfig {
             no_reboot: args.no_reboot,
             drives,
             boot: args.boot,
+            qmp: args.qmp.clone(),
         })
     }
 }

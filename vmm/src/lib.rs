@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod cpu_state;
 pub mod disk_cmd;
 pub mod host;
@@ -17,6 +18,7 @@ use anyhow::Context;
 
 use crate::cli::exit;
 use crate::config::MachineConfig;
+use crate::control::{ControlServer, RunState, VmControl};
 use crate::machine::{Machine, Outcome};
 
 /// Opens /dev/kvm with an error that says what to do.
@@ -35,29 +37,120 @@ fn open_kvm() -> anyhow::Result<kvm_ioctls::Kvm> {
     })
 }
 
+/// Removes the control socket's file however `run` ends.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// `rehost run`.
 pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
     let cfg = MachineConfig::from_args(&args)?;
+    // The control socket is created before anything starts, so a bad
+    // --qmp PATH stops rehost before a VM exists.
+    let listener = match &cfg.qmp {
+        Some(p) => Some(control::server::bind(p)?),
+        None => None,
+    };
+    let _socket_file = RemoveOnDrop(cfg.qmp.clone());
     let kvm = open_kvm()?;
     vcpu::install_kick_handler().context("installing the vCPU kick signal handler")?;
     let signals = signals::ShutdownSignals::install().context("installing signal handlers")?;
+    let ctl = VmControl::new(&cfg.drives).context("creating the control state")?;
     let host = host::HostSide::start(&cfg)?;
-    loop {
-        let machine = Machine::build(&kvm, &cfg, &host)?;
-        match machine.run(&signals, &host) {
-            Outcome::PowerOff => return Ok(exit::POWER_OFF),
-            Outcome::Reset if cfg.no_reboot => return Ok(exit::RESET),
-            Outcome::Reset => {
-                tracing::info!("guest reset: restarting the machine");
-                continue;
-            }
-            Outcome::HostStop => return Ok(exit::SIGINT),
-            Outcome::Signal(sig) if sig == libc::SIGTERM => return Ok(exit::SIGTERM),
-            Outcome::Signal(_) => return Ok(exit::SIGINT),
-            Outcome::Crash(f) => {
-                eprintln!("rehost: {f}");
-                return Ok(exit::GUEST_CRASH);
-            }
+    ctl.set_chardevs(
+        host.com_ports
+            .iter()
+            .map(|p| control::state::ChardevState {
+                index: p.index,
+                spec: p.spec.clone(),
+                shared: p.shared.clone(),
+            })
+            .collect(),
+    );
+    for p in &host.com_ports {
+        if let Some(shared) = &p.shared {
+            let c = ctl.clone();
+            let index = p.index;
+            shared.set_observer(Box::new(move |open| {
+                c.emit(
+                    control::commands::SERIAL_EVENT,
+                    Some(control::commands::serial_event_data(index, open)),
+                )
+            }));
         }
     }
+    let server = match (listener, &cfg.qmp) {
+        (Some(l), Some(p)) => Some(ControlServer::start(l, p.clone(), ctl.clone())?),
+        _ => None,
+    };
+    let shutdown = |guest: bool, reason: &str| {
+        ctl.set_run_state(RunState::Shutdown);
+        ctl.emit(
+            "SHUTDOWN",
+            Some(serde_json::json!({ "guest": guest, "reason": reason })),
+        );
+    };
+    let code = loop {
+        let machine = Machine::build(&kvm, &cfg, &host, &ctl)?;
+        match machine.run(&signals, &host, &ctl) {
+            Outcome::PowerOff => {
+                shutdown(true, "guest-shutdown");
+                break exit::POWER_OFF;
+            }
+            Outcome::Reset if cfg.no_reboot => {
+                shutdown(true, "guest-reset");
+                break exit::RESET;
+            }
+            Outcome::Reset => {
+                tracing::info!("guest reset: restarting the machine");
+                ctl.emit(
+                    "RESET",
+                    Some(serde_json::json!({ "guest": true, "reason": "guest-reset" })),
+                );
+                continue;
+            }
+            Outcome::HostReset => {
+                tracing::info!("reset from the control socket: restarting the machine");
+                ctl.emit(
+                    "RESET",
+                    Some(serde_json::json!({ "guest": false, "reason": "host-qmp-system-reset" })),
+                );
+                continue;
+            }
+            Outcome::Quit => {
+                shutdown(false, "host-qmp-quit");
+                break exit::POWER_OFF;
+            }
+            Outcome::HostStop => {
+                shutdown(false, "host-ui");
+                break exit::SIGINT;
+            }
+            Outcome::Signal(sig) => {
+                shutdown(false, "host-signal");
+                break if sig == libc::SIGTERM {
+                    exit::SIGTERM
+                } else {
+                    exit::SIGINT
+                };
+            }
+            Outcome::Crash(f) => {
+                eprintln!("rehost: {f}");
+                shutdown(true, "guest-panic");
+                break exit::GUEST_CRASH;
+            }
+        }
+    };
+    // Last events out to the clients, then the COM backends are closed
+    // (HostSide's drop) after the disks were flushed by the machine.
+    if let Some(s) = server {
+        s.close();
+    }
+    drop(host);
+    Ok(code)
 }

@@ -35,6 +35,7 @@ use rehost_devices::serial::COM_PORTS;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::MachineConfig;
+use crate::control::{HostRequest, MachineHandle, VmControl};
 use crate::host::HostSide;
 use crate::memory::{GuestRam, PamArea};
 use crate::signals::ShutdownSignals;
@@ -51,6 +52,10 @@ const PIRQ_IRQS: [u8; 4] = [10, 10, 11, 11];
 pub enum Outcome {
     PowerOff,
     Reset,
+    /// `system_reset` on the control socket.
+    HostReset,
+    /// `quit` on the control socket.
+    Quit,
     HostStop,
     Signal(i32),
     Crash(VcpuFailure),
@@ -140,7 +145,15 @@ fn setup_cpuid(kvm: &Kvm, vcpu: &kvm_ioctls::VcpuFd, id: u8, cpus: u8) -> anyhow
 }
 
 impl Machine {
-    pub fn build(kvm: &Kvm, cfg: &MachineConfig, host: &HostSide) -> anyhow::Result<Self> {
+    pub fn build(
+        kvm: &Kvm,
+        cfg: &MachineConfig,
+        host: &HostSide,
+        ctl: &Arc<VmControl>,
+    ) -> anyhow::Result<Self> {
+        // The drives as the control socket left them (a changed CD-ROM
+        // medium stays changed across resets).
+        let drives = ctl.drive_configs();
         let vm = Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?);
         // Best effort: Intel VMX needs these below 4 GiB; other backends
         // ignore or refuse them harmlessly.
@@ -187,10 +200,8 @@ impl Machine {
             DevFn::new(1, 0),
             Arc::new(Mutex::new(Piix3Isa::new(router.clone()))),
         )?;
-        pci.add(
-            DevFn::new(1, 3),
-            Arc::new(Mutex::new(Piix4Pm::new(isa[9].clone(), events.clone()))),
-        )?;
+        let pm = Arc::new(Mutex::new(Piix4Pm::new(isa[9].clone(), events.clone())));
+        pci.add(DevFn::new(1, 3), pm.clone())?;
         if cfg.kernel.is_some() {
             // No firmware will set up the chipset: do what SeaBIOS would, so
             // the ACPI tables describe the machine as it is.
@@ -203,7 +214,7 @@ impl Machine {
             pci.config_write(DevFn::new(1, 3), PMREGMISC, &[1]);
         }
         let storage = crate::storage::attach(
-            &cfg.drives,
+            &drives,
             &ram.mem,
             &mut pci,
             &io_bus,
@@ -276,7 +287,7 @@ impl Machine {
             layout: cfg.layout,
             cpus: cfg.cpus,
             serial_console_port: com_resources.first().map(|&(port, _)| port),
-            boot_order: crate::storage::boot_order(&cfg.drives, cfg.boot),
+            boot_order: crate::storage::boot_order(&drives, cfg.boot),
         });
         for (key, data) in content.items {
             fw_cfg.add_item(key, data)?;
@@ -342,6 +353,7 @@ impl Machine {
                 mmio_bus: mmio_bus.clone(),
                 events: events.clone(),
                 stop: stop.clone(),
+                gate: ctl.gate.clone(),
                 reports: tx.clone(),
                 report_wake: report_wake.clone(),
             };
@@ -351,6 +363,11 @@ impl Machine {
                 .context("spawning a vCPU thread")?;
             threads.push(t);
         }
+        ctl.set_machine(Some(MachineHandle {
+            pm,
+            storage: storage.clone(),
+            vcpus: threads.iter().map(|t| t.as_pthread_t()).collect(),
+        }));
 
         Ok(Self {
             threads,
@@ -367,12 +384,13 @@ impl Machine {
     }
 
     /// Waits for the end of this boot, then stops every vCPU.
-    pub fn run(mut self, signals: &ShutdownSignals, host: &HostSide) -> Outcome {
+    pub fn run(mut self, signals: &ShutdownSignals, host: &HostSide, ctl: &VmControl) -> Outcome {
         let fds = [
             self.events.eventfd().as_raw_fd(),
             signals.eventfd().as_raw_fd(),
             self.report_wake.as_raw_fd(),
             host.host_requests.eventfd().as_raw_fd(),
+            ctl.request_eventfd().as_raw_fd(),
         ];
         let outcome = loop {
             if let Some(sig) = signals.received() {
@@ -387,6 +405,11 @@ impl Machine {
             }
             if host.host_requests.pending().is_some() {
                 break Outcome::HostStop;
+            }
+            match ctl.take_request() {
+                Some(HostRequest::Quit) => break Outcome::Quit,
+                Some(HostRequest::Reset) => break Outcome::HostReset,
+                None => {}
             }
             if let Ok(VcpuReport::Failed(f)) = self.reports.try_recv() {
                 break Outcome::Crash(f);
@@ -403,6 +426,9 @@ impl Machine {
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
             let _ = self.report_wake.read();
         };
+        // The control socket lets go of this machine before its vCPU
+        // threads end (it kicks them by thread id).
+        ctl.set_machine(None);
         vcpu::stop_all(&self.stop, std::mem::take(&mut self.threads));
         self.storage.flush();
         outcome
@@ -410,3 +436,4 @@ impl Machine {
 }
 
 use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;

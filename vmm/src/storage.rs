@@ -14,6 +14,7 @@ use rehost_devices::irq::{IrqLine, MsiSender};
 use rehost_devices::pci::{DevFn, PciInterruptRouter, PciRoot};
 use rehost_devices::storage::ahci::Ahci;
 use rehost_devices::storage::ata::{AtaDevice, DriveIdentity, Link};
+use rehost_devices::storage::atapi::Cdrom;
 use rehost_devices::storage::ide::PiixIde;
 use rehost_devices::storage::{ahci_spec, ide_spec};
 use rehost_devices::GuestMemory;
@@ -68,6 +69,9 @@ pub struct DriveSpec {
     pub path: PathBuf,
     pub controller: Controller,
     pub read_only: bool,
+    /// The name the control socket knows the drive by (`id=`); rehost
+    /// names it after its place when none is given (see [`drive_name`]).
+    pub id: Option<String>,
 }
 
 /// A drive with its image opened and its place on a controller.
@@ -77,7 +81,26 @@ pub struct DriveConfig {
     pub spec: DriveSpec,
     /// IDE: channel * 2 + device; AHCI: the port.
     pub slot: usize,
-    pub image: Arc<dyn DiskImage>,
+    /// The inserted image; a CD-ROM drive may be empty (ejected through
+    /// the control socket).
+    pub image: Option<Arc<dyn DiskImage>>,
+}
+
+/// The name a drive has on the control socket: its `id=`, or one after
+/// its place as QEMU names `if=ide` drives (`ide0-hd0`, `ide1-cd0`), and
+/// `ahci0-hd3` / `ahci0-cd3` for AHCI port 3.
+pub fn drive_name(d: &DriveConfig) -> String {
+    if let Some(id) = &d.spec.id {
+        return id.clone();
+    }
+    let kind = match d.kind {
+        DriveKind::Disk => "hd",
+        DriveKind::Cdrom => "cd",
+    };
+    match d.spec.controller {
+        Controller::Ide => format!("ide{}-{kind}{}", d.slot / 2, d.slot % 2),
+        Controller::Ahci => format!("ahci0-{kind}{}", d.slot),
+    }
 }
 
 /// Splits `PATH[,key=value]...`, where `,,` is a literal comma.
@@ -101,8 +124,8 @@ fn split_options(s: &str) -> Vec<String> {
     parts
 }
 
-/// Parses `PATH[,controller=ide|ahci][,readonly=on|off]` (`readonly` only
-/// for disks; CD-ROMs are always read-only).
+/// Parses `PATH[,controller=ide|ahci][,readonly=on|off][,id=NAME]`
+/// (`readonly` only for disks; CD-ROMs are always read-only).
 pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<DriveSpec> {
     let parts = split_options(text);
     let path = parts.first().cloned().unwrap_or_default();
@@ -113,6 +136,7 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
         path: PathBuf::from(path),
         controller: Controller::Ide,
         read_only: kind == DriveKind::Cdrom,
+        id: None,
     };
     for opt in &parts[1..] {
         match opt.split_once('=') {
@@ -120,6 +144,17 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
             Some(("controller", "ahci")) => spec.controller = Controller::Ahci,
             Some(("controller", other)) => {
                 bail!("{option} {text}: controller={other}: expected ide or ahci")
+            }
+            Some(("id", v)) => {
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    bail!("{option} {text}: id={v}: 1 to 64 letters, digits, '-', '_' or '.'");
+                }
+                spec.id = Some(v.to_owned());
             }
             Some(("readonly", v)) if kind == DriveKind::Disk => {
                 spec.read_only = match v {
@@ -129,7 +164,7 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
                 }
             }
             _ => bail!(
-                "{option} {text}: unknown option {opt:?} (expected controller=ide|ahci{})",
+                "{option} {text}: unknown option {opt:?} (expected controller=ide|ahci, id=NAME{})",
                 if kind == DriveKind::Disk {
                     " or readonly=on"
                 } else {
@@ -196,13 +231,21 @@ pub fn open_drives(disks: &[String], cdroms: &[String]) -> anyhow::Result<Vec<Dr
         if size == 0 {
             bail!("{option} {}: the image is empty", spec.path.display());
         }
+        if let Some(id) = &spec.id {
+            if drives
+                .iter()
+                .any(|d: &DriveConfig| d.spec.id.as_ref() == Some(id))
+            {
+                bail!("{option} {}: id={id} is used twice", spec.path.display());
+            }
+        }
         taken.push((c, slot));
         opened.push(canonical);
         drives.push(DriveConfig {
             kind,
             spec,
             slot,
-            image: Arc::from(image),
+            image: Some(Arc::from(image)),
         });
     }
     Ok(drives)
@@ -246,7 +289,8 @@ pub fn boot_order(drives: &[DriveConfig], boot: BootDevice) -> Vec<String> {
 }
 
 fn device_for(drive: &DriveConfig, link: Link) -> AtaDevice {
-    let medium: Arc<dyn BlockDevice> = drive.image.clone();
+    let medium: Option<Arc<dyn BlockDevice>> =
+        drive.image.clone().map(|i| -> Arc<dyn BlockDevice> { i });
     let (model, prefix) = match drive.kind {
         DriveKind::Disk => ("REHOST HARDDISK", "RHD"),
         DriveKind::Cdrom => ("REHOST DVD-ROM", "RCD"),
@@ -260,9 +304,9 @@ fn device_for(drive: &DriveConfig, link: Link) -> AtaDevice {
         model: model.to_owned(),
         firmware: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    match drive.kind {
-        DriveKind::Disk => AtaDevice::disk(medium, drive.spec.read_only, link, identity),
-        DriveKind::Cdrom => AtaDevice::cdrom(Some(medium), link, identity),
+    match (drive.kind, medium) {
+        (DriveKind::Disk, Some(m)) => AtaDevice::disk(m, drive.spec.read_only, link, identity),
+        (_, m) => AtaDevice::cdrom(m, link, identity),
     }
 }
 
@@ -286,12 +330,37 @@ impl MsiSender for KvmMsi {
 }
 
 /// The storage controllers of one boot.
+#[derive(Clone)]
 pub struct Attached {
     ide: Arc<Mutex<PiixIde>>,
     ahci: Option<Arc<Mutex<Ahci>>>,
 }
 
 impl Attached {
+    /// Runs `f` on the CD-ROM drive at `controller`/`slot` while holding
+    /// its controller's lock; `None` if there is no CD-ROM there.
+    pub fn with_cdrom<R>(
+        &self,
+        controller: Controller,
+        slot: usize,
+        f: impl FnOnce(&mut Cdrom) -> R,
+    ) -> Option<R> {
+        match controller {
+            Controller::Ide => {
+                let mut ide = self.ide.lock().unwrap_or_else(|e| e.into_inner());
+                ide.device_mut(slot / 2, slot % 2)?.cdrom_mut().map(f)
+            }
+            Controller::Ahci => {
+                let mut ahci = self
+                    .ahci
+                    .as_ref()?
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                ahci.device_mut(slot)?.cdrom_mut().map(f)
+            }
+        }
+    }
+
     /// Flushes every disk: called on power-off, reset and signals.
     pub fn flush(&self) {
         self.ide.lock().unwrap_or_else(|e| e.into_inner()).flush();

@@ -82,6 +82,8 @@ pub struct VcpuContext {
     pub mmio_bus: Arc<Bus>,
     pub events: Arc<MachineEvents>,
     pub stop: Arc<AtomicBool>,
+    /// Holds the vCPU out of the guest while the VM is paused (`stop`).
+    pub gate: Arc<crate::control::state::PauseGate>,
     pub reports: Sender<VcpuReport>,
     pub report_wake: Arc<vmm_sys_util::eventfd::EventFd>,
 }
@@ -133,6 +135,10 @@ impl VcpuContext {
             usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }).max(1)
         };
         while !self.stop.load(Ordering::Acquire) {
+            self.gate.wait_while_paused(&self.stop);
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     for access in data.chunks_mut(io_size()) {

@@ -84,6 +84,24 @@ impl Cdrom {
         self.sense
     }
 
+    /// The guest forbade removal (PREVENT ALLOW MEDIUM REMOVAL).
+    pub fn locked(&self) -> bool {
+        self.locked
+    }
+
+    /// The guest opened the tray (START STOP UNIT with LoEj) and has not
+    /// loaded the medium again.
+    pub fn guest_opened_tray(&self) -> bool {
+        self.medium.is_none() && self.ejected.is_some()
+    }
+
+    /// Someone pressed the drive's eject button while the guest holds the
+    /// medium locked: the guest learns it from GET EVENT STATUS
+    /// NOTIFICATION and may unlock and eject.
+    pub fn request_eject(&mut self) {
+        self.media_event = spec::MEDIA_EVENT_EJECT_REQUEST;
+    }
+
     /// The host changes the medium (or removes it with `None`): the guest
     /// sees a unit attention and a media event, as after a real swap.
     pub fn change_medium(&mut self, medium: Option<Arc<dyn BlockDevice>>) {

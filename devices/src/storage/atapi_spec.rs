@@ -106,6 +106,8 @@ pub const TOC_ADR_CONTROL_DATA: u8 = 0x14;
 pub const EVENT_CLASS_MEDIA: u8 = 0x04;
 pub const EVENT_CLASS_MEDIA_BIT: u8 = 1 << EVENT_CLASS_MEDIA;
 pub const MEDIA_EVENT_NONE: u8 = 0x0;
+/// The user pressed the eject button (MMC-6 table 150: EjectRequest).
+pub const MEDIA_EVENT_EJECT_REQUEST: u8 = 0x1;
 pub const MEDIA_EVENT_NEW_MEDIA: u8 = 0x2;
 pub const MEDIA_EVENT_REMOVAL: u8 = 0x3;
 /// Media status byte: door or tray open (bit 0), media present (bit 1).

@@ -31,6 +31,11 @@ pub use spec::ComSpec;
 pub struct ComPort {
     pub index: usize,
     pub uart: Arc<Mutex<Uart16550>>,
+    /// What the user asked the port to be connected to.
+    pub spec: ComSpec,
+    /// The port's queue, whose connection state the control socket
+    /// reports; `None` for a port with nothing behind it.
+    pub shared: Option<Arc<PortShared>>,
 }
 
 /// The configured ports, their event-loop halves, and the terminal state
@@ -76,9 +81,11 @@ pub fn settle_specs(specs: &mut [ComSpec; 4]) {
 }
 
 /// A UART with nothing connected.
-fn null_port(index: usize) -> ComPort {
+fn null_port(index: usize, spec: ComSpec) -> ComPort {
     ComPort {
         index,
+        spec,
+        shared: None,
         // The interrupt line is connected when the machine is built.
         uart: Arc::new(Mutex::new(Uart16550::new(
             RecordingIrq::new(),
@@ -116,14 +123,14 @@ impl ComPorts {
             let (link, buffer) = match spec {
                 ComSpec::None => continue,
                 ComSpec::Null => {
-                    ports.push(null_port(index));
+                    ports.push(null_port(index, spec.clone()));
                     continue;
                 }
                 _ => match open_link(index, spec, host_requests, &mut raw_mode) {
                     Ok(link) => link,
                     Err(e) => {
                         warn_disconnected(index, &format!("{e:#}"));
-                        ports.push(null_port(index));
+                        ports.push(null_port(index, spec.clone()));
                         continue;
                     }
                 },
@@ -133,9 +140,14 @@ impl ComPorts {
                 RecordingIrq::new(),
                 Box::new(QueueBackend::new(shared.clone())),
             )));
-            let lp = PortLoop::new(name, uart.clone(), shared, link)?;
+            let lp = PortLoop::new(name, uart.clone(), shared.clone(), link)?;
             loops.push(Arc::new(Mutex::new(lp)));
-            ports.push(ComPort { index, uart });
+            ports.push(ComPort {
+                index,
+                uart,
+                spec: spec.clone(),
+                shared: Some(shared),
+            });
         }
         Ok(Self {
             ports,

@@ -73,11 +73,24 @@ struct Queue {
 }
 
 /// Shared by a port's `QueueBackend` (vCPU side) and its loop.
-#[derive(Debug)]
 pub struct PortShared {
     queue: Mutex<Queue>,
     /// Written by the vCPU side when the loop has something to do.
     pub wake: EventFd,
+    /// Told when a peer connects (`true`) or leaves (`false`): the control
+    /// socket's port event.
+    observer: Mutex<Option<ConnectionObserver>>,
+}
+
+/// Called with the new connection state of a port.
+pub type ConnectionObserver = Box<dyn Fn(bool) + Send>;
+
+impl std::fmt::Debug for PortShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortShared")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the loop learns from `take`.
@@ -105,7 +118,18 @@ impl PortShared {
                 dropped_stalled: 0,
             }),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            observer: Mutex::new(None),
         }))
+    }
+
+    /// Sets who is told of connection changes.
+    pub fn set_observer(&self, observer: ConnectionObserver) {
+        *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
+    /// True while a peer is connected.
+    pub fn is_connected(&self) -> bool {
+        self.lock().connected
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -124,6 +148,7 @@ impl PortShared {
     /// there is room (it waited on a queue that now never pushes back).
     pub fn set_connected(&self, connected: bool) -> bool {
         let mut q = self.lock();
+        let changed = q.connected != connected;
         q.connected = connected;
         q.last_progress = Instant::now();
         // Connected: the loop drains now. Disconnected: nothing to do
@@ -135,6 +160,17 @@ impl PortShared {
         let wake = !connected && q.tx_waiting;
         if wake {
             q.tx_waiting = false;
+        }
+        drop(q);
+        if changed {
+            if let Some(o) = self
+                .observer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                o(connected);
+            }
         }
         wake
     }

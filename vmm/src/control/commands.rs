@@ -1,0 +1,444 @@
+//! The commands: QEMU's names, arguments and reply shapes, carried out on
+//! the [`VmControl`] of the running VM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rehost_disk::{DiskImage, ImageFormat, ImageInfo, OpenOptions};
+use serde_json::{json, Value};
+
+use super::protocol::{Args, QmpError, Request};
+use super::state::{HostRequest, RunState, VmControl};
+use crate::serial::ComSpec;
+use crate::storage::{drive_name, DriveKind};
+
+/// Every command rehost answers, for `query-commands`.
+pub const COMMANDS: &[&str] = &[
+    "qmp_capabilities",
+    "query-version",
+    "query-commands",
+    "query-status",
+    "stop",
+    "cont",
+    "system_reset",
+    "system_powerdown",
+    "quit",
+    "query-block",
+    "eject",
+    "blockdev-change-medium",
+    "query-chardev",
+];
+
+/// How long `stop` waits for the vCPUs to leave the guest.
+const PAUSE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Runs one command (not `qmp_capabilities`, which the connection
+/// handles) and returns its `return` value.
+pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
+    let no_args = |known: &[&str]| Args::new(&req.arguments, known).map(|_| ());
+    match req.execute.as_str() {
+        "query-version" => {
+            no_args(&[])?;
+            Ok(super::protocol::version())
+        }
+        "query-commands" => {
+            no_args(&[])?;
+            Ok(Value::Array(
+                COMMANDS.iter().map(|c| json!({ "name": c })).collect(),
+            ))
+        }
+        "query-status" => {
+            no_args(&[])?;
+            let s = ctl.run_state();
+            Ok(json!({ "status": s.name(), "running": s == RunState::Running }))
+        }
+        "stop" => {
+            no_args(&[])?;
+            stop(ctl)
+        }
+        "cont" => {
+            no_args(&[])?;
+            cont(ctl)
+        }
+        "system_reset" => {
+            no_args(&[])?;
+            ctl.request(HostRequest::Reset);
+            Ok(json!({}))
+        }
+        "system_powerdown" => {
+            no_args(&[])?;
+            let pressed = ctl.with_machine(|m| {
+                m.pm.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .press_power_button()
+            });
+            if pressed.is_none() {
+                return Err(QmpError::generic("The machine is not running"));
+            }
+            ctl.emit("POWERDOWN", None);
+            Ok(json!({}))
+        }
+        "quit" => {
+            no_args(&[])?;
+            ctl.request(HostRequest::Quit);
+            Ok(json!({}))
+        }
+        "query-block" => {
+            no_args(&[])?;
+            Ok(query_block(ctl))
+        }
+        "eject" => {
+            let a = Args::new(&req.arguments, &["device", "id", "force"])?;
+            let name = drive_arg(&a)?;
+            eject(ctl, name, a.opt_bool("force")?.unwrap_or(false))
+        }
+        "blockdev-change-medium" => {
+            let a = Args::new(
+                &req.arguments,
+                &[
+                    "device",
+                    "id",
+                    "filename",
+                    "format",
+                    "force",
+                    "read-only-mode",
+                ],
+            )?;
+            let name = drive_arg(&a)?;
+            let filename = a.str("filename")?;
+            let format = a.opt_str("format")?;
+            let force = a.opt_bool("force")?.unwrap_or(false);
+            match a.opt_str("read-only-mode")? {
+                None | Some("retain") | Some("read-only") => {}
+                Some(other) => {
+                    return Err(QmpError::generic(format!(
+                        "read-only-mode {other}: a CD-ROM medium is always read-only"
+                    )))
+                }
+            }
+            change_medium(ctl, name, filename, format, force)
+        }
+        "query-chardev" => {
+            no_args(&[])?;
+            Ok(query_chardev(ctl))
+        }
+        "qmp_capabilities" => Err(QmpError::not_found(
+            "Capabilities negotiation is already complete, command ignored",
+        )),
+        other => Err(QmpError::not_found(format!(
+            "The command {other} has not been found"
+        ))),
+    }
+}
+
+fn stop(ctl: &VmControl) -> Result<Value, QmpError> {
+    if ctl.run_state() != RunState::Running {
+        return Ok(json!({}));
+    }
+    let parked = ctl.with_machine(|m| {
+        let kick = || {
+            for &t in &m.vcpus {
+                // SAFETY: the thread is alive: the machine unregisters
+                // itself (under the lock `with_machine` holds) before it
+                // joins its vCPU threads.
+                unsafe { libc::pthread_kill(t, crate::vcpu::kick_signal()) };
+            }
+        };
+        ctl.gate.pause(m.vcpus.len(), &kick, PAUSE_LIMIT)
+    });
+    if parked.is_none() {
+        // Between two boots: the next machine's vCPUs park at once.
+        ctl.gate.pause(0, &|| {}, PAUSE_LIMIT);
+    } else if parked == Some(false) {
+        tracing::warn!("stop: not every vCPU left the guest within {PAUSE_LIMIT:?}");
+    }
+    ctl.set_run_state(RunState::Paused);
+    ctl.emit("STOP", None);
+    Ok(json!({}))
+}
+
+fn cont(ctl: &VmControl) -> Result<Value, QmpError> {
+    match ctl.run_state() {
+        RunState::Running => Ok(json!({})),
+        RunState::Shutdown => Err(QmpError::generic(
+            "The machine has shut down and cannot continue",
+        )),
+        RunState::Paused => {
+            ctl.set_run_state(RunState::Running);
+            ctl.gate.resume();
+            ctl.emit("RESUME", None);
+            Ok(json!({}))
+        }
+    }
+}
+
+/// `device` (QEMU's older name) or `id`, exactly one.
+fn drive_arg<'a>(a: &Args<'a>) -> Result<&'a str, QmpError> {
+    match (a.opt_str("device")?, a.opt_str("id")?) {
+        (Some(d), None) => Ok(d),
+        (None, Some(i)) => Ok(i),
+        (Some(_), Some(_)) => Err(QmpError::generic("Cannot specify both 'device' and 'id'")),
+        (None, None) => Err(QmpError::generic("Need exactly one of 'device' and 'id'")),
+    }
+}
+
+/// QEMU's `drv` names for the formats.
+fn qemu_driver(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Raw => "raw",
+        ImageFormat::Vhd => "vpc",
+        ImageFormat::Vhdx => "vhdx",
+    }
+}
+
+/// QEMU's `ImageInfo` for one image and, nested, its parents.
+fn image_info(info: &ImageInfo) -> Value {
+    let mut v = json!({
+        "filename": info.path.display().to_string(),
+        "format": qemu_driver(info.format),
+        "virtual-size": info.virtual_size,
+        "actual-size": info.allocated_bytes,
+        "dirty-flag": false,
+        "rehost-format": info.format.name(),
+        "rehost-subformat": format!("{:?}", info.subformat).to_lowercase(),
+    });
+    if let Some(bs) = info.block_size {
+        v["cluster-size"] = json!(bs);
+    }
+    if let Some(p) = &info.parent {
+        v["backing-filename"] = json!(p.path.display().to_string());
+        v["full-backing-filename"] = json!(p.path.display().to_string());
+        v["backing-filename-format"] = json!(qemu_driver(p.format));
+        v["backing-image"] = image_info(p);
+    }
+    v
+}
+
+fn chain_depth(info: &ImageInfo) -> usize {
+    info.parent.as_ref().map_or(0, |p| 1 + chain_depth(p))
+}
+
+fn inserted(image: &dyn DiskImage, read_only: bool) -> Value {
+    let info = image.info();
+    let mut v = json!({
+        "file": info.path.display().to_string(),
+        "node-name": info.path.display().to_string(),
+        "ro": read_only,
+        "drv": qemu_driver(info.format),
+        "encrypted": false,
+        "detect_zeroes": "off",
+        "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+        "write_threshold": 0,
+        "cache": { "writeback": true, "direct": false, "no-flush": false },
+        "backing_file_depth": chain_depth(&info),
+        "image": image_info(&info),
+    });
+    if let Some(p) = &info.parent {
+        v["backing_file"] = json!(p.path.display().to_string());
+    }
+    v
+}
+
+fn query_block(ctl: &VmControl) -> Value {
+    let drives = ctl.drives().clone();
+    let list = drives
+        .iter()
+        .map(|d| {
+            let c = &d.config;
+            let name = drive_name(c);
+            let removable = c.kind == DriveKind::Cdrom;
+            let (locked, guest_open) = if removable {
+                ctl.with_machine(|m| {
+                    m.storage.with_cdrom(c.spec.controller, c.slot, |cd| {
+                        (cd.locked(), cd.guest_opened_tray())
+                    })
+                })
+                .flatten()
+                .unwrap_or((false, false))
+            } else {
+                (false, false)
+            };
+            let mut v = json!({
+                "device": name,
+                "qdev": name,
+                "type": "unknown",
+                "removable": removable,
+                "locked": locked,
+                "io-status": "ok",
+                "controller": c.spec.controller.name(),
+                "slot": c.slot,
+                "media": if removable { "cdrom" } else { "disk" },
+            });
+            if removable {
+                v["tray_open"] = json!(d.tray_open || guest_open);
+            }
+            if let Some(img) = &c.image {
+                if !guest_open {
+                    v["inserted"] = inserted(img.as_ref(), c.spec.read_only);
+                }
+            }
+            v
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// The drive called `name`, which must be a CD-ROM.
+fn find_cdrom(ctl: &VmControl, name: &str) -> Result<usize, QmpError> {
+    let drives = ctl.drives();
+    let i = drives
+        .iter()
+        .position(|d| drive_name(&d.config) == name)
+        .ok_or_else(|| QmpError::device_not_found(format!("Device '{name}' not found")))?;
+    if drives[i].config.kind != DriveKind::Cdrom {
+        return Err(QmpError::generic(format!(
+            "Device '{name}' is not removable"
+        )));
+    }
+    Ok(i)
+}
+
+fn tray_event(ctl: &VmControl, name: &str, open: bool) {
+    ctl.emit(
+        "DEVICE_TRAY_MOVED",
+        Some(json!({ "device": name, "id": name, "tray-open": open })),
+    );
+}
+
+/// Opens the tray of drive `i` and takes its medium out, unless the guest
+/// locked it and `force` is not given (then the guest gets an eject
+/// request, as when a user presses a real drive's button).
+fn open_tray(ctl: &VmControl, i: usize, name: &str, force: bool) -> Result<(), QmpError> {
+    let (controller, slot, already_open) = {
+        let d = &ctl.drives()[i];
+        (d.config.spec.controller, d.config.slot, d.tray_open)
+    };
+    let refused = ctl
+        .with_machine(|m| {
+            m.storage.with_cdrom(controller, slot, |cd| {
+                if cd.locked() && !force {
+                    cd.request_eject();
+                    true
+                } else {
+                    if !already_open {
+                        cd.change_medium(None);
+                    }
+                    false
+                }
+            })
+        })
+        .flatten()
+        .unwrap_or(false);
+    if refused {
+        return Err(QmpError::generic(format!(
+            "Device '{name}' is locked and force was not specified, wait for tray to open and try again"
+        )));
+    }
+    let mut drives = ctl.drives();
+    drives[i].config.image = None;
+    if !already_open {
+        drives[i].tray_open = true;
+        drop(drives);
+        tray_event(ctl, name, true);
+    }
+    Ok(())
+}
+
+fn eject(ctl: &VmControl, name: &str, force: bool) -> Result<Value, QmpError> {
+    let i = find_cdrom(ctl, name)?;
+    open_tray(ctl, i, name, force)?;
+    Ok(json!({}))
+}
+
+fn change_medium(
+    ctl: &VmControl,
+    name: &str,
+    filename: &str,
+    format: Option<&str>,
+    force: bool,
+) -> Result<Value, QmpError> {
+    let i = find_cdrom(ctl, name)?;
+    // Open the new medium first: a bad file leaves the drive as it was.
+    let image = rehost_disk::open(
+        std::path::Path::new(filename),
+        &OpenOptions { read_only: true },
+    )
+    .map_err(|e| QmpError::generic(format!("Could not open '{filename}': {e}")))?;
+    let detected = image.info().format;
+    if let Some(f) = format {
+        let matches = f == detected.name() || f == qemu_driver(detected);
+        if !matches {
+            return Err(QmpError::generic(format!(
+                "'{filename}' is a {} image, not {f}",
+                detected.name()
+            )));
+        }
+    }
+    if image.geometry().size == 0 {
+        return Err(QmpError::generic(format!("'{filename}' is empty")));
+    }
+    let image: Arc<dyn DiskImage> = Arc::from(image);
+    open_tray(ctl, i, name, force)?;
+    let (controller, slot) = {
+        let mut drives = ctl.drives();
+        drives[i].config.image = Some(image.clone());
+        drives[i].config.spec.path = filename.into();
+        drives[i].tray_open = false;
+        (drives[i].config.spec.controller, drives[i].config.slot)
+    };
+    ctl.with_machine(|m| {
+        m.storage.with_cdrom(controller, slot, |cd| {
+            cd.change_medium(Some(image.clone()));
+        })
+    });
+    tray_event(ctl, name, false);
+    Ok(json!({}))
+}
+
+/// QEMU-style `filename` of a COM port's backend.
+fn chardev_filename(spec: &ComSpec) -> String {
+    let server = |s: bool| if s { ",server=on" } else { "" };
+    match spec {
+        ComSpec::None => "none".into(),
+        ComSpec::Null => "null".into(),
+        ComSpec::Stdio => "stdio".into(),
+        ComSpec::File(p) => format!("file:{}", p.display()),
+        ComSpec::Pty { .. } => "pty".into(),
+        ComSpec::Unix {
+            path, server: s, ..
+        } => format!("unix:{}{}", path.display(), server(*s)),
+        ComSpec::Tcp {
+            host,
+            port,
+            server: s,
+            ..
+        } => format!("tcp:{host}:{port}{}", server(*s)),
+        ComSpec::Tty { device, .. } => format!("tty:{}", device.display()),
+        ComSpec::Rfc2217 { host, port, .. } => format!("rfc2217:{host}:{port}"),
+    }
+}
+
+fn query_chardev(ctl: &VmControl) -> Value {
+    Value::Array(
+        ctl.chardevs()
+            .iter()
+            .map(|c| {
+                let connected = c.shared.as_ref().is_some_and(|s| s.is_connected());
+                json!({
+                    "label": format!("com{}", c.index + 1),
+                    "filename": chardev_filename(&c.spec),
+                    "frontend-open": true,
+                    "connected": connected,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The name of the event for a COM port whose peer came or went.
+pub const SERIAL_EVENT: &str = "SERIAL_PORT_CHANGE";
+
+/// `SERIAL_PORT_CHANGE` data for COM`index + 1`.
+pub fn serial_event_data(index: usize, open: bool) -> Value {
+    json!({ "id": format!("com{}", index + 1), "open": open })
+}

@@ -1,0 +1,112 @@
+//! # The control socket: a QMP-compatible subset
+//!
+//! `rehost run --qmp PATH` creates a Unix socket (mode 0600) at `PATH` that
+//! speaks the QEMU Machine Protocol as QEMU documents it
+//! (`docs/interop/qmp-spec.rst`), so the scripts and libraries that drive
+//! QEMU (such as PyPI `qemu.qmp`) drive rehost. `rehost qmp PATH COMMAND
+//! [ARGS-AS-JSON]` is a command-line client.
+//!
+//! ## The conversation
+//!
+//! On connecting, a client receives the greeting
+//! `{"QMP": {"version": {"qemu": {"major": 0, "minor": 1, "micro": 0},
+//! "package": "rehost 0.1.0"}, "capabilities": []}}` (the `qemu` member
+//! carries rehost's own version). It must then send
+//! `{"execute": "qmp_capabilities"}`; any other command before that is
+//! answered with `CommandNotFound` ("Expecting capabilities negotiation
+//! with 'qmp_capabilities'"). After it, requests
+//! `{"execute": NAME, "arguments": {...}, "id": ANY}` are answered in order
+//! with `{"return": VALUE, "id": ANY}` or
+//! `{"error": {"class": CLASS, "desc": TEXT}, "id": ANY}`; `id` is echoed
+//! whatever JSON value it is. Messages are framed as JSON values, not
+//! lines (a message may span reads, several may share one), and every
+//! reply or event is one line ending in CRLF.
+//!
+//! Several clients may be connected at once (up to 128); each negotiated
+//! client receives every event.
+//!
+//! ## Commands
+//!
+//! | command | arguments | returns |
+//! |---|---|---|
+//! | `qmp_capabilities` | `enable`: an empty array (rehost offers no optional capability) | `{}` |
+//! | `query-version` | | `{"qemu": {"major", "minor", "micro"}, "package"}` |
+//! | `query-commands` | | `[{"name": ...}, ...]` |
+//! | `query-status` | | `{"status": "running" \| "paused" \| "shutdown", "running": bool}` |
+//! | `stop` | | `{}` once every vCPU has left the guest; event `STOP` |
+//! | `cont` | | `{}`; event `RESUME` |
+//! | `system_reset` | | `{}`; the machine restarts as after the reset button; event `RESET` |
+//! | `system_powerdown` | | `{}`; the ACPI power button: PM1 status PWRBTN_STS is set and an SCI raised when the OS enabled it; event `POWERDOWN` |
+//! | `quit` | | `{}`; then every vCPU stops, every disk is flushed, every COM backend closed, event `SHUTDOWN`, and rehost exits 0 |
+//! | `query-block` | | one object per disk and CD-ROM drive (below) |
+//! | `eject` | `device` or `id`, `force` (bool) | `{}`; the tray opens and the medium is removed; event `DEVICE_TRAY_MOVED` |
+//! | `blockdev-change-medium` | `device` or `id`, `filename`, `format` (optional: `raw`, `vpc`/`vhd`, `vhdx`; checked against the file's own bytes), `force`, `read-only-mode` (`retain` or `read-only`) | `{}`; tray opened, medium swapped, tray closed: two `DEVICE_TRAY_MOVED` events, and the guest's next ATAPI command gets UNIT ATTENTION (ASC 28h, medium may have changed) |
+//! | `query-chardev` | | one object per COM port: `label` (`com1`..`com4`), `filename` (its SPEC, e.g. `unix:/tmp/c1,server=on`), `frontend-open`, and rehost's `connected` |
+//!
+//! `query-block` entries have QEMU's members `device` and `qdev` (the
+//! drive's `id=` from `--disk`/`--cdrom`, or `ide0-hd0`, `ide1-cd0`,
+//! `ahci0-hd2`... after its place), `type`, `removable`, `locked`,
+//! `tray_open` (CD-ROMs), `io-status`, and while a medium is in,
+//! `inserted` with `file`, `ro`, `drv`, `backing_file`,
+//! `backing_file_depth` and `image` (QEMU's `ImageInfo`: `filename`,
+//! `format`, `virtual-size`, `actual-size`, `cluster-size`, and
+//! `backing-image` nested down the whole differencing chain). rehost adds
+//! `controller` (`ide` or `ahci`), `slot`, `media` (`disk` or `cdrom`),
+//! and in each image `rehost-format` and `rehost-subformat`.
+//!
+//! ## Events
+//!
+//! `{"event": NAME, "data": {...}, "timestamp": {"seconds", "microseconds"}}`:
+//!
+//! - `SHUTDOWN` `{"guest": bool, "reason": ...}`: `guest-shutdown` (ACPI
+//!   power-off), `guest-reset` (a reset with `--no-reboot`), `guest-panic`
+//!   (triple fault or an exit rehost cannot handle), `host-qmp-quit`,
+//!   `host-signal`, `host-ui` (the console's Ctrl-A x).
+//! - `RESET` `{"guest": bool, "reason": "guest-reset" | "host-qmp-system-reset"}`.
+//! - `POWERDOWN`, `STOP`, `RESUME`.
+//! - `DEVICE_TRAY_MOVED` `{"device", "id", "tray-open": bool}`.
+//! - `SERIAL_PORT_CHANGE` `{"id": "com1", "open": bool}` (rehost's own,
+//!   shaped like QEMU's `VSERPORT_CHANGE`): a COM port's backend peer
+//!   connected or left (a socket client, a pty reader, a host serial port
+//!   plugged in or out).
+//!
+//! ## Errors
+//!
+//! - Malformed JSON, a message that is not an object, a missing or
+//!   non-string `execute`, non-object `arguments`, unknown members:
+//!   `GenericError` (QEMU's wording), with the `id` when one was readable.
+//! - An unknown command: `CommandNotFound` ("The command X has not been
+//!   found").
+//! - A missing, mistyped or unexpected argument: `GenericError`
+//!   ("Parameter 'id' is missing", "Invalid parameter type for 'force',
+//!   expected: boolean", "Parameter 'x' is unexpected").
+//! - A drive that does not exist: `DeviceNotFound`; `eject` of a hard disk:
+//!   "Device 'ide0-hd0' is not removable"; a medium the guest has locked:
+//!   the guest gets an eject request and the command fails unless `force`.
+//! - A message over 1 MiB or nested deeper than 64 levels: one
+//!   `GenericError`, then the connection is closed (the stream cannot be
+//!   resynchronised).
+//!
+//! ## Where rehost differs from QEMU
+//!
+//! - No out-of-band execution (`exec-oob`) and no capability to enable.
+//! - A subset of commands; everything else is `CommandNotFound`.
+//! - The greeting's and `query-version`'s `qemu` member is rehost's version.
+//! - `system_reset` restarts the machine even with `--no-reboot` (which is
+//!   about resets the guest asks for).
+//! - Only processes of the same user (or root) may connect, and a client
+//!   that has not negotiated within 30 s, or leaves a message half-sent for
+//!   30 s, is closed. A client that does not read while more than 8 MiB of
+//!   replies and events wait for it is closed.
+//! - COM port labels are `com1`..`com4` (QEMU's are `serial0`...).
+//! - A `DEVICE_TRAY_MOVED` event is sent for trays moved from the host;
+//!   `query-block` also shows a tray the guest opened.
+
+pub mod client;
+pub mod commands;
+pub mod protocol;
+pub mod server;
+pub mod state;
+
+pub use server::ControlServer;
+pub use state::{HostRequest, MachineHandle, RunState, VmControl};
