@@ -73,6 +73,15 @@ impl Bus {
         ranges.remove(&base).is_some()
     }
 
+    /// Removes every device. The PCI root holds the buses its BARs are
+    /// mapped on while the buses hold it, so a machine that ends empties
+    /// its buses to let its devices (and the disk images they hold, which
+    /// close cleanly only when dropped) go.
+    pub fn clear(&self) {
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        ranges.clear();
+    }
+
     fn find(&self, addr: u64, len: usize) -> Option<SharedDevice> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&base, entry) = ranges.range(..=addr).next_back()?;

@@ -75,13 +75,18 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
     );
     for p in &host.com_ports {
         if let Some(shared) = &p.shared {
-            let c = ctl.clone();
+            // Weak: the control state holds the port's queue, and the
+            // queue must not keep the control state (and with it every
+            // disk image, which closes cleanly only when dropped) alive.
+            let c = std::sync::Arc::downgrade(&ctl);
             let index = p.index;
             shared.set_observer(Box::new(move |open| {
-                c.emit(
-                    control::commands::SERIAL_EVENT,
-                    Some(control::commands::serial_event_data(index, open)),
-                )
+                if let Some(c) = c.upgrade() {
+                    c.emit(
+                        control::commands::SERIAL_EVENT,
+                        Some(control::commands::serial_event_data(index, open)),
+                    )
+                }
             }));
         }
     }
@@ -152,5 +157,9 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
         s.close();
     }
     drop(host);
+    // The last references to the images: a VHDX marks its log empty when
+    // it is closed, so other tools open it without a replay.
+    ctl.close_drives();
+    drop(cfg);
     Ok(code)
 }

@@ -84,8 +84,8 @@ pub struct Machine {
     report_wake: Arc<EventFd>,
     events: Arc<MachineEvents>,
     storage: crate::storage::Attached,
-    _io_bus: Arc<Bus>,
-    _mmio_bus: Arc<Bus>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
     _vm: Arc<VmFd>,
     _ram: Arc<GuestRam>,
 }
@@ -376,8 +376,8 @@ impl Machine {
             report_wake,
             events,
             storage,
-            _io_bus: io_bus,
-            _mmio_bus: mmio_bus,
+            io_bus,
+            mmio_bus,
             _vm: vm,
             _ram: ram,
         })
@@ -431,6 +431,10 @@ impl Machine {
         ctl.set_machine(None);
         vcpu::stop_all(&self.stop, std::mem::take(&mut self.threads));
         self.storage.flush();
+        // Break the PCI root <-> bus cycle so every device, and every disk
+        // image the devices hold, is dropped with this machine.
+        self.io_bus.clear();
+        self.mmio_bus.clear();
         outcome
     }
 }
