@@ -2,6 +2,7 @@
 //! test against real guests, building guest artifacts from `resources/`,
 //! and deciding honestly when a test cannot run on this host.
 
+pub mod qmp;
 pub mod storage;
 
 use std::io::Read;
