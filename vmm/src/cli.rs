@@ -25,7 +25,7 @@ pub mod exit {
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes of `rehost run`:
-  0    the guest powered the machine off (ACPI S5)
+  0    the guest powered the machine off (ACPI S5), or `quit` on the --qmp socket
   1    rehost could not start or continue the VM (bad input, KVM error)
   2    the command line could not be parsed
   3    the guest reset the machine and --no-reboot was given

@@ -173,6 +173,10 @@ impl Client {
             for f in frames {
                 self.handle(f, ctl);
             }
+            if n < buf.len() {
+                // Everything the client sent so far has been read.
+                return;
+            }
         }
     }
 

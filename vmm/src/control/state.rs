@@ -137,7 +137,7 @@ pub struct ChardevState {
 }
 
 /// Events waiting for the server thread to send them.
-const MAX_QUEUED_EVENTS: usize = 1024;
+pub const MAX_QUEUED_EVENTS: usize = 1024;
 
 struct EventQueue {
     queue: Mutex<VecDeque<Value>>,
@@ -281,9 +281,14 @@ impl VmControl {
         let _ = self.events.wake.write(1);
     }
 
+    /// The events waiting to be sent (no system call when there are none).
     pub fn take_events(&self) -> Vec<Value> {
+        let mut q = lock(&self.events.queue);
+        if q.is_empty() {
+            return Vec::new();
+        }
         let _ = self.events.wake.read();
-        lock(&self.events.queue).drain(..).collect()
+        q.drain(..).collect()
     }
 
     pub fn events_eventfd(&self) -> &EventFd {
