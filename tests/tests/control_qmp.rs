@@ -747,3 +747,105 @@ fn rehost_qmp_client_reports_errors_with_its_exit_status() {
         .collect();
     assert_eq!(names, ["STOP", "SHUTDOWN"], "{events}");
 }
+
+/// `system_reset` restarts the guest (it prints its first line again),
+/// sends RESET, and a medium changed before it stays in the drive.
+#[test]
+fn system_reset_restarts_the_guest_and_keeps_a_changed_medium() {
+    if !kvm_available("qmp_system_reset") {
+        return;
+    }
+    let sock = sock_dir();
+    let sock_path = sock.path().join("vm.sock");
+    let dir = scratch("qmp_system_reset");
+    let com1 = dir.join("com1.out");
+    let one = roms_dir().join("atapi-change-one.iso");
+    let two = roms_dir().join("atapi-change-two.iso");
+    let mut vm = start_rom(
+        REHOST,
+        "serial-counter",
+        &[
+            "--com1",
+            &format!("file:{}", s(&com1)),
+            "--cdrom",
+            &format!("{},controller=ahci", s(&one)),
+            "--qmp",
+            s(&sock_path),
+        ],
+    );
+    let mut q = Qmp::connect(&sock_path, true);
+    assert!(
+        wait_file_contains(&com1, "line 00000000", Duration::from_secs(60)),
+        "{}",
+        read_text(&com1)
+    );
+    q.ok(
+        "blockdev-change-medium",
+        Some(json!({"device": "ahci0-cd0", "filename": s(&two)})),
+    );
+    assert_eq!(q.ok("system_reset", None), json!({}));
+    let ev = q.wait_event("RESET", Duration::from_secs(10));
+    assert_eq!(
+        ev["data"],
+        json!({"guest": false, "reason": "host-qmp-system-reset"})
+    );
+    // The first line again: the guest started over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_text(&com1).matches("line 00000000").count() < 2 {
+        assert!(Instant::now() < deadline, "the guest did not start over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let block = q.ok("query-block", None);
+    assert_eq!(block[0]["inserted"]["file"], s(&two), "{block}");
+    assert_eq!(q.ok("query-status", None)["status"], "running");
+    q.ok("quit", None);
+    assert_eq!(
+        vm.wait(Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+/// A COM port's peer coming and going is an event, and query-chardev
+/// tells whether one is connected.
+#[test]
+fn com_port_peers_connecting_and_leaving_are_events() {
+    if !kvm_available("qmp_serial_events") {
+        return;
+    }
+    let sock = sock_dir();
+    let sock_path = sock.path().join("vm.sock");
+    let com2 = sock.path().join("com2.sock");
+    let mut vm = start_rom(
+        REHOST,
+        "serial-counter",
+        &[
+            "--com1",
+            "null",
+            "--com2",
+            &format!("unix:{},server", s(&com2)),
+            "--qmp",
+            s(&sock_path),
+        ],
+    );
+    let mut q = Qmp::connect(&sock_path, true);
+    let chardev = q.ok("query-chardev", None);
+    assert_eq!(chardev[1]["label"], "com2");
+    assert_eq!(
+        chardev[1]["filename"],
+        format!("unix:{},server=on", s(&com2))
+    );
+    assert_eq!(chardev[1]["connected"], false, "{chardev}");
+    let peer = UnixStream::connect(&com2).unwrap();
+    let ev = q.wait_event("SERIAL_PORT_CHANGE", Duration::from_secs(10));
+    assert_eq!(ev["data"], json!({"id": "com2", "open": true}));
+    assert_eq!(q.ok("query-chardev", None)[1]["connected"], true);
+    drop(peer);
+    let ev = q.wait_event("SERIAL_PORT_CHANGE", Duration::from_secs(10));
+    assert_eq!(ev["data"], json!({"id": "com2", "open": false}));
+    assert_eq!(q.ok("query-chardev", None)[1]["connected"], false);
+    q.ok("quit", None);
+    assert_eq!(
+        vm.wait(Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
