@@ -34,6 +34,61 @@ fn sock_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// rehost with a control socket in a short directory of its own.
+struct Vm {
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+    run: Running,
+}
+
+impl Vm {
+    /// `rehost` with `args` (starting with `run`) and `--qmp`.
+    fn start(args: &[&str]) -> Self {
+        let dir = sock_dir();
+        let sock = dir.path().join("vm.sock");
+        let mut all = args.to_vec();
+        all.extend(["--qmp", s(&sock)]);
+        let run = Running::start(REHOST, &all);
+        Self {
+            _dir: dir,
+            sock,
+            run,
+        }
+    }
+
+    /// The test option ROM `rom_name` with 64 MiB, `more` options and
+    /// `--qmp`.
+    fn rom(rom_name: &str, more: &[&str]) -> Self {
+        let dir = sock_dir();
+        let sock = dir.path().join("vm.sock");
+        let mut all = more.to_vec();
+        all.extend(["--qmp", s(&sock)]);
+        let run = start_rom(REHOST, rom_name, &all);
+        Self {
+            _dir: dir,
+            sock,
+            run,
+        }
+    }
+
+    /// A negotiated client (waits for the socket).
+    fn client(&self) -> Qmp {
+        Qmp::connect(&self.sock, true)
+    }
+
+    /// `quit` through `q`: rehost must exit 0.
+    fn quit(mut self, q: &mut Qmp) {
+        assert_eq!(q.ok("quit", None), json!({}));
+        let status = self.run.wait(Duration::from_secs(20));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{}",
+            self.run.stderr()
+        );
+    }
+}
+
 fn wait_file_contains(path: &Path, text: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -70,8 +125,6 @@ fn qemu_qmp_library_stops_continues_queries_and_quits() {
         "python3 cannot import qemu.qmp: run scripts/setup"
     );
     let dir = scratch("qmp_library");
-    let sock = sock_dir();
-    let sock_path = sock.path().join("vm.sock");
     let com1 = dir.join("com1.out");
     // A differencing child over a dynamic parent, so query-block shows a
     // backing chain; a CD-ROM by its id.
@@ -81,8 +134,7 @@ fn qemu_qmp_library_stops_continues_queries_and_quits() {
     rehost_disk(REHOST, &["create", "--parent", s(&parent), s(&child)]);
     let parent_sha = sha256(&parent);
     let iso = roms_dir().join("atapi-change-one.iso");
-    let mut vm = start_rom(
-        REHOST,
+    let mut vm = Vm::rom(
         "serial-counter",
         &[
             "--com1",
@@ -91,12 +143,10 @@ fn qemu_qmp_library_stops_continues_queries_and_quits() {
             &format!("{},controller=ahci", s(&child)),
             "--cdrom",
             &format!("{},id=cd0", s(&iso)),
-            "--qmp",
-            s(&sock_path),
         ],
     );
-    wait_for_socket(&sock_path, Duration::from_secs(30));
-    let mode = std::fs::metadata(&sock_path).unwrap().permissions().mode();
+    wait_for_socket(&vm.sock, Duration::from_secs(30));
+    let mode = std::fs::metadata(&vm.sock).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     assert!(
         wait_file_contains(&com1, "line 0000", Duration::from_secs(60)),
@@ -104,7 +154,7 @@ fn qemu_qmp_library_stops_continues_queries_and_quits() {
     );
     let out = Command::new("python3")
         .arg(rehost_tests::workspace_root().join("tests/qmp/qemu_qmp_session.py"))
-        .arg(&sock_path)
+        .arg(&vm.sock)
         .arg(&com1)
         .output()
         .unwrap();
@@ -164,18 +214,18 @@ fn qemu_qmp_library_stops_continues_queries_and_quits() {
     assert_eq!(chardev[0]["filename"], format!("file:{}", s(&com1)));
     assert_eq!(chardev[0]["connected"], true);
     assert_eq!(step("unknown")["error"], "CommandNotFound");
-    let status = vm.wait(Duration::from_secs(20));
+    let status = vm.run.wait(Duration::from_secs(20));
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(0),
         "quit did not end rehost with 0: {}",
-        vm.stderr()
+        vm.run.stderr()
     );
     if let Some(data) = step("shutdown")["data"].as_object() {
         assert_eq!(data["reason"], "host-qmp-quit");
         assert_eq!(data["guest"], false);
     }
-    assert!(!sock_path.exists(), "the socket file was left behind");
+    assert!(!vm.sock.exists(), "the socket file was left behind");
     assert_eq!(sha256(&parent), parent_sha, "the parent changed");
     rehost_disk(REHOST, &["check", s(&child)]);
 }
@@ -190,8 +240,6 @@ fn quit_mid_write_flushes_a_consistent_vhdx() {
     }
     require_tools(&["nasm", "qemu-img"]);
     let dir = scratch("qmp_quit_flush");
-    let sock = sock_dir();
-    let sock_path = sock.path().join("vm.sock");
     let prog = Int13Program {
         sectors: 48 * 2048,
         verify: false,
@@ -202,20 +250,15 @@ fn quit_mid_write_flushes_a_consistent_vhdx() {
     let vhdx = dir.join("disk.vhdx");
     rehost_disk(REHOST, &["convert", "-O", "vhdx", s(&raw), s(&vhdx)]);
     let com1 = dir.join("com1.out");
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--com1",
-            &format!("file:{}", s(&com1)),
-            "--disk",
-            &format!("{},controller=ahci", s(&vhdx)),
-            "--qmp",
-            s(&sock_path),
-        ],
-    );
+    let mut vm = Vm::start(&[
+        "run",
+        "--memory",
+        "64M",
+        "--com1",
+        &format!("file:{}", s(&com1)),
+        "--disk",
+        &format!("{},controller=ahci", s(&vhdx)),
+    ]);
     assert!(
         wait_file_contains(&com1, "int13: write start", Duration::from_secs(60)),
         "{}",
@@ -224,12 +267,17 @@ fn quit_mid_write_flushes_a_consistent_vhdx() {
     std::thread::sleep(Duration::from_millis(1500));
     let (code, out, err) = run(
         REHOST,
-        &["qmp", s(&sock_path), "quit"],
+        &["qmp", s(&vm.sock), "quit"],
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(0), "rehost qmp quit: {out} {err}");
-    let status = vm.wait(Duration::from_secs(20));
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", vm.stderr());
+    let status = vm.run.wait(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        vm.run.stderr()
+    );
     let text = read_text(&com1);
     assert!(
         !text.contains("write done"),
@@ -269,49 +317,41 @@ fn system_powerdown_reaches_an_acpi_guest_that_powers_off() {
     if !kvm_available("qmp_powerdown") {
         return;
     }
-    let sock = sock_dir();
-    let sock_path = sock.path().join("vm.sock");
     let dir = scratch("qmp_powerdown");
     let disk = dir.join("powerbutton.img");
     std::fs::copy(roms_dir().join("powerbutton.img"), &disk).unwrap();
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--disk",
-            s(&disk),
-            "--qmp",
-            s(&sock_path),
-        ],
-    );
-    let mut events = Qmp::connect(&sock_path, true);
+    let mut vm = Vm::start(&["run", "--memory", "64M", "--disk", s(&disk)]);
+    let mut events = vm.client();
     assert!(
-        vm.wait_for(
+        vm.run.wait_for(
             "powerbutton: armed, polling PM1_STS",
             1,
             Duration::from_secs(60)
         ),
         "{}",
-        vm.stdout()
+        vm.run.stdout()
     );
     // Nothing happens until the button is pressed.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!vm.stdout().contains("PWRBTN_STS seen"));
+    assert!(!vm.run.stdout().contains("PWRBTN_STS seen"));
     let (code, out, err) = run(
         REHOST,
-        &["qmp", s(&sock_path), "system_powerdown"],
+        &["qmp", s(&vm.sock), "system_powerdown"],
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(0), "{out} {err}");
     assert_eq!(out.trim(), "{}");
-    let status = vm.wait(Duration::from_secs(30));
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", vm.stderr());
-    assert!(
-        vm.stdout().contains("powerbutton: PWRBTN_STS seen"),
+    let status = vm.run.wait(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
         "{}",
-        vm.stdout()
+        vm.run.stderr()
+    );
+    assert!(
+        vm.run.stdout().contains("powerbutton: PWRBTN_STS seen"),
+        "{}",
+        vm.run.stdout()
     );
     let p = events.wait_event("POWERDOWN", Duration::from_secs(10));
     assert!(p["timestamp"]["seconds"].as_u64().unwrap() > 0);
@@ -329,36 +369,31 @@ fn medium_change(test: &str, controller: &str, eject_first: bool) {
     if !kvm_available(test) {
         return;
     }
-    let sock = sock_dir();
-    let sock_path = sock.path().join("vm.sock");
     let one = roms_dir().join("atapi-change-one.iso");
     let two = roms_dir().join("atapi-change-two.iso");
-    let mut vm = start_rom(
-        REHOST,
+    let mut vm = Vm::rom(
         "atapi-change",
         &[
             "--cdrom",
             &format!("{},controller={controller},id=cd0", s(&one)),
-            "--qmp",
-            s(&sock_path),
         ],
     );
-    let mut q = Qmp::connect(&sock_path, true);
+    let mut q = vm.client();
     assert!(
-        vm.wait_for(
+        vm.run.wait_for(
             "atapi-change: waiting for medium change",
             1,
             Duration::from_secs(60)
         ),
         "{}",
-        vm.stdout()
+        vm.run.stdout()
     );
     assert!(
-        vm.stdout().contains(&format!(
+        vm.run.stdout().contains(&format!(
             "atapi-change: {controller} block16 49534F2D4F4E4520626C6F636B203136"
         )),
         "{}",
-        vm.stdout()
+        vm.run.stdout()
     );
     if eject_first {
         assert_eq!(
@@ -368,13 +403,13 @@ fn medium_change(test: &str, controller: &str, eject_first: bool) {
         let ev = q.wait_event("DEVICE_TRAY_MOVED", Duration::from_secs(5));
         assert_eq!(ev["data"]["tray-open"], true);
         assert!(
-            vm.wait_for(
+            vm.run.wait_for(
                 "atapi-change: not ready sense 02 asc 3A",
                 1,
                 Duration::from_secs(20)
             ),
             "{}",
-            vm.stdout()
+            vm.run.stdout()
         );
         let block = q.ok("query-block", None);
         assert_eq!(block[0]["tray_open"], true, "{block}");
@@ -394,8 +429,8 @@ fn medium_change(test: &str, controller: &str, eject_first: bool) {
     }
     let closed = q.wait_event("DEVICE_TRAY_MOVED", Duration::from_secs(5));
     assert_eq!(closed["data"]["tray-open"], false);
-    let status = vm.wait(Duration::from_secs(60));
-    let out = vm.stdout().replace('\r', "");
+    let status = vm.run.wait(Duration::from_secs(60));
+    let out = vm.run.stdout().replace('\r', "");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{out}");
     assert!(
         out.contains("atapi-change: unit attention sense 06 asc 28"),
@@ -442,23 +477,13 @@ fn misbehaving_clients_get_errors_and_the_vm_runs_on() {
     if !kvm_available("qmp_bad_clients") {
         return;
     }
-    let sock = sock_dir();
-    let sock_path = sock.path().join("vm.sock");
     let dir = scratch("qmp_bad_clients");
     let com1 = dir.join("com1.out");
     let disk = dir.join("disk.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut vm = start_rom(
-        REHOST,
+    let vm = Vm::rom(
         "serial-counter",
-        &[
-            "--com1",
-            &format!("file:{}", s(&com1)),
-            "--disk",
-            s(&disk),
-            "--qmp",
-            s(&sock_path),
-        ],
+        &["--com1", &format!("file:{}", s(&com1)), "--disk", s(&disk)],
     );
 
     // The guest prints once SeaBIOS has run the ROM (a few seconds here).
@@ -467,7 +492,7 @@ fn misbehaving_clients_get_errors_and_the_vm_runs_on() {
         "the guest printed nothing on COM1"
     );
     // Commands before negotiation, and an unknown capability.
-    let mut q = Qmp::connect(&sock_path, false);
+    let mut q = Qmp::connect(&vm.sock, false);
     assert_eq!(q.greeting["QMP"]["capabilities"], json!([]));
     let r = q.execute("query-status", None);
     assert_eq!(error_class(&r), "CommandNotFound");
@@ -557,7 +582,7 @@ fn misbehaving_clients_get_errors_and_the_vm_runs_on() {
     }
 
     // A message over 1 MiB: one error, then the connection is closed.
-    let mut big = Qmp::connect(&sock_path, true);
+    let mut big = vm.client();
     let mut msg = b"{\"execute\": \"query-status\", \"arguments\": {\"x\": \"".to_vec();
     msg.extend(std::iter::repeat_n(b'a', (1 << 20) + 100));
     msg.extend_from_slice(b"\"}}\n");
@@ -572,20 +597,20 @@ fn misbehaving_clients_get_errors_and_the_vm_runs_on() {
 
     // Clients that leave mid-reply or mid-message.
     for _ in 0..5 {
-        let mut c = UnixStream::connect(&sock_path).unwrap();
+        let mut c = UnixStream::connect(&vm.sock).unwrap();
         let mut reqs = b"{\"execute\": \"qmp_capabilities\"}".to_vec();
         for _ in 0..200 {
             reqs.extend_from_slice(b"{\"execute\": \"query-block\"}");
         }
         c.write_all(&reqs).unwrap();
         drop(c);
-        let mut c = UnixStream::connect(&sock_path).unwrap();
+        let mut c = UnixStream::connect(&vm.sock).unwrap();
         c.write_all(b"{\"execute\": \"qmp_capa").unwrap();
         drop(c);
     }
 
     // 64 clients at once: every one is greeted and served.
-    let mut many: Vec<Qmp> = (0..64).map(|_| Qmp::connect(&sock_path, true)).collect();
+    let mut many: Vec<Qmp> = (0..64).map(|_| vm.client()).collect();
     for c in &mut many {
         assert_eq!(c.ok("query-status", None)["status"], "running");
     }
@@ -605,10 +630,8 @@ fn misbehaving_clients_get_errors_and_the_vm_runs_on() {
         "COM1 stopped"
     );
     assert_eq!(q.ok("query-status", None)["status"], "running");
-    assert_eq!(q.ok("quit", None), json!({}));
-    let status = vm.wait(Duration::from_secs(20));
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
-    assert!(!vm.stderr().contains("panicked"), "{}", vm.stderr());
+    assert!(!vm.run.stderr().contains("panicked"), "{}", vm.run.stderr());
+    vm.quit(&mut q);
 }
 
 #[test]
@@ -690,16 +713,11 @@ fn rehost_qmp_client_reports_errors_with_its_exit_status() {
     if !kvm_available("qmp_client_errors") {
         return;
     }
-    let sock_path = dir.path().join("vm.sock");
-    let mut vm = start_rom(
-        REHOST,
-        "serial-counter",
-        &["--com1", "null", "--qmp", s(&sock_path)],
-    );
-    wait_for_socket(&sock_path, Duration::from_secs(30));
+    let mut vm = Vm::rom("serial-counter", &["--com1", "null"]);
+    wait_for_socket(&vm.sock, Duration::from_secs(30));
     let (code, out, _) = run(
         REHOST,
-        &["qmp", s(&sock_path), "eject", "{\"id\": \"nope\"}"],
+        &["qmp", s(&vm.sock), "eject", "{\"id\": \"nope\"}"],
         Duration::from_secs(10),
     );
     assert_eq!(code, Some(1));
@@ -707,25 +725,25 @@ fn rehost_qmp_client_reports_errors_with_its_exit_status() {
     assert_eq!(v["error"]["class"], "DeviceNotFound");
     // Events are followed until the VM exits.
     let mut follower = Command::new(REHOST)
-        .args(["qmp", s(&sock_path), "--events"])
+        .args(["qmp", s(&vm.sock), "--events"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let (code, _, _) = run(
         REHOST,
-        &["qmp", s(&sock_path), "stop"],
+        &["qmp", s(&vm.sock), "stop"],
         Duration::from_secs(10),
     );
     assert_eq!(code, Some(0));
     let (code, _, _) = run(
         REHOST,
-        &["qmp", s(&sock_path), "quit"],
+        &["qmp", s(&vm.sock), "quit"],
         Duration::from_secs(10),
     );
     assert_eq!(code, Some(0));
     assert_eq!(
-        vm.wait(Duration::from_secs(20)).and_then(|s| s.code()),
+        vm.run.wait(Duration::from_secs(20)).and_then(|s| s.code()),
         Some(0)
     );
     let mut events = String::new();
@@ -755,25 +773,20 @@ fn system_reset_restarts_the_guest_and_keeps_a_changed_medium() {
     if !kvm_available("qmp_system_reset") {
         return;
     }
-    let sock = sock_dir();
-    let sock_path = sock.path().join("vm.sock");
     let dir = scratch("qmp_system_reset");
     let com1 = dir.join("com1.out");
     let one = roms_dir().join("atapi-change-one.iso");
     let two = roms_dir().join("atapi-change-two.iso");
-    let mut vm = start_rom(
-        REHOST,
+    let vm = Vm::rom(
         "serial-counter",
         &[
             "--com1",
             &format!("file:{}", s(&com1)),
             "--cdrom",
             &format!("{},controller=ahci", s(&one)),
-            "--qmp",
-            s(&sock_path),
         ],
     );
-    let mut q = Qmp::connect(&sock_path, true);
+    let mut q = vm.client();
     assert!(
         wait_file_contains(&com1, "line 00000000", Duration::from_secs(60)),
         "{}",
@@ -798,11 +811,7 @@ fn system_reset_restarts_the_guest_and_keeps_a_changed_medium() {
     let block = q.ok("query-block", None);
     assert_eq!(block[0]["inserted"]["file"], s(&two), "{block}");
     assert_eq!(q.ok("query-status", None)["status"], "running");
-    q.ok("quit", None);
-    assert_eq!(
-        vm.wait(Duration::from_secs(20)).and_then(|s| s.code()),
-        Some(0)
-    );
+    vm.quit(&mut q);
 }
 
 /// A COM port's peer coming and going is an event, and query-chardev
@@ -812,22 +821,18 @@ fn com_port_peers_connecting_and_leaving_are_events() {
     if !kvm_available("qmp_serial_events") {
         return;
     }
-    let sock = sock_dir();
-    let sock_path = sock.path().join("vm.sock");
-    let com2 = sock.path().join("com2.sock");
-    let mut vm = start_rom(
-        REHOST,
+    let peers = sock_dir();
+    let com2 = peers.path().join("com2.sock");
+    let vm = Vm::rom(
         "serial-counter",
         &[
             "--com1",
             "null",
             "--com2",
             &format!("unix:{},server", s(&com2)),
-            "--qmp",
-            s(&sock_path),
         ],
     );
-    let mut q = Qmp::connect(&sock_path, true);
+    let mut q = vm.client();
     let chardev = q.ok("query-chardev", None);
     assert_eq!(chardev[1]["label"], "com2");
     assert_eq!(
@@ -843,9 +848,5 @@ fn com_port_peers_connecting_and_leaving_are_events() {
     let ev = q.wait_event("SERIAL_PORT_CHANGE", Duration::from_secs(10));
     assert_eq!(ev["data"], json!({"id": "com2", "open": false}));
     assert_eq!(q.ok("query-chardev", None)[1]["connected"], false);
-    q.ok("quit", None);
-    assert_eq!(
-        vm.wait(Duration::from_secs(20)).and_then(|s| s.code()),
-        Some(0)
-    );
+    vm.quit(&mut q);
 }
