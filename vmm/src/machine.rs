@@ -39,7 +39,9 @@ use crate::control::{HostRequest, MachineHandle, VmControl};
 use crate::host::HostSide;
 use crate::memory::{GuestRam, PamArea};
 use crate::signals::ShutdownSignals;
+use crate::storage::{drive_name, DriveKind};
 use crate::vcpu::{self, VcpuContext, VcpuFailure, VcpuReport};
+use rehost_devices::storage::atapi::TrayObserver;
 
 /// Where SeaBIOS puts the PIIX4 PM block when it runs the table loader,
 /// and where rehost puts it when no firmware does.
@@ -362,6 +364,19 @@ impl Machine {
                 .spawn(move || ctx.run())
                 .context("spawning a vCPU thread")?;
             threads.push(t);
+        }
+        // Tray moves the guest makes are events on the control socket.
+        for d in drives.iter().filter(|d| d.kind == DriveKind::Cdrom) {
+            let c = Arc::downgrade(ctl);
+            let name = drive_name(d);
+            let observer = TrayObserver(Arc::new(move |open| {
+                if let Some(c) = c.upgrade() {
+                    crate::control::commands::tray_event(&c, &name, open);
+                }
+            }));
+            storage.with_cdrom(d.spec.controller, d.slot, |cd| {
+                cd.set_tray_observer(observer)
+            });
         }
         ctl.set_machine(Some(MachineHandle {
             pm,

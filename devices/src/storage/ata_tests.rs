@@ -771,9 +771,17 @@ fn atapi_media_change_eject_and_lock() {
         Err(scsi::SENSE_ILLEGAL_REQUEST)
     );
     assert_eq!(sense(&mut dev), (5, 0x53, 2));
+    let moves = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = moves.clone();
+    dev.cdrom_mut()
+        .unwrap()
+        .set_tray_observer(crate::storage::atapi::TrayObserver(Arc::new(move |open| {
+            seen.lock().unwrap().push(open)
+        })));
     packet(&mut dev, &[scsi::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0]).unwrap();
     packet(&mut dev, &[scsi::START_STOP_UNIT, 0, 0, 0, 2]).unwrap();
     assert_eq!(gesn(&mut dev)[4..6], [3, 1], "removal event, tray open");
+    assert_eq!(*moves.lock().unwrap(), [true], "the guest opened the tray");
     assert_eq!(
         packet(&mut dev, &[scsi::TEST_UNIT_READY]),
         Err(scsi::SENSE_NOT_READY)
@@ -785,6 +793,7 @@ fn atapi_media_change_eject_and_lock() {
     );
     // Load: the medium is back, with a unit attention.
     packet(&mut dev, &[scsi::START_STOP_UNIT, 0, 0, 0, 3]).unwrap();
+    assert_eq!(*moves.lock().unwrap(), [true, false], "and closed it");
     assert_eq!(
         packet(&mut dev, &[scsi::TEST_UNIT_READY]),
         Err(scsi::SENSE_UNIT_ATTENTION)

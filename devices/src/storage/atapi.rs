@@ -25,6 +25,17 @@ impl Sense {
     };
 }
 
+/// Told when the guest opens (`true`) or closes (`false`) the tray with
+/// START STOP UNIT; the host's own medium changes are not reported here.
+#[derive(Clone)]
+pub struct TrayObserver(pub std::sync::Arc<dyn Fn(bool) + Send + Sync>);
+
+impl std::fmt::Debug for TrayObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrayObserver")
+    }
+}
+
 /// The drive and its (optional) medium.
 #[derive(Debug)]
 pub struct Cdrom {
@@ -39,6 +50,7 @@ pub struct Cdrom {
     locked: bool,
     /// Media event for GET EVENT STATUS NOTIFICATION, cleared when read.
     media_event: u8,
+    tray_observer: Option<TrayObserver>,
 }
 
 /// The outcome of a command packet: a data-in phase (`Some((op, len))`),
@@ -73,6 +85,18 @@ impl Cdrom {
             unit_attention: None,
             locked: false,
             media_event: spec::MEDIA_EVENT_NONE,
+            tray_observer: None,
+        }
+    }
+
+    /// Sets who is told of tray moves the guest makes.
+    pub fn set_tray_observer(&mut self, observer: TrayObserver) {
+        self.tray_observer = Some(observer);
+    }
+
+    fn tray_moved(&self, open: bool) {
+        if let Some(o) = &self.tray_observer {
+            (o.0)(open);
         }
     }
 
@@ -422,6 +446,7 @@ impl Cdrom {
         if start {
             if let Some(m) = self.ejected.take() {
                 self.change_medium(Some(m));
+                self.tray_moved(false);
             }
         } else if self.medium.is_some() {
             if self.locked {
@@ -433,6 +458,7 @@ impl Cdrom {
             let m = self.medium.take();
             self.change_medium(None);
             self.ejected = m;
+            self.tray_moved(true);
         }
         Ok(None)
     }

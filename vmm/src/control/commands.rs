@@ -298,7 +298,8 @@ fn find_cdrom(ctl: &VmControl, name: &str) -> Result<usize, QmpError> {
     Ok(i)
 }
 
-fn tray_event(ctl: &VmControl, name: &str, open: bool) {
+/// `DEVICE_TRAY_MOVED` for drive `name`.
+pub fn tray_event(ctl: &VmControl, name: &str, open: bool) {
     ctl.emit(
         "DEVICE_TRAY_MOVED",
         Some(json!({ "device": name, "id": name, "tray-open": open })),

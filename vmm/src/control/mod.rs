@@ -99,8 +99,8 @@
 //!   30 s, is closed. A client that does not read while more than 8 MiB of
 //!   replies and events wait for it is closed.
 //! - COM port labels are `com1`..`com4` (QEMU's are `serial0`...).
-//! - A `DEVICE_TRAY_MOVED` event is sent for trays moved from the host;
-//!   `query-block` also shows a tray the guest opened.
+//! - `DEVICE_TRAY_MOVED` is sent for tray moves from the host and from the
+//!   guest (START STOP UNIT), as QEMU does.
 
 pub mod client;
 pub mod commands;
