@@ -111,7 +111,13 @@ pub fn convert(
         ..options.clone()
     };
     crate::create(dst, &create)?;
-    let out = crate::open(dst, &OpenOptions { read_only: false })?;
+    let out = crate::open(
+        dst,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )?;
     if out.geometry().size < size {
         return Err(BlockError::Unsupported {
             path: dst.to_owned(),
@@ -239,7 +245,13 @@ pub struct CommitReport {
 /// Other children of the parent are invalid afterwards (their parent
 /// changed under them) and are refused when opened.
 pub fn commit(child_path: &Path, progress: &mut Progress) -> Result<CommitReport> {
-    let child = crate::open(child_path, &OpenOptions { read_only: false })?;
+    let child = crate::open(
+        child_path,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )?;
     let parent_path = match child.info().parent {
         Some(p) => p.path,
         None => {
@@ -251,7 +263,13 @@ pub fn commit(child_path: &Path, progress: &mut Progress) -> Result<CommitReport
     };
     let extents = child.allocated_extents()?;
     let todo = total(&extents);
-    let parent = crate::open(&parent_path, &OpenOptions { read_only: false })?;
+    let parent = crate::open(
+        &parent_path,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )?;
     let psize = parent.geometry().size;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut done = 0;

@@ -375,6 +375,7 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
                 &path,
                 &OpenOptions {
                     read_only: !pattern.is_write(),
+                    ..Default::default()
                 },
             )?;
             let bytes = bytes.unwrap_or(match pattern {
@@ -417,7 +418,13 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
 }
 
 fn open_ro(path: &Path) -> anyhow::Result<Box<dyn DiskImage>> {
-    Ok(rehost_disk::open(path, &OpenOptions { read_only: true })?)
+    Ok(rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )?)
 }
 
 fn create(
@@ -563,7 +570,13 @@ fn problem_json(p: &Problem) -> String {
 fn check(path: &Path, json: bool) -> anyhow::Result<u8> {
     let mut checked: Vec<PathBuf> = Vec::new();
     let mut problems: Vec<Problem> = Vec::new();
-    match rehost_disk::open(path, &OpenOptions { read_only: true }) {
+    match rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    ) {
         Ok(image) => {
             let mut layer: Option<&dyn DiskImage> = Some(image.as_ref());
             let mut reopened: Vec<Box<dyn DiskImage>> = Vec::new();
@@ -595,7 +608,7 @@ fn check(path: &Path, json: bool) -> anyhow::Result<u8> {
             offset,
             reason,
         }),
-        Err(e @ BlockError::Open { .. }) => problems.push(Problem {
+        Err(e @ (BlockError::Open { .. } | BlockError::Damaged { .. })) => problems.push(Problem {
             path: path.to_owned(),
             structure: "image".into(),
             offset: 0,

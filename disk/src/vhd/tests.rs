@@ -26,11 +26,17 @@ fn diff_opts(parent: &Path) -> CreateOptions {
 }
 
 fn rw() -> OpenOptions {
-    OpenOptions { read_only: false }
+    OpenOptions {
+        read_only: false,
+        ..Default::default()
+    }
 }
 
 fn ro() -> OpenOptions {
-    OpenOptions { read_only: true }
+    OpenOptions {
+        read_only: true,
+        ..Default::default()
+    }
 }
 
 fn open(path: &Path, o: &OpenOptions) -> crate::Result<Box<dyn DiskImage>> {
