@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 pub mod bench;
 mod detect;
+pub mod dirty;
 pub mod ops;
 pub mod raw;
 #[cfg(test)]
