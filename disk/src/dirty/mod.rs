@@ -498,14 +498,19 @@ pub fn inspect(image_path: &Path, virtual_size: u64) -> Result<Option<LoadedSide
 }
 
 /// Parses arbitrary sidecar bytes as a tracker would for a disk of
-/// `virtual_size` bytes whose image stamp is unknown (for fuzzing and
-/// tests): the bitmaps, each with its state.
-pub fn decode_sidecar_bytes(bytes: &[u8], virtual_size: u64) -> (Vec<BitmapInfo>, Option<String>) {
+/// `virtual_size` bytes whose image file now has the stamp `current`
+/// (`None`: unknown): the bitmaps, each with its state, and the problem
+/// found, if any. For fuzzing and tests.
+pub fn decode_sidecar_bytes(
+    bytes: &[u8],
+    virtual_size: u64,
+    current: Option<ImageStamp>,
+) -> (Vec<BitmapInfo>, Option<String>) {
     let d = decode(
         Path::new("sidecar"),
         bytes,
         virtual_size,
-        None,
+        current,
         &TrackerOptions::default(),
     );
     (
