@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
+use rehost_disk::dirty::{self, BitmapInfo, DirtyTracker, TrackerOptions};
 use rehost_disk::{
     bench, ops, BlockError, CreateOptions, DiskImage, ImageFormat, ImageInfo, OpenOptions, Problem,
     Subformat,
@@ -91,8 +92,56 @@ matches it and is refused when opened: the parent changed under it.
 A format that cannot empty its images leaves CHILD as it was, which is
 reported.";
 
+const BITMAP_HELP: &str = "\
+Bitmaps live in a sidecar file next to the image (IMAGE.rehost-bitmaps).
+Every writer in rehost that opens the image keeps them up to date; a write
+done by any other program is detected from the image's size and
+modification time, and turns every bitmap to resync-required (every block
+dirty), never to clean. After a crash, the blocks of the extents in the
+activity log are dirty as well.";
+
+#[derive(Debug, Subcommand)]
+pub enum BitmapCommand {
+    /// Add a bitmap with every block clean and a new generation.
+    #[command(after_help = SIZE_HELP)]
+    Add {
+        /// Bytes one bit covers: a power of two from 4K to 16M.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64K")]
+        granularity: u64,
+        /// Activity-log extents (1 to 505) used when the sidecar is
+        /// created: after a crash, at most this many extents are reported
+        /// dirty beyond what was written.
+        #[arg(long, value_name = "N")]
+        al_extents: Option<u32>,
+        /// Activity-log extent size (a power of two from 64K to 1G) used
+        /// when the sidecar is created.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        al_extent_size: Option<u64>,
+        /// The image file.
+        image: PathBuf,
+        /// The bitmap's name: 1 to 64 letters, digits, '-', '_' or '.'.
+        name: String,
+    },
+    /// Remove a bitmap.
+    Remove { image: PathBuf, name: String },
+    /// Mark every block of a bitmap clean and give it a new generation
+    /// (after a full copy of the disk was taken).
+    Clear { image: PathBuf, name: String },
+    /// List the bitmaps: name, granularity, dirty bytes, generation, state.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        image: PathBuf,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
+    /// Manage the image's dirty bitmaps (which blocks changed since each
+    /// bitmap was added or cleared).
+    #[command(subcommand, after_help = BITMAP_HELP)]
+    Bitmap(BitmapCommand),
     /// Create a new image (raw, VHD or VHDX; fixed, dynamic or differencing).
     #[command(after_help = SIZE_HELP)]
     Create {
@@ -269,6 +318,7 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         DiskCommand::Check { json, path } => check(&path, json),
+        DiskCommand::Bitmap(cmd) => bitmap(cmd),
         DiskCommand::Convert {
             output_format,
             subformat,
@@ -389,8 +439,22 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
                 flush_every,
                 flush_log,
             };
-            let r = bench::run(image.as_ref(), &options)?;
-            drop(image);
+            // Writes go through the dirty tracker when the image has
+            // bitmaps, so they stay up to date.
+            let tracked = pattern.is_write() && dirty::sidecar_path(&path).exists();
+            let r = if tracked {
+                let tracker = DirtyTracker::open_image(
+                    std::sync::Arc::from(image),
+                    &TrackerOptions::default(),
+                )?;
+                let r = bench::run(&tracker, &options);
+                tracker.close()?;
+                r?
+            } else {
+                let r = bench::run(image.as_ref(), &options)?;
+                drop(image);
+                r
+            };
             if json {
                 println!(
                     "{{\"pattern\":\"{}\",\"requests\":{},\"bytes\":{},\"seconds\":{:.6},\"mib_per_sec\":{:.2},\"iops\":{:.1}}}",
@@ -415,6 +479,106 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn bitmap(cmd: BitmapCommand) -> anyhow::Result<u8> {
+    // The image is only read; the tracker writes the sidecar.
+    let tracker = |image: &Path, opts: &TrackerOptions| -> anyhow::Result<DirtyTracker> {
+        Ok(DirtyTracker::open_image(
+            std::sync::Arc::from(open_ro(image)?),
+            opts,
+        )?)
+    };
+    match cmd {
+        BitmapCommand::Add {
+            granularity,
+            al_extents,
+            al_extent_size,
+            image,
+            name,
+        } => {
+            let defaults = TrackerOptions::default();
+            let opts = TrackerOptions {
+                al_capacity: al_extents.unwrap_or(defaults.al_capacity),
+                al_extent_size: al_extent_size.unwrap_or(defaults.al_extent_size),
+            };
+            let t = tracker(&image, &opts)?;
+            let info = t.add_bitmap(&name, granularity)?;
+            t.close()?;
+            println!(
+                "{}: bitmap {} added (granularity {}, generation {:032x})",
+                image.display(),
+                info.name,
+                info.granularity,
+                info.generation
+            );
+        }
+        BitmapCommand::Remove { image, name } => {
+            let t = tracker(&image, &TrackerOptions::default())?;
+            t.remove_bitmap(&name)?;
+            t.close()?;
+        }
+        BitmapCommand::Clear { image, name } => {
+            let t = tracker(&image, &TrackerOptions::default())?;
+            let info = t.clear_bitmap(&name)?;
+            t.close()?;
+            println!(
+                "{}: bitmap {} cleared (generation {:032x})",
+                image.display(),
+                info.name,
+                info.generation
+            );
+        }
+        BitmapCommand::List { json, image } => {
+            let size = open_ro(&image)?.geometry().size;
+            let loaded = dirty::inspect(&image, size)?;
+            let (bitmaps, problem) = match loaded {
+                Some(l) => (l.bitmaps, l.problem),
+                None => (Vec::new(), None),
+            };
+            if json {
+                println!(
+                    "{{\"path\":{},\"bitmaps\":[{}],\"problem\":{}}}",
+                    js(&image.display().to_string()),
+                    bitmaps
+                        .iter()
+                        .map(bitmap_json)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    problem.as_deref().map(js).unwrap_or_else(|| "null".into())
+                );
+            } else {
+                if let Some(p) = &problem {
+                    println!("warning: {p}");
+                }
+                if bitmaps.is_empty() {
+                    println!("{}: no bitmaps", image.display());
+                }
+                for b in &bitmaps {
+                    println!(
+                        "{}: granularity {}, {} dirty bytes, generation {:032x}, {}",
+                        b.name,
+                        b.granularity,
+                        b.dirty_bytes,
+                        b.generation,
+                        b.state.name()
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn bitmap_json(b: &BitmapInfo) -> String {
+    format!(
+        "{{\"name\":{},\"granularity\":{},\"dirty_bytes\":{},\"generation\":\"{:032x}\",\"state\":{}}}",
+        js(&b.name),
+        b.granularity,
+        b.dirty_bytes,
+        b.generation,
+        js(b.state.name())
+    )
 }
 
 fn open_ro(path: &Path) -> anyhow::Result<Box<dyn DiskImage>> {
