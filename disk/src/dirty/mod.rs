@@ -533,6 +533,10 @@ struct State {
     /// Set by the test hook that simulates a crash: nothing more is
     /// written.
     crashed: bool,
+    /// Bits or bitmaps changed since the last persist.
+    changed: bool,
+    /// The image stamp the sidecar holds.
+    last_stamp: Option<ImageStamp>,
     #[cfg(test)]
     crash_countdown: Option<u64>,
 }
@@ -639,6 +643,8 @@ impl DirtyTracker {
                 state_id: 0,
                 file: None,
                 crashed: false,
+                changed: true,
+                last_stamp: None,
                 #[cfg(test)]
                 crash_countdown: None,
             }),
@@ -723,6 +729,7 @@ impl DirtyTracker {
             let b = Bitmap::new(name, granularity, self.geometry.size);
             let info = b.info(self.geometry.size);
             st.bitmaps.push(b);
+            st.changed = true;
             info
         };
         self.persist()?;
@@ -739,6 +746,7 @@ impl DirtyTracker {
             if st.bitmaps.len() == before {
                 return Err(self.no_such(name));
             }
+            st.changed = true;
         }
         self.persist()
     }
@@ -765,7 +773,9 @@ impl DirtyTracker {
             b.words.fill(0);
             b.state = BitmapState::Tracking;
             b.generation = random_u128();
-            b.info(size)
+            let info = b.info(size);
+            st.changed = true;
+            info
         };
         self.persist()?;
         Ok(info)
@@ -808,6 +818,11 @@ impl DirtyTracker {
             return Err(self.io_err(0, std::io::Error::other("crashed (test)")));
         }
         let stamp = stamp_of(&self.image_path)?;
+        if !st.changed && st.al.is_empty() && st.file.is_some() && st.last_stamp == Some(stamp) {
+            // The sidecar already says all of it (a flush with no write
+            // since the last one).
+            return Ok(());
+        }
         let record = StateRecord {
             state_id: random_u128(),
             virtual_size: self.geometry.size,
@@ -847,6 +862,8 @@ impl DirtyTracker {
             }
         }
         st.file = Some(f);
+        st.changed = false;
+        st.last_stamp = Some(stamp);
         st.al.clear();
         st.al_sequence = 0;
         st.state_id = record.state_id;
@@ -926,6 +943,7 @@ impl DirtyTracker {
         for b in &mut st.bitmaps {
             b.mark(range.clone());
         }
+        st.changed = true;
         Ok(true)
     }
 

@@ -386,3 +386,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_torn_activity_log_update_falls_back_to_the_other_slot() {
+    let s = scratch();
+    let path = sidecar_path(&s.image);
+    let t = open(&s.image, &small_al());
+    t.add_bitmap("b", 4096).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap(); // log: [0] in slot 1
+    t.write_at(5 * 65536, &[1u8; 4096]).unwrap(); // log: [0, 5] in slot 0
+    t.crash();
+    let bytes = std::fs::read(&path).unwrap();
+    let state_id = StateRecord::parse(&bytes[STATE_OFFSET..], true)
+        .unwrap()
+        .state_id;
+    let newer = AlSlot {
+        sequence: 3,
+        state_id,
+        extent_size: 65536,
+        extents: vec![0, 5, 9],
+    }
+    .to_bytes();
+    // The third log update, into slot 1, torn half way: its data write
+    // never started; slot 0 covers everything that did.
+    let mut torn = bytes.clone();
+    torn[AL_SLOT_SIZE..AL_SLOT_SIZE + 2048].copy_from_slice(&newer[..2048]);
+    std::fs::write(&path, &torn).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(state_of(&t, "b"), BitmapState::Tracking);
+    let d = dirty_blocks(&t, "b");
+    assert!(d.contains(&0) && d.contains(&(5 * 16)), "{d:?}");
+    assert_eq!(d.len(), 32);
+    drop(t);
+    // Both slots damaged: nothing says what was written.
+    let mut both = bytes.clone();
+    both[100] ^= 1;
+    both[AL_SLOT_SIZE + 100] ^= 1;
+    std::fs::write(&path, &both).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(state_of(&t, "b"), BitmapState::ResyncRequired);
+    assert_eq!(t.bitmaps()[0].dirty_bytes, DISK);
+}
+
+#[test]
+fn a_flush_without_writes_leaves_the_sidecar_alone() {
+    let s = scratch();
+    let path = sidecar_path(&s.image);
+    let t = open(&s.image, &TrackerOptions::default());
+    t.add_bitmap("b", 65536).unwrap();
+    t.write_at(0, &[1u8; 512]).unwrap();
+    t.flush().unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    t.flush().unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    t.write_at(512, &[1u8; 512]).unwrap();
+    t.flush().unwrap();
+    assert_ne!(std::fs::metadata(&path).unwrap().ino(), ino);
+}
