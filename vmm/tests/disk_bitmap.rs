@@ -205,3 +205,43 @@ fn bitmap_help_describes_the_commands() {
     let out = rehost_ok(&[&"disk", &"bitmap", &"add", &"--help"]);
     assert!(out.contains("--granularity"), "{out}");
 }
+
+/// `disk commit` writes into the parent through its tracker: the parent's
+/// bitmap shows what the child held and stays in the tracking state.
+fn commit_keeps_the_parents_bitmaps(format: ImageFormat) {
+    let dir = tempdir();
+    if !format_works(format, dir.path()) {
+        return;
+    }
+    let e = ext(format);
+    let base = dir.path().join(format!("base.{e}"));
+    let child = dir.path().join(format!("child.{e}"));
+    rehost_ok(&[&"disk", &"create", &"-f", &format.name(), &base, &"16M"]);
+    rehost_ok(&[&"disk", &"bitmap", &"add", &base, &"b"]);
+    rehost_ok(&[&"disk", &"create", &"--parent", &base, &child]);
+    rehost_ok(&[
+        &"disk",
+        &"bench",
+        &"--pattern",
+        &"seq-write",
+        &"--bytes",
+        &"2M",
+        &child,
+    ]);
+    // Writing the child leaves the parent's bitmap alone.
+    assert_eq!(find(&base, "b").dirty_bytes, 0);
+    assert_eq!(find(&base, "b").state, "tracking");
+    rehost_ok(&[&"disk", &"commit", &child]);
+    let b = find(&base, "b");
+    assert_eq!((b.state.as_str(), b.dirty_bytes), ("tracking", 2 << 20));
+}
+
+#[test]
+fn commit_keeps_the_parents_bitmaps_vhd() {
+    commit_keeps_the_parents_bitmaps(ImageFormat::Vhd);
+}
+
+#[test]
+fn commit_keeps_the_parents_bitmaps_vhdx() {
+    commit_keeps_the_parents_bitmaps(ImageFormat::Vhdx);
+}
