@@ -245,3 +245,35 @@ fn commit_keeps_the_parents_bitmaps_vhd() {
 fn commit_keeps_the_parents_bitmaps_vhdx() {
     commit_keeps_the_parents_bitmaps(ImageFormat::Vhdx);
 }
+
+/// A VHDX whose file identifier is damaged is refused by every disk
+/// command (never read or written as raw); `check` lists it as a problem.
+#[test]
+fn a_damaged_vhdx_is_refused_by_the_disk_commands() {
+    let dir = tempdir();
+    let img = dir.path().join("d.vhdx");
+    rehost_ok(&[&"disk", &"create", &"-f", &"vhdx", &img, &"16M"]);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"XXXXXXXX", 0).unwrap();
+    drop(f);
+    let before = sha256_file(&img);
+    let (code, out, err) = rehost(&[&"disk", &"info", &img]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("looks like a damaged vhdx"), "{err}");
+    assert!(err.contains(&img.display().to_string()), "{err}");
+    let (code, out, _) = rehost(&[&"disk", &"check", &img]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("damaged vhdx"), "{out}");
+    let (code, _, err) = rehost(&[
+        &"disk",
+        &"bench",
+        &"--pattern",
+        &"seq-write",
+        &"--bytes",
+        &"1M",
+        &img,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(sha256_file(&img), before, "a refused image was written");
+}
