@@ -38,6 +38,7 @@ fn base() -> Vec<u8> {
             file_size: SIZE,
             mtime_sec: 1_700_000_000,
             mtime_nsec: 5,
+            data_write_guid: Some([7; 16]),
         }),
         al_capacity: 8,
         al_extent_size: 64 << 10,

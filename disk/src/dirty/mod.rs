@@ -11,9 +11,9 @@
 //!   `al_capacity` extents of `al_extent_size` bytes (defaults 64 x 4 MiB)
 //!   beyond what was really written.
 //! - A sidecar that is missing its bitmaps, corrupt, or older than the
-//!   image's last write (the image's size or modification time differs from
-//!   the stamp stored at the last persist, and no crash recovery explains
-//!   it) turns every bitmap to [`BitmapState::ResyncRequired`] (every
+//!   image's last write (the image's size, modification time or, for VHDX,
+//!   DataWriteGuid differs from the stamp stored at the last persist, and no
+//!   crash recovery explains it) turns every bitmap to [`BitmapState::ResyncRequired`] (every
 //!   granule dirty) with a new generation; never to a clean state.
 //!
 //! # The activity log (DRBD's idea)
@@ -59,7 +59,7 @@
 //! ```text
 //!  0   8  magic "RHDIRTY\0"
 //!  8   4  version (1)
-//! 12   4  header length (96)
+//! 12   4  header length (112)
 //! 16  16  state id (random, new at every persist)
 //! 32   8  virtual size of the disk in bytes
 //! 40   8  image stamp: file size in bytes
@@ -68,11 +68,13 @@
 //! 60   4  activity log capacity (extents, 1 .. 505)
 //! 64   8  activity log extent size in bytes
 //! 72   4  number of bitmaps (at most 64)
-//! 76   4  flags: bit 0 = the image stamp is valid; other bits zero
+//! 76   4  flags: bit 0 = the image stamp is valid; bit 1 = the stamp
+//!         includes a VHDX DataWriteGuid (only with bit 0); other bits zero
 //! 80   8  length of the whole state record in bytes
 //! 88   4  reserved, zero
 //! 92   4  CRC-32C of the whole state record with this field taken as zero
-//! 96      bitmaps, one after another:
+//! 96  16  image stamp: the VHDX DataWriteGuid (zero without flag bit 1)
+//! 112     bitmaps, one after another:
 //!          0   2  name length L (1 .. 64; letters, digits, '-', '_', '.')
 //!          2   2  reserved, zero
 //!          4   4  state: 0 = tracking, 1 = resync required
@@ -324,10 +326,17 @@ fn stamp_of(path: &Path) -> Result<ImageStamp> {
         offset: 0,
         source,
     })?;
+    // A VHDX writer changes the DataWriteGuid before its first write of a
+    // session, which catches writers that put the modification time back.
+    let data_write_guid = match crate::detect_format(path) {
+        Ok(crate::ImageFormat::Vhdx) => crate::vhdx::current_data_write_guid(path).ok(),
+        _ => None,
+    };
     Ok(ImageStamp {
         file_size: m.len(),
         mtime_sec: m.mtime(),
         mtime_nsec: m.mtime_nsec() as u32,
+        data_write_guid,
     })
 }
 

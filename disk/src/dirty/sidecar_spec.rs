@@ -21,7 +21,7 @@ pub const AL_CRC_AT: usize = AL_SLOT_SIZE - 4;
 /// The most extents one activity-log slot holds.
 pub const AL_MAX_EXTENTS: usize = (AL_CRC_AT - AL_HEADER_SIZE) / 8;
 /// Size of the state record's header.
-pub const STATE_HEADER_SIZE: usize = 96;
+pub const STATE_HEADER_SIZE: usize = 112;
 /// Where the state record header keeps the CRC-32C of the whole record.
 pub const STATE_CRC_AT: usize = 92;
 /// Size of a bitmap entry's fixed part (the name follows, padded to 8).
@@ -34,6 +34,8 @@ pub const AL_EXTENT_MIN: u64 = 64 << 10;
 pub const AL_EXTENT_MAX: u64 = 1 << 30;
 /// State flag: the image stamp fields hold a stamp.
 pub const FLAG_STAMP_VALID: u32 = 1;
+/// State flag: the stamp includes a VHDX DataWriteGuid.
+pub const FLAG_DATA_WRITE_GUID: u32 = 2;
 /// Bitmap state codes.
 pub const STATE_TRACKING: u32 = 0;
 pub const STATE_RESYNC_REQUIRED: u32 = 1;
@@ -72,6 +74,9 @@ pub struct ImageStamp {
     pub file_size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
+    /// A VHDX image's DataWriteGuid (changed by every conforming writer
+    /// before its first write of a session).
+    pub data_write_guid: Option<[u8; 16]>,
 }
 
 /// One bitmap as stored.
@@ -243,11 +248,14 @@ impl StateRecord {
         out[60..64].copy_from_slice(&self.al_capacity.to_le_bytes());
         out[64..72].copy_from_slice(&self.al_extent_size.to_le_bytes());
         out[72..76].copy_from_slice(&(self.bitmaps.len() as u32).to_le_bytes());
-        let flags = if self.stamp.is_some() {
-            FLAG_STAMP_VALID
-        } else {
-            0
-        };
+        let mut flags = 0;
+        if let Some(s) = &self.stamp {
+            flags |= FLAG_STAMP_VALID;
+            if let Some(g) = s.data_write_guid {
+                flags |= FLAG_DATA_WRITE_GUID;
+                out[96..112].copy_from_slice(&g);
+            }
+        }
         out[76..80].copy_from_slice(&flags.to_le_bytes());
         for bm in &self.bitmaps {
             let name = bm.name.as_bytes();
@@ -323,13 +331,26 @@ impl StateRecord {
         }
         let virtual_size = le64(b, 32);
         let flags = le32(b, 76);
-        if flags & !FLAG_STAMP_VALID != 0 {
+        if flags & !(FLAG_STAMP_VALID | FLAG_DATA_WRITE_GUID) != 0 || flags == FLAG_DATA_WRITE_GUID
+        {
             return Err(err(76, format!("unknown flags {flags:#x}")));
+        }
+        if le32(b, 88) != 0 {
+            return Err(err(88, "reserved field is not zero".into()));
+        }
+        let guid = (flags & FLAG_DATA_WRITE_GUID != 0).then(|| {
+            let mut g = [0u8; 16];
+            g.copy_from_slice(&b[96..112]);
+            g
+        });
+        if guid.is_none() && b[96..112].iter().any(|&x| x != 0) {
+            return Err(err(96, "DataWriteGuid set without its flag".into()));
         }
         let stamp = (flags & FLAG_STAMP_VALID != 0).then(|| ImageStamp {
             file_size: le64(b, 40),
             mtime_sec: le64(b, 48) as i64,
             mtime_nsec: le32(b, 56),
+            data_write_guid: guid,
         });
         let al_capacity = le32(b, 60);
         if al_capacity == 0 || al_capacity as usize > AL_MAX_EXTENTS {

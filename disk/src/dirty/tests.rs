@@ -443,3 +443,55 @@ fn a_flush_without_writes_leaves_the_sidecar_alone() {
     t.flush().unwrap();
     assert_ne!(std::fs::metadata(&path).unwrap().ino(), ino);
 }
+
+#[test]
+fn a_vhdx_written_elsewhere_needs_a_resync_even_with_its_mtime_put_back() {
+    let s = scratch();
+    let img = s.image.with_extension("vhdx");
+    crate::create(
+        &img,
+        &crate::CreateOptions {
+            format: crate::ImageFormat::Vhdx,
+            subformat: crate::Subformat::Dynamic,
+            size: DISK,
+            block_size: None,
+            parent: None,
+        },
+    )
+    .unwrap();
+    let rw = crate::OpenOptions {
+        read_only: false,
+        ..Default::default()
+    };
+    let t = DirtyTracker::open_image(
+        Arc::from(crate::open(&img, &rw).unwrap()),
+        &TrackerOptions::default(),
+    )
+    .unwrap();
+    t.add_bitmap("b", 65536).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap();
+    t.close().unwrap();
+    let info = inspect(&img, DISK).unwrap().unwrap();
+    assert_eq!(info.bitmaps[0].state, BitmapState::Tracking);
+    assert_eq!(info.bitmaps[0].dirty_bytes, 65536);
+    // Another writer, into the block already allocated, then the
+    // modification time put back: only the DataWriteGuid tells.
+    let before = std::fs::metadata(&img).unwrap();
+    {
+        let d = crate::open(&img, &rw).unwrap();
+        d.write_at(8192, &[2u8; 4096]).unwrap();
+        d.flush().unwrap();
+    }
+    File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&img).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    let info = inspect(&img, DISK).unwrap().unwrap();
+    assert_eq!(info.bitmaps[0].state, BitmapState::ResyncRequired);
+    assert_eq!(info.bitmaps[0].dirty_bytes, DISK);
+}
