@@ -94,11 +94,12 @@ reported.";
 
 const BITMAP_HELP: &str = "\
 Bitmaps live in a sidecar file next to the image (IMAGE.rehost-bitmaps).
-Every writer in rehost that opens the image keeps them up to date; a write
-done by any other program is detected from the image's size and
-modification time, and turns every bitmap to resync-required (every block
-dirty), never to clean. After a crash, the blocks of the extents in the
-activity log are dirty as well.";
+`rehost disk bench` and `rehost disk commit` (into the image) keep them up
+to date. A write by any other program (and, for now, by `rehost run`) is
+detected from the image's size, modification time and, for VHDX, its
+DataWriteGuid, and turns every bitmap to resync-required (every block dirty),
+never to clean. After a crash, the blocks of the extents in the activity log
+are dirty as well.";
 
 #[derive(Debug, Subcommand)]
 pub enum BitmapCommand {
