@@ -124,15 +124,29 @@ pub enum BitmapCommand {
         name: String,
     },
     /// Remove a bitmap.
-    Remove { image: PathBuf, name: String },
+    Remove {
+        /// The image file.
+        image: PathBuf,
+        /// The bitmap's name.
+        name: String,
+    },
     /// Mark every block of a bitmap clean and give it a new generation
     /// (after a full copy of the disk was taken).
-    Clear { image: PathBuf, name: String },
-    /// List the bitmaps: name, granularity, dirty bytes, generation, state.
+    Clear {
+        /// The image file.
+        image: PathBuf,
+        /// The bitmap's name.
+        name: String,
+    },
+    /// List the bitmaps: name, granularity, dirty bytes, generation, state
+    /// (tracking, or resync-required when continuity was lost).
     List {
-        /// Print JSON instead of text.
+        /// Print JSON: {"path", "bitmaps": [{"name", "granularity",
+        /// "dirty_bytes", "generation" (32 hex digits), "state"}],
+        /// "problem"}.
         #[arg(long)]
         json: bool,
+        /// The image file.
         image: PathBuf,
     },
 }
