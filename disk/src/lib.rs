@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 
 pub mod bench;
+mod detect;
+pub mod dirty;
 pub mod ops;
 pub mod raw;
 #[cfg(test)]
@@ -59,7 +61,17 @@ pub enum BlockError {
     Unsupported { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    /// Format detection found the remains of an image format whose
+    /// identifying signature is gone; the file is not opened as raw.
+    #[error("{path}: looks like a damaged {} ({reason}); refusing to open it as raw (open it with format=raw to use its bytes as a raw disk)", format.name())]
+    Damaged {
+        path: PathBuf,
+        format: ImageFormat,
+        reason: String,
+    },
 }
+
+pub use detect::detect_format;
 
 pub type Result<T, E = BlockError> = std::result::Result<T, E>;
 
@@ -108,6 +120,10 @@ pub struct OpenOptions {
     /// without write access. Nothing is written to a read-only image, not
     /// even a log replay: the replayed view is kept in memory.
     pub read_only: bool,
+    /// Open the image as this format instead of detecting it (`--disk
+    /// PATH,format=raw` opens a file as raw even when it looks like a
+    /// damaged VHD or VHDX). Parents are always detected.
+    pub format: Option<ImageFormat>,
 }
 
 /// The on-disk format of an image.
@@ -240,44 +256,6 @@ pub struct CreateOptions {
     pub parent: Option<PathBuf>,
 }
 
-/// Detects an image's format from its bytes (never from its name).
-pub fn detect_format(path: &Path) -> Result<ImageFormat> {
-    use std::io::{Read, Seek, SeekFrom};
-    let io = |offset, source| BlockError::Io {
-        path: path.to_owned(),
-        offset,
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| io(0, e))?;
-    let len = file.metadata().map_err(|e| io(0, e))?.len();
-    let mut head = [0u8; 8];
-    let n = file.read(&mut head).map_err(|e| io(0, e))?;
-    if n == 8 && &head == b"vhdxfile" {
-        return Ok(ImageFormat::Vhdx);
-    }
-    if n == 8 && &head == b"conectix" {
-        // A dynamic VHD starts with a copy of its footer.
-        return Ok(ImageFormat::Vhd);
-    }
-    // A fixed VHD ends with its footer (512 bytes; some old tools wrote 511).
-    for footer_len in [512u64, 511] {
-        if len >= footer_len {
-            let mut cookie = [0u8; 8];
-            file.seek(SeekFrom::Start(len - footer_len))
-                .map_err(|e| io(len - footer_len, e))?;
-            if file
-                .read(&mut cookie)
-                .map_err(|e| io(len - footer_len, e))?
-                == 8
-                && &cookie == b"conectix"
-            {
-                return Ok(ImageFormat::Vhd);
-            }
-        }
-    }
-    Ok(ImageFormat::Raw)
-}
-
 /// Opens a disk image, detecting its format from the file's own bytes, and
 /// the whole chain of parents below it (read-only).
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Box<dyn DiskImage>> {
@@ -318,11 +296,18 @@ fn open_in_chain(
     let mut open_parent = |parent: &Path| {
         open_in_chain(
             parent,
-            &OpenOptions { read_only: true },
+            &OpenOptions {
+                read_only: true,
+                format: None,
+            },
             &mut visited.clone(),
         )
     };
-    match detect_format(path)? {
+    let format = match options.format {
+        Some(f) => f,
+        None => detect_format(path)?,
+    };
+    match format {
         ImageFormat::Raw => Ok(Box::new(raw::RawFile::open(path, options.read_only)?)),
         ImageFormat::Vhd => Ok(Box::new(vhd::VhdImage::open(
             path,

@@ -5,7 +5,9 @@
 use std::ops::Range;
 use std::path::Path;
 
-use crate::{BlockError, CreateOptions, DiskImage, ImageFormat, OpenOptions, Result, Subformat};
+use crate::{
+    BlockDevice, BlockError, CreateOptions, DiskImage, ImageFormat, OpenOptions, Result, Subformat,
+};
 
 /// Bytes moved per request by convert, compare and commit.
 pub const CHUNK: u64 = 1 << 20;
@@ -111,7 +113,13 @@ pub fn convert(
         ..options.clone()
     };
     crate::create(dst, &create)?;
-    let out = crate::open(dst, &OpenOptions { read_only: false })?;
+    let out = crate::open(
+        dst,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )?;
     if out.geometry().size < size {
         return Err(BlockError::Unsupported {
             path: dst.to_owned(),
@@ -239,7 +247,13 @@ pub struct CommitReport {
 /// Other children of the parent are invalid afterwards (their parent
 /// changed under them) and are refused when opened.
 pub fn commit(child_path: &Path, progress: &mut Progress) -> Result<CommitReport> {
-    let child = crate::open(child_path, &OpenOptions { read_only: false })?;
+    let child = crate::open(
+        child_path,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )?;
     let parent_path = match child.info().parent {
         Some(p) => p.path,
         None => {
@@ -251,32 +265,55 @@ pub fn commit(child_path: &Path, progress: &mut Progress) -> Result<CommitReport
     };
     let extents = child.allocated_extents()?;
     let todo = total(&extents);
-    let parent = crate::open(&parent_path, &OpenOptions { read_only: false })?;
-    let psize = parent.geometry().size;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut done = 0;
-    progress(0, todo);
-    for piece in chunks(&extents) {
-        let len = (piece.end - piece.start) as usize;
-        child.read_at(piece.start, &mut buf[..len])?;
-        let inside = psize.saturating_sub(piece.start).min(len as u64) as usize;
-        if inside < len && buf[inside..len].iter().any(|&b| b != 0) {
-            return Err(BlockError::Unsupported {
-                path: parent_path.clone(),
-                reason: format!(
-                    "the child holds data at {} beyond the parent's size {psize}",
-                    piece.start + inside as u64
-                ),
-            });
+    let parent = crate::open(
+        &parent_path,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )?;
+    let copy = |parent: &dyn BlockDevice, progress: &mut Progress| -> Result<u64> {
+        let psize = parent.geometry().size;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut done = 0;
+        progress(0, todo);
+        for piece in chunks(&extents) {
+            let len = (piece.end - piece.start) as usize;
+            child.read_at(piece.start, &mut buf[..len])?;
+            let inside = psize.saturating_sub(piece.start).min(len as u64) as usize;
+            if inside < len && buf[inside..len].iter().any(|&b| b != 0) {
+                return Err(BlockError::Unsupported {
+                    path: parent_path.clone(),
+                    reason: format!(
+                        "the child holds data at {} beyond the parent's size {psize}",
+                        piece.start + inside as u64
+                    ),
+                });
+            }
+            if inside > 0 {
+                parent.write_at(piece.start, &buf[..inside])?;
+            }
+            done += len as u64;
+            progress(done, todo);
         }
-        if inside > 0 {
-            parent.write_at(piece.start, &buf[..inside])?;
-        }
-        done += len as u64;
-        progress(done, todo);
-    }
-    parent.flush()?;
-    drop(parent);
+        Ok(done)
+    };
+    // A parent with dirty bitmaps is written through its tracker, so they
+    // stay up to date; closing it flushes the parent and persists them.
+    let done = if crate::dirty::sidecar_path(&parent_path).exists() {
+        let tracker = crate::dirty::DirtyTracker::open_image(
+            std::sync::Arc::from(parent),
+            &crate::dirty::TrackerOptions::default(),
+        )?;
+        let done = copy(&tracker, progress)?;
+        tracker.close()?;
+        done
+    } else {
+        let done = copy(parent.as_ref(), progress)?;
+        parent.flush()?;
+        drop(parent);
+        done
+    };
     let child_emptied = child.empty_after_commit()?;
     child.flush()?;
     Ok(CommitReport {

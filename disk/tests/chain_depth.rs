@@ -14,7 +14,14 @@ const SIZE: u64 = 16 << 20;
 const DEPTH: usize = 8;
 
 fn open(path: &Path, read_only: bool) -> Box<dyn DiskImage> {
-    rehost_disk::open(path, &OpenOptions { read_only }).unwrap()
+    rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn chain(format: ImageFormat) {

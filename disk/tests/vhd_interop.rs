@@ -31,7 +31,14 @@ fn expected(size: u64, writes: &[(u64, u64, u8)]) -> Vec<u8> {
 }
 
 fn read_all(path: &Path) -> Vec<u8> {
-    let d = rehost_disk::open(path, &OpenOptions { read_only: true }).unwrap();
+    let d = rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut buf = vec![0u8; d.geometry().size as usize];
     d.read_at(0, &mut buf).unwrap();
     buf
@@ -77,7 +84,14 @@ fn qemu_made_images_read_identically() {
                 io.arg("-c").arg(format!("write -P 0x{b:02x} {off} {len}"));
             }
             run(io.arg(&img));
-            let d = rehost_disk::open(&img, &OpenOptions { read_only: true }).unwrap();
+            let d = rehost_disk::open(
+                &img,
+                &OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(d.geometry().size, size, "{}", img.display());
             assert_eq!(d.check().unwrap(), vec![], "{}", img.display());
             drop(d);
@@ -97,7 +111,14 @@ fn qemu_made_images_read_identically() {
             assert_eq!(sha256_file(&raw), sha256_bytes(dir.path(), &want));
             // rehost writes into QEMU's image; QEMU reads them back.
             {
-                let d = rehost_disk::open(&img, &OpenOptions { read_only: false }).unwrap();
+                let d = rehost_disk::open(
+                    &img,
+                    &OpenOptions {
+                        read_only: false,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 d.write_at(9 << 20, &vec![0x66; 4096]).unwrap();
                 d.write_at(size - 4096, &vec![0x77; 2048]).unwrap();
                 d.flush().unwrap();
@@ -146,7 +167,14 @@ fn rehost_made_images_read_identically_in_qemu() {
         .unwrap();
         let w = writes(size);
         {
-            let d = rehost_disk::open(&img, &OpenOptions { read_only: false }).unwrap();
+            let d = rehost_disk::open(
+                &img,
+                &OpenOptions {
+                    read_only: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             for &(off, len, b) in &w {
                 d.write_at(off, &vec![b; len as usize]).unwrap();
             }
@@ -186,7 +214,14 @@ fn rehost_made_images_read_identically_in_qemu() {
             .args(["-f", "vpc", "-c"])
             .arg(format!("write -P 0x99 {} 4096", 13 << 20))
             .arg(&img));
-        let d = rehost_disk::open(&img, &OpenOptions { read_only: true }).unwrap();
+        let d = rehost_disk::open(
+            &img,
+            &OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(d.check().unwrap(), vec![], "{}", img.display());
         let mut buf = vec![0u8; 4096];
         d.read_at(13 << 20, &mut buf).unwrap();

@@ -36,7 +36,14 @@ fn data(sector: u64, count: u64, byte: u8) -> Vec<u8> {
 }
 
 fn open(path: &Path) -> Box<dyn DiskImage> {
-    rehost_disk::open(path, &OpenOptions { read_only: false }).unwrap()
+    rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn run(kind: &str, ops: &[Op]) -> Result<(), TestCaseError> {
@@ -102,7 +109,14 @@ fn run(kind: &str, ops: &[Op]) -> Result<(), TestCaseError> {
         }
     }
     drop(disk);
-    let disk = rehost_disk::open(&path, &OpenOptions { read_only: true }).unwrap();
+    let disk = rehost_disk::open(
+        &path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     prop_assert_eq!(disk.check().unwrap(), vec![]);
     let mut all = vec![0u8; SIZE as usize];
     disk.read_at(0, &mut all).unwrap();

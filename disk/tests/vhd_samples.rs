@@ -11,7 +11,14 @@ use common::*;
 use rehost_disk::{ops, DiskImage, ImageFormat, OpenOptions, Subformat};
 
 fn open(path: &Path, read_only: bool) -> Box<dyn DiskImage> {
-    rehost_disk::open(path, &OpenOptions { read_only }).unwrap()
+    rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// sha256 of the whole flat image as rehost reads it.

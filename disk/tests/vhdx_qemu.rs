@@ -53,8 +53,15 @@ fn no_parent(p: &Path) -> rehost_disk::Result<Box<dyn DiskImage>> {
 }
 
 fn open(path: &Path, read_only: bool) -> VhdxImage {
-    VhdxImage::open(path, &OpenOptions { read_only }, &mut no_parent)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+    VhdxImage::open(
+        path,
+        &OpenOptions {
+            read_only,
+            ..Default::default()
+        },
+        &mut no_parent,
+    )
+    .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
 }
 
 /// A raw file holding what the disk should contain.

@@ -30,12 +30,19 @@ fn unpack(name: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn open(path: &Path, read_only: bool) -> rehost_disk::Result<VhdxImage> {
-    VhdxImage::open(path, &OpenOptions { read_only }, &mut |p: &Path| {
-        Err(BlockError::Open {
-            path: p.to_owned(),
-            reason: "samples have no parent".into(),
-        })
-    })
+    VhdxImage::open(
+        path,
+        &OpenOptions {
+            read_only,
+            ..Default::default()
+        },
+        &mut |p: &Path| {
+            Err(BlockError::Open {
+                path: p.to_owned(),
+                reason: "samples have no parent".into(),
+            })
+        },
+    )
 }
 
 /// A sha256 hasher process: `openssl dgst` (fast, SHA-NI) or `sha256sum`.

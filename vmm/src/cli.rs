@@ -116,10 +116,13 @@ pub struct RunArgs {
     /// file), on the PIIX3 IDE controller (default) or the ICH9 AHCI
     /// controller; `readonly=on` makes guest writes fail with ATA errors.
     /// Repeatable; drives take the controller's free slots in order.
-    /// `id=NAME` names the drive on the control socket.
+    /// `id=NAME` names the drive on the control socket. A file that looks
+    /// like a damaged VHD or VHDX is refused rather than used as raw;
+    /// `format=raw` (or `vhd`, `vhdx`) opens it as that format instead of
+    /// detecting one.
     #[arg(
         long = "disk",
-        value_name = "PATH[,controller=ide|ahci][,readonly=on][,id=NAME]"
+        value_name = "PATH[,controller=ide|ahci][,readonly=on][,id=NAME][,format=raw|vhd|vhdx]"
     )]
     pub disks: Vec<String>,
     /// A CD/DVD-ROM drive with this ISO image inserted (read-only), on IDE

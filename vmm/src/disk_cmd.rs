@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
+use rehost_disk::dirty::{self, BitmapInfo, DirtyTracker, TrackerOptions};
 use rehost_disk::{
     bench, ops, BlockError, CreateOptions, DiskImage, ImageFormat, ImageInfo, OpenOptions, Problem,
     Subformat,
@@ -91,8 +92,71 @@ matches it and is refused when opened: the parent changed under it.
 A format that cannot empty its images leaves CHILD as it was, which is
 reported.";
 
+const BITMAP_HELP: &str = "\
+Bitmaps live in a sidecar file next to the image (IMAGE.rehost-bitmaps).
+`rehost disk bench` and `rehost disk commit` (into the image) keep them up
+to date. A write by any other program (and, for now, by `rehost run`) is
+detected from the image's size, modification time and, for VHDX, its
+DataWriteGuid, and turns every bitmap to resync-required (every block dirty),
+never to clean. After a crash, the blocks of the extents in the activity log
+are dirty as well.";
+
+#[derive(Debug, Subcommand)]
+pub enum BitmapCommand {
+    /// Add a bitmap with every block clean and a new generation.
+    #[command(after_help = SIZE_HELP)]
+    Add {
+        /// Bytes one bit covers: a power of two from 4K to 16M.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64K")]
+        granularity: u64,
+        /// Activity-log extents (1 to 505) used when the sidecar is
+        /// created: after a crash, at most this many extents are reported
+        /// dirty beyond what was written.
+        #[arg(long, value_name = "N")]
+        al_extents: Option<u32>,
+        /// Activity-log extent size (a power of two from 64K to 1G) used
+        /// when the sidecar is created.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        al_extent_size: Option<u64>,
+        /// The image file.
+        image: PathBuf,
+        /// The bitmap's name: 1 to 64 letters, digits, '-', '_' or '.'.
+        name: String,
+    },
+    /// Remove a bitmap.
+    Remove {
+        /// The image file.
+        image: PathBuf,
+        /// The bitmap's name.
+        name: String,
+    },
+    /// Mark every block of a bitmap clean and give it a new generation
+    /// (after a full copy of the disk was taken).
+    Clear {
+        /// The image file.
+        image: PathBuf,
+        /// The bitmap's name.
+        name: String,
+    },
+    /// List the bitmaps: name, granularity, dirty bytes, generation, state
+    /// (tracking, or resync-required when continuity was lost).
+    List {
+        /// Print JSON: {"path", "bitmaps": [{"name", "granularity",
+        /// "dirty_bytes", "generation" (32 hex digits), "state"}],
+        /// "problem"}.
+        #[arg(long)]
+        json: bool,
+        /// The image file.
+        image: PathBuf,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
+    /// Manage the image's dirty bitmaps (which blocks changed since each
+    /// bitmap was added or cleared).
+    #[command(subcommand, after_help = BITMAP_HELP)]
+    Bitmap(BitmapCommand),
     /// Create a new image (raw, VHD or VHDX; fixed, dynamic or differencing).
     #[command(after_help = SIZE_HELP)]
     Create {
@@ -269,6 +333,7 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         DiskCommand::Check { json, path } => check(&path, json),
+        DiskCommand::Bitmap(cmd) => bitmap(cmd),
         DiskCommand::Convert {
             output_format,
             subformat,
@@ -375,6 +440,7 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
                 &path,
                 &OpenOptions {
                     read_only: !pattern.is_write(),
+                    ..Default::default()
                 },
             )?;
             let bytes = bytes.unwrap_or(match pattern {
@@ -388,8 +454,22 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
                 flush_every,
                 flush_log,
             };
-            let r = bench::run(image.as_ref(), &options)?;
-            drop(image);
+            // Writes go through the dirty tracker when the image has
+            // bitmaps, so they stay up to date.
+            let tracked = pattern.is_write() && dirty::sidecar_path(&path).exists();
+            let r = if tracked {
+                let tracker = DirtyTracker::open_image(
+                    std::sync::Arc::from(image),
+                    &TrackerOptions::default(),
+                )?;
+                let r = bench::run(&tracker, &options);
+                tracker.close()?;
+                r?
+            } else {
+                let r = bench::run(image.as_ref(), &options)?;
+                drop(image);
+                r
+            };
             if json {
                 println!(
                     "{{\"pattern\":\"{}\",\"requests\":{},\"bytes\":{},\"seconds\":{:.6},\"mib_per_sec\":{:.2},\"iops\":{:.1}}}",
@@ -416,8 +496,114 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
     }
 }
 
+fn bitmap(cmd: BitmapCommand) -> anyhow::Result<u8> {
+    // The image is only read; the tracker writes the sidecar.
+    let tracker = |image: &Path, opts: &TrackerOptions| -> anyhow::Result<DirtyTracker> {
+        Ok(DirtyTracker::open_image(
+            std::sync::Arc::from(open_ro(image)?),
+            opts,
+        )?)
+    };
+    match cmd {
+        BitmapCommand::Add {
+            granularity,
+            al_extents,
+            al_extent_size,
+            image,
+            name,
+        } => {
+            let defaults = TrackerOptions::default();
+            let opts = TrackerOptions {
+                al_capacity: al_extents.unwrap_or(defaults.al_capacity),
+                al_extent_size: al_extent_size.unwrap_or(defaults.al_extent_size),
+            };
+            let t = tracker(&image, &opts)?;
+            let info = t.add_bitmap(&name, granularity)?;
+            t.close()?;
+            println!(
+                "{}: bitmap {} added (granularity {}, generation {:032x})",
+                image.display(),
+                info.name,
+                info.granularity,
+                info.generation
+            );
+        }
+        BitmapCommand::Remove { image, name } => {
+            let t = tracker(&image, &TrackerOptions::default())?;
+            t.remove_bitmap(&name)?;
+            t.close()?;
+        }
+        BitmapCommand::Clear { image, name } => {
+            let t = tracker(&image, &TrackerOptions::default())?;
+            let info = t.clear_bitmap(&name)?;
+            t.close()?;
+            println!(
+                "{}: bitmap {} cleared (generation {:032x})",
+                image.display(),
+                info.name,
+                info.generation
+            );
+        }
+        BitmapCommand::List { json, image } => {
+            let size = open_ro(&image)?.geometry().size;
+            let loaded = dirty::inspect(&image, size)?;
+            let (bitmaps, problem) = match loaded {
+                Some(l) => (l.bitmaps, l.problem),
+                None => (Vec::new(), None),
+            };
+            if json {
+                println!(
+                    "{{\"path\":{},\"bitmaps\":[{}],\"problem\":{}}}",
+                    js(&image.display().to_string()),
+                    bitmaps
+                        .iter()
+                        .map(bitmap_json)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    problem.as_deref().map(js).unwrap_or_else(|| "null".into())
+                );
+            } else {
+                if let Some(p) = &problem {
+                    println!("warning: {p}");
+                }
+                if bitmaps.is_empty() {
+                    println!("{}: no bitmaps", image.display());
+                }
+                for b in &bitmaps {
+                    println!(
+                        "{}: granularity {}, {} dirty bytes, generation {:032x}, {}",
+                        b.name,
+                        b.granularity,
+                        b.dirty_bytes,
+                        b.generation,
+                        b.state.name()
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn bitmap_json(b: &BitmapInfo) -> String {
+    format!(
+        "{{\"name\":{},\"granularity\":{},\"dirty_bytes\":{},\"generation\":\"{:032x}\",\"state\":{}}}",
+        js(&b.name),
+        b.granularity,
+        b.dirty_bytes,
+        b.generation,
+        js(b.state.name())
+    )
+}
+
 fn open_ro(path: &Path) -> anyhow::Result<Box<dyn DiskImage>> {
-    Ok(rehost_disk::open(path, &OpenOptions { read_only: true })?)
+    Ok(rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )?)
 }
 
 fn create(
@@ -563,7 +749,13 @@ fn problem_json(p: &Problem) -> String {
 fn check(path: &Path, json: bool) -> anyhow::Result<u8> {
     let mut checked: Vec<PathBuf> = Vec::new();
     let mut problems: Vec<Problem> = Vec::new();
-    match rehost_disk::open(path, &OpenOptions { read_only: true }) {
+    match rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    ) {
         Ok(image) => {
             let mut layer: Option<&dyn DiskImage> = Some(image.as_ref());
             let mut reopened: Vec<Box<dyn DiskImage>> = Vec::new();
@@ -595,7 +787,7 @@ fn check(path: &Path, json: bool) -> anyhow::Result<u8> {
             offset,
             reason,
         }),
-        Err(e @ BlockError::Open { .. }) => problems.push(Problem {
+        Err(e @ (BlockError::Open { .. } | BlockError::Damaged { .. })) => problems.push(Problem {
             path: path.to_owned(),
             structure: "image".into(),
             offset: 0,

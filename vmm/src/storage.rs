@@ -18,7 +18,7 @@ use rehost_devices::storage::atapi::Cdrom;
 use rehost_devices::storage::ide::PiixIde;
 use rehost_devices::storage::{ahci_spec, ide_spec};
 use rehost_devices::GuestMemory;
-use rehost_disk::{BlockDevice, DiskImage, OpenOptions};
+use rehost_disk::{BlockDevice, DiskImage, ImageFormat, OpenOptions};
 
 /// Where the PIIX3 IDE function and the AHCI controller sit on bus 0.
 pub const IDE_DEVFN: DevFn = DevFn::new(1, 1);
@@ -72,6 +72,10 @@ pub struct DriveSpec {
     /// The name the control socket knows the drive by (`id=`); rehost
     /// names it after its place when none is given (see [`drive_name`]).
     pub id: Option<String>,
+    /// `format=raw|vhd|vhdx`: open the image as this format instead of
+    /// detecting it (`format=raw` uses a file that looks like a damaged
+    /// VHD or VHDX as a raw disk).
+    pub format: Option<ImageFormat>,
 }
 
 /// A drive with its image opened and its place on a controller.
@@ -124,7 +128,7 @@ fn split_options(s: &str) -> Vec<String> {
     parts
 }
 
-/// Parses `PATH[,controller=ide|ahci][,readonly=on|off][,id=NAME]`
+/// Parses `PATH[,controller=ide|ahci][,readonly=on|off][,id=NAME][,format=raw|vhd|vhdx]`
 /// (`readonly` only for disks; CD-ROMs are always read-only).
 pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<DriveSpec> {
     let parts = split_options(text);
@@ -137,6 +141,7 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
         controller: Controller::Ide,
         read_only: kind == DriveKind::Cdrom,
         id: None,
+        format: None,
     };
     for opt in &parts[1..] {
         match opt.split_once('=') {
@@ -156,6 +161,14 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
                 }
                 spec.id = Some(v.to_owned());
             }
+            Some(("format", v)) => {
+                spec.format = Some(match v {
+                    "raw" => ImageFormat::Raw,
+                    "vhd" | "vpc" => ImageFormat::Vhd,
+                    "vhdx" => ImageFormat::Vhdx,
+                    _ => bail!("{option} {text}: format={v}: expected raw, vhd or vhdx"),
+                })
+            }
             Some(("readonly", v)) if kind == DriveKind::Disk => {
                 spec.read_only = match v {
                     "on" | "yes" | "true" => true,
@@ -164,7 +177,7 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
                 }
             }
             _ => bail!(
-                "{option} {text}: unknown option {opt:?} (expected controller=ide|ahci, id=NAME{})",
+                "{option} {text}: unknown option {opt:?} (expected controller=ide|ahci, id=NAME, format=raw|vhd|vhdx{})",
                 if kind == DriveKind::Disk {
                     " or readonly=on"
                 } else {
@@ -224,6 +237,7 @@ pub fn open_drives(disks: &[String], cdroms: &[String]) -> anyhow::Result<Vec<Dr
             &spec.path,
             &OpenOptions {
                 read_only: spec.read_only,
+                format: spec.format,
             },
         )
         .with_context(|| format!("{option} {}", spec.path.display()))?;
@@ -455,6 +469,50 @@ mod tests {
             );
         }
         assert!(parse_drive("--cdrom", DriveKind::Cdrom, "x.iso,readonly=on").is_err());
+        let d = parse_drive("--disk", DriveKind::Disk, "x.vhdx,id=d0,format=raw").unwrap();
+        assert_eq!(d.format, Some(ImageFormat::Raw));
+        assert_eq!(d.id.as_deref(), Some("d0"));
+        assert_eq!(
+            parse_drive("--disk", DriveKind::Disk, "x,format=vhdx")
+                .unwrap()
+                .format,
+            Some(ImageFormat::Vhdx)
+        );
+        assert_eq!(
+            parse_drive("--disk", DriveKind::Disk, "x").unwrap().format,
+            None
+        );
+        assert!(parse_drive("--disk", DriveKind::Disk, "x,format=qcow2").is_err());
+    }
+
+    #[test]
+    fn damaged_vhdx_is_refused_unless_format_raw_is_given() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.vhdx");
+        rehost_disk::create(
+            &p,
+            &rehost_disk::CreateOptions {
+                format: ImageFormat::Vhdx,
+                subformat: rehost_disk::Subformat::Dynamic,
+                size: 4 << 20,
+                block_size: None,
+                parent: None,
+            },
+        )
+        .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(b"XXXXXXXX", 0).unwrap();
+        drop(f);
+        let path = p.to_str().unwrap().to_owned();
+        let err = open_drives(std::slice::from_ref(&path), &[]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("damaged vhdx"), "{text}");
+        assert!(text.contains("format=raw"), "{text}");
+        let drives = open_drives(&[format!("{path},format=raw")], &[]).unwrap();
+        let image = drives[0].image.as_ref().unwrap();
+        assert_eq!(image.info().format, ImageFormat::Raw);
+        assert_eq!(image.geometry().size, std::fs::metadata(&p).unwrap().len());
     }
 
     #[test]

@@ -26,10 +26,16 @@ fn apply(model: &mut [u8], writes: &[(u64, Vec<u8>)]) {
 
 /// The ranges an image holds data for itself (not through its parents).
 fn own_extents(path: &Path) -> Vec<std::ops::Range<u64>> {
-    rehost_disk::open(path, &OpenOptions { read_only: true })
-        .unwrap()
-        .allocated_extents()
-        .unwrap()
+    rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .allocated_extents()
+    .unwrap()
 }
 
 fn chain_end_to_end(format: ImageFormat) {
@@ -333,7 +339,14 @@ fn vhdx_discard_returns_space_and_reuses_it() {
     let (used, size) = (usage(&img), len(&img));
 
     // Blocks 8..24 go whole; blocks 7 and 24, only partly covered, stay.
-    let d = rehost_disk::open(&img, &OpenOptions { read_only: false }).unwrap();
+    let d = rehost_disk::open(
+        &img,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     d.discard(8 * MIB as u64 - 4096, 16 * MIB as u64 + 8192)
         .unwrap();
     d.flush().unwrap();

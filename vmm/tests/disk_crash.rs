@@ -40,7 +40,14 @@ fn last_flushed(log: &Path) -> u64 {
 }
 
 fn read_block(img: &Path, off: u64) -> Vec<u8> {
-    let d = rehost_disk::open(img, &OpenOptions { read_only: true }).unwrap();
+    let d = rehost_disk::open(
+        img,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut buf = vec![0u8; 4096];
     d.read_at(off, &mut buf).unwrap();
     buf
@@ -130,8 +137,22 @@ fn crash_rounds(format: ImageFormat, differencing: bool) {
         for (i, &(off, _)) in reqs.iter().enumerate() {
             by_offset.entry(off).or_default().push(i);
         }
-        let d = rehost_disk::open(&img, &OpenOptions { read_only: true }).unwrap();
-        let old = rehost_disk::open(&pristine, &OpenOptions { read_only: true }).unwrap();
+        let d = rehost_disk::open(
+            &img,
+            &OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let old = rehost_disk::open(
+            &pristine,
+            &OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut buf = vec![0u8; 4096];
         let mut old_buf = vec![0u8; 4096];
         let mut want = vec![0u8; 4096];

@@ -58,14 +58,28 @@ fn bases() -> &'static Bases {
         let base = dir.join("parent.vhd");
         rehost_disk::create(&base, &opts(None)).unwrap();
         {
-            let d = rehost_disk::open(&base, &OpenOptions { read_only: false }).unwrap();
+            let d = rehost_disk::open(
+                &base,
+                &OpenOptions {
+                    read_only: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             d.write_at(0, &[0x11; 8192]).unwrap();
             d.write_at(64 << 10, &[0x22; 512]).unwrap();
         }
         let child = dir.join("child-template.vhd");
         rehost_disk::create(&child, &opts(Some(base.clone()))).unwrap();
         {
-            let d = rehost_disk::open(&child, &OpenOptions { read_only: false }).unwrap();
+            let d = rehost_disk::open(
+                &child,
+                &OpenOptions {
+                    read_only: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             d.write_at(4096, &[0x33; 1024]).unwrap();
         }
         Bases {
@@ -102,8 +116,19 @@ fn patched(base: &[u8], patches: &[u8]) -> Vec<u8> {
 fn exercise(path: &Path, seed: &[u8]) {
     let Ok(d) = rehost_disk::vhd::VhdImage::open(
         path,
-        &OpenOptions { read_only: true },
-        &mut |p: &Path| rehost_disk::open(p, &OpenOptions { read_only: true }),
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+        &mut |p: &Path| {
+            rehost_disk::open(
+                p,
+                &OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+        },
     ) else {
         return;
     };
@@ -122,8 +147,19 @@ fn exercise(path: &Path, seed: &[u8]) {
     drop(d);
     if let Ok(d) = rehost_disk::vhd::VhdImage::open(
         path,
-        &OpenOptions { read_only: false },
-        &mut |p: &Path| rehost_disk::open(p, &OpenOptions { read_only: true }),
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+        &mut |p: &Path| {
+            rehost_disk::open(
+                p,
+                &OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+        },
     ) {
         let off = u64::from(seed.first().copied().unwrap_or(0)) * 4096 % size.max(1) / 512 * 512;
         if off + 1024 <= size {

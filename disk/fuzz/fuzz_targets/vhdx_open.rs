@@ -39,7 +39,10 @@ fn no_parent(p: &Path) -> rehost_disk::Result<Box<dyn DiskImage>> {
 fn parent_opener(p: &Path) -> rehost_disk::Result<Box<dyn DiskImage>> {
     Ok(Box::new(VhdxImage::open(
         p,
-        &OpenOptions { read_only: true },
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
         &mut no_parent,
     )?))
 }
@@ -80,8 +83,15 @@ fn templates() -> &'static Templates {
         };
         let dynamic = dir.join("dynamic.vhdx");
         vhdx::create(&dynamic, &opts(None)).unwrap();
-        let d =
-            VhdxImage::open(&dynamic, &OpenOptions { read_only: false }, &mut no_parent).unwrap();
+        let d = VhdxImage::open(
+            &dynamic,
+            &OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
+            &mut no_parent,
+        )
+        .unwrap();
         d.write_at(0, &[0x11; 4096]).unwrap();
         d.write_at(5 << 20, &[0x22; 8192]).unwrap();
         drop(d);
@@ -91,7 +101,10 @@ fn templates() -> &'static Templates {
         vhdx::create(&child, &opts(Some(parent.clone()))).unwrap();
         let c = VhdxImage::open(
             &child,
-            &OpenOptions { read_only: false },
+            &OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
             &mut parent_opener,
         )
         .unwrap();
@@ -167,7 +180,14 @@ fuzz_target!(|data: &[u8]| {
     let path = t.dir.join("fuzzed.vhdx");
     write_sparse(&path, &file);
 
-    if let Ok(d) = VhdxImage::open(&path, &OpenOptions { read_only: true }, &mut parent_opener) {
+    if let Ok(d) = VhdxImage::open(
+        &path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+        &mut parent_opener,
+    ) {
         let size = d.geometry().size;
         let mut buf = vec![0u8; 8192];
         for at in [0, size / 2, size.saturating_sub(8192)] {
@@ -179,24 +199,37 @@ fuzz_target!(|data: &[u8]| {
         let _ = d.info();
         let _ = d.allocated_extents();
     }
-    let written =
-        match VhdxImage::open(&path, &OpenOptions { read_only: false }, &mut parent_opener) {
-            Ok(d) => {
-                let size = d.geometry().size;
-                let at = (size / 3) / 512 * 512;
-                let n = (size - at).min(4096) as usize;
-                let mut ok = d.write_at(at, &vec![0x5A; n]).is_ok();
-                // Discard whole blocks before the written sector, never over it.
-                let _ = d.discard(0, at.min(2 << 20) / 512 * 512);
-                ok &= d.flush().is_ok();
-                ok &= d.close().is_ok();
-                ok.then_some((at, n))
-            }
-            Err(_) => None,
-        };
+    let written = match VhdxImage::open(
+        &path,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+        &mut parent_opener,
+    ) {
+        Ok(d) => {
+            let size = d.geometry().size;
+            let at = (size / 3) / 512 * 512;
+            let n = (size - at).min(4096) as usize;
+            let mut ok = d.write_at(at, &vec![0x5A; n]).is_ok();
+            // Discard whole blocks before the written sector, never over it.
+            let _ = d.discard(0, at.min(2 << 20) / 512 * 512);
+            ok &= d.flush().is_ok();
+            ok &= d.close().is_ok();
+            ok.then_some((at, n))
+        }
+        Err(_) => None,
+    };
     if let Some((at, n)) = written {
-        let d = VhdxImage::open(&path, &OpenOptions { read_only: true }, &mut parent_opener)
-            .expect("a file rehost wrote and flushed must reopen");
+        let d = VhdxImage::open(
+            &path,
+            &OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+            &mut parent_opener,
+        )
+        .expect("a file rehost wrote and flushed must reopen");
         let mut buf = vec![0u8; n];
         d.read_at(at, &mut buf).expect("read back");
         assert!(buf.iter().all(|&b| b == 0x5A), "flushed write lost");

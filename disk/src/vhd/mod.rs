@@ -1414,7 +1414,13 @@ pub fn create(path: &Path, options: &CreateOptions) -> Result<()> {
     let mut block_size = options.block_size;
     let (size, link) = match &options.parent {
         Some(parent) => {
-            let pimage = crate::open(parent, &OpenOptions { read_only: true })?;
+            let pimage = crate::open(
+                parent,
+                &OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )?;
             let pinfo = pimage.info();
             if pinfo.format != ImageFormat::Vhd {
                 return Err(bad(format!(

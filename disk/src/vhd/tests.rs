@@ -26,11 +26,17 @@ fn diff_opts(parent: &Path) -> CreateOptions {
 }
 
 fn rw() -> OpenOptions {
-    OpenOptions { read_only: false }
+    OpenOptions {
+        read_only: false,
+        ..Default::default()
+    }
 }
 
 fn ro() -> OpenOptions {
-    OpenOptions { read_only: true }
+    OpenOptions {
+        read_only: true,
+        ..Default::default()
+    }
 }
 
 fn open(path: &Path, o: &OpenOptions) -> crate::Result<Box<dyn DiskImage>> {
@@ -408,10 +414,17 @@ fn damaged_footers_are_refused() {
     std::fs::write(&fixed, &good[..300]).unwrap();
     let e = VhdImage::open(&fixed, &ro(), &mut |_: &Path| unreachable!()).unwrap_err();
     assert!(e.to_string().contains("too short"), "{e}");
-    // The cookie gone: it is not a VHD any more, so it opens as raw.
+    // The cookie gone: the rest of the footer still says VHD, so detection
+    // refuses it rather than opening it as raw (issue 14).
     std::fs::write(&fixed, &good).unwrap();
     patch(&fixed, footer_at, b"XXXXXXXX");
-    assert_eq!(crate::detect_format(&fixed).unwrap(), ImageFormat::Raw);
+    assert!(matches!(
+        crate::detect_format(&fixed),
+        Err(BlockError::Damaged {
+            format: ImageFormat::Vhd,
+            ..
+        })
+    ));
     let e = VhdImage::open(&fixed, &ro(), &mut |_: &Path| unreachable!()).unwrap_err();
     assert!(e.to_string().contains("bad cookie"), "{e}");
     assert!(

@@ -142,7 +142,13 @@ pub fn create(path: &Path, options: &CreateOptions) -> Result<()> {
 /// must be a VHDX file, and its DataWriteGuid becomes the child's
 /// parent_linkage (section 2.6.2.6.3).
 fn new_child(path: &Path, parent: &Path, block_size: u32) -> Result<NewImage> {
-    let img = crate::open(parent, &crate::OpenOptions { read_only: true })?;
+    let img = crate::open(
+        parent,
+        &crate::OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
     let info = img.info();
     if info.format != ImageFormat::Vhdx {
         return Err(BlockError::Open {

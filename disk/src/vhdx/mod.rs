@@ -49,6 +49,13 @@ mod parent;
 #[cfg(test)]
 mod tests;
 
+/// The DataWriteGuid of the current header of the VHDX file at `path`
+/// ([MS-VHDX] 2.2.2: changed before the first write of every session that
+/// changes the disk's content, by every conforming writer).
+pub fn current_data_write_guid(path: &Path) -> Result<[u8; 16]> {
+    Ok(layout::read_current_header(path)?.data_write_guid.0)
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

@@ -70,11 +70,24 @@ fn make_child(parent: &Path, name: &str, block_size: Option<u64>) -> PathBuf {
 }
 
 fn opener(p: &Path) -> Result<Box<dyn DiskImage>> {
-    crate::open(p, &OpenOptions { read_only: true })
+    crate::open(
+        p,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
 }
 
 fn open(path: &Path, read_only: bool) -> Result<VhdxImage> {
-    VhdxImage::open(path, &OpenOptions { read_only }, &mut opener)
+    VhdxImage::open(
+        path,
+        &OpenOptions {
+            read_only,
+            ..Default::default()
+        },
+        &mut opener,
+    )
 }
 
 fn rw(path: &Path) -> VhdxImage {
@@ -1473,10 +1486,24 @@ fn parent_loops_are_refused() {
     patch(&a, (2 << 20) + u64::from(end), &locator);
     let fp = item_offset(&a, &FILE_PARAMETERS_GUID);
     patch(&a, fp + 4, &2u32.to_le_bytes());
-    let err = crate::open(&b, &OpenOptions { read_only: true }).unwrap_err();
+    let err = crate::open(
+        &b,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("loops back"), "{text}");
-    let err = crate::open(&a, &OpenOptions { read_only: true }).unwrap_err();
+    let err = crate::open(
+        &a,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("loops back"), "{err}");
 }
 

@@ -362,7 +362,10 @@ fn change_medium(
     // Open the new medium first: a bad file leaves the drive as it was.
     let image = rehost_disk::open(
         std::path::Path::new(filename),
-        &OpenOptions { read_only: true },
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
     )
     .map_err(|e| QmpError::generic(format!("Could not open '{filename}': {e}")))?;
     let detected = image.info().format;

@@ -109,7 +109,16 @@ pub fn format_works(format: ImageFormat, dir: &Path) -> bool {
             parent: None,
         },
     )
-    .and_then(|_| rehost_disk::open(&probe, &OpenOptions { read_only: false }).map(|_| ()));
+    .and_then(|_| {
+        rehost_disk::open(
+            &probe,
+            &OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
+    });
     let _ = std::fs::remove_file(&probe);
     match r {
         Ok(()) => true,
@@ -125,7 +134,14 @@ pub fn format_works(format: ImageFormat, dir: &Path) -> bool {
 
 /// Writes through the library (the CLI has no write command).
 pub fn write(path: &Path, writes: &[(u64, Vec<u8>)]) {
-    let d = rehost_disk::open(path, &OpenOptions { read_only: false }).unwrap();
+    let d = rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for (off, data) in writes {
         d.write_at(*off, data).unwrap();
     }
@@ -133,7 +149,14 @@ pub fn write(path: &Path, writes: &[(u64, Vec<u8>)]) {
 }
 
 pub fn read_all(path: &Path) -> Vec<u8> {
-    let d = rehost_disk::open(path, &OpenOptions { read_only: true }).unwrap();
+    let d = rehost_disk::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut buf = vec![0u8; d.geometry().size as usize];
     d.read_at(0, &mut buf).unwrap();
     buf

@@ -1,0 +1,1059 @@
+//! Dirty tracking: a block layer that records which parts of a disk were
+//! written (or discarded) into named bitmaps, persisted crash-safely in a
+//! sidecar file next to the image (`IMAGE.rehost-bitmaps`).
+//!
+//! # Guarantees
+//!
+//! - Never under-reports: every byte written through the tracker since a
+//!   bitmap was last cleared is inside a dirty granule of that bitmap, also
+//!   after a crash at any point.
+//! - After a crash, over-reporting is bounded by the activity log: at most
+//!   `al_capacity` extents of `al_extent_size` bytes (defaults 64 x 4 MiB)
+//!   beyond what was really written.
+//! - A sidecar that is missing its bitmaps, corrupt, or older than the
+//!   image's last write (the image's size, modification time or, for VHDX,
+//!   DataWriteGuid differs from the stamp stored at the last persist, and no
+//!   crash recovery explains it) turns every bitmap to [`BitmapState::ResyncRequired`] (every
+//!   granule dirty) with a new generation; never to a clean state.
+//!
+//! # The activity log (DRBD's idea)
+//!
+//! The disk is divided into extents of `al_extent_size` bytes. Before the
+//! first write to an extent that is not in the activity log, the extent is
+//! added to the log on disk and the log is made durable (`fdatasync`);
+//! only then does the data write proceed. A persist (every flush, and
+//! closing) flushes the image, writes the bitmaps with an image stamp and
+//! an empty log. On open, a non-empty log means the last session did not
+//! persist after some writes: each logged extent is marked dirty in every
+//! bitmap. When the log is full, a write to a new extent persists first
+//! (which empties the log).
+//!
+//! # Sidecar format, version 1 (all integers little-endian)
+//!
+//! ```text
+//! offset 0     activity log slot 0 (4096 bytes)
+//! offset 4096  activity log slot 1 (4096 bytes)
+//! offset 8192  state record (to the end of the file)
+//! ```
+//!
+//! Activity log slot (all zeros = never written):
+//!
+//! ```text
+//!  0   8  magic "RHDIRTAL"
+//!  8   8  sequence number (the valid slot with the highest one is current)
+//! 16  16  state id of the state record this log belongs to
+//! 32   8  extent size in bytes (power of two, 64 KiB .. 1 GiB)
+//! 40   4  number of extents N (at most 505)
+//! 44   4  reserved, zero
+//! 48 8*N  extent indices (extent i covers i*size .. (i+1)*size)
+//! ...     zeros
+//! 4092 4  CRC-32C of bytes 0..4096 with this field taken as zero
+//! ```
+//!
+//! Log updates alternate between the slots, so a torn slot write leaves
+//! the previous log (a subset: the log only grows between persists) in
+//! the other slot, and the data write it announced had not started.
+//!
+//! State record:
+//!
+//! ```text
+//!  0   8  magic "RHDIRTY\0"
+//!  8   4  version (1)
+//! 12   4  header length (112)
+//! 16  16  state id (random, new at every persist)
+//! 32   8  virtual size of the disk in bytes
+//! 40   8  image stamp: file size in bytes
+//! 48   8  image stamp: modification time, seconds since the epoch (signed)
+//! 56   4  image stamp: modification time, nanoseconds
+//! 60   4  activity log capacity (extents, 1 .. 505)
+//! 64   8  activity log extent size in bytes
+//! 72   4  number of bitmaps (at most 64)
+//! 76   4  flags: bit 0 = the image stamp is valid; bit 1 = the stamp
+//!         includes a VHDX DataWriteGuid (only with bit 0); other bits zero
+//! 80   8  length of the whole state record in bytes
+//! 88   4  reserved, zero
+//! 92   4  CRC-32C of the whole state record with this field taken as zero
+//! 96  16  image stamp: the VHDX DataWriteGuid (zero without flag bit 1)
+//! 112     bitmaps, one after another:
+//!          0   2  name length L (1 .. 64; letters, digits, '-', '_', '.')
+//!          2   2  reserved, zero
+//!          4   4  state: 0 = tracking, 1 = resync required
+//!          8   8  granularity in bytes (power of two, 4 KiB .. 16 MiB)
+//!         16  16  generation id (random; changes whenever continuity breaks)
+//!         32   8  number of bits B = ceil(virtual size / granularity)
+//!         40      name, zero-padded to a multiple of 8 bytes
+//!         then ceil(B / 64) 64-bit words; bit i (word i/64, bit i%64)
+//!         set = granule i dirty; bits past B are zero
+//! ```
+//!
+//! The state record is only ever written whole, into a new file
+//! (`IMAGE.rehost-bitmaps.tmp`, both log slots zero) that is fsynced and
+//! renamed over the sidecar, then the directory is fsynced.
+
+pub mod sidecar_spec;
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::{check_request, BlockDevice, BlockError, BlockGeometry, DiskImage, Result};
+use sidecar_spec::{
+    AlSlot, ImageStamp, SidecarError, StateRecord, StoredBitmap, AL_MAX_EXTENTS, AL_SLOT_SIZE,
+    STATE_OFFSET,
+};
+
+/// The default granularity of a new bitmap.
+pub const DEFAULT_GRANULARITY: u64 = 64 << 10;
+/// The default activity-log extent size.
+pub const DEFAULT_AL_EXTENT_SIZE: u64 = 4 << 20;
+/// The default number of extents the activity log holds.
+pub const DEFAULT_AL_CAPACITY: u32 = 64;
+
+/// The sidecar file of an image: `IMAGE.rehost-bitmaps` next to it.
+pub fn sidecar_path(image: &Path) -> PathBuf {
+    let mut s = image.as_os_str().to_owned();
+    s.push(".rehost-bitmaps");
+    PathBuf::from(s)
+}
+
+/// Whether a bitmap's bits can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitmapState {
+    /// Every write since the last clear is recorded.
+    Tracking,
+    /// Continuity was lost (sidecar missing, corrupt, or older than the
+    /// image): every granule is dirty until the bitmap is cleared after a
+    /// full resync.
+    ResyncRequired,
+}
+
+impl BitmapState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BitmapState::Tracking => "tracking",
+            BitmapState::ResyncRequired => "resync-required",
+        }
+    }
+}
+
+/// What [`DirtyTracker::bitmaps`] reports about one bitmap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitmapInfo {
+    pub name: String,
+    pub granularity: u64,
+    /// Bytes covered by dirty granules (the last one clipped to the disk).
+    pub dirty_bytes: u64,
+    pub generation: u128,
+    pub state: BitmapState,
+}
+
+/// How to open a tracker.
+#[derive(Debug, Clone)]
+pub struct TrackerOptions {
+    /// Extents the activity log holds (1 ..= 505). Used when the sidecar is
+    /// created or rewritten; bounds the over-report after a crash.
+    pub al_capacity: u32,
+    /// Activity-log extent size (power of two, 64 KiB .. 1 GiB).
+    pub al_extent_size: u64,
+}
+
+impl Default for TrackerOptions {
+    fn default() -> Self {
+        TrackerOptions {
+            al_capacity: DEFAULT_AL_CAPACITY,
+            al_extent_size: DEFAULT_AL_EXTENT_SIZE,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bitmap {
+    name: String,
+    granularity: u64,
+    generation: u128,
+    state: BitmapState,
+    words: Vec<u64>,
+    bits: u64,
+}
+
+impl Bitmap {
+    fn new(name: &str, granularity: u64, size: u64) -> Bitmap {
+        let bits = sidecar_spec::bit_count(size, granularity);
+        Bitmap {
+            name: name.to_owned(),
+            granularity,
+            generation: random_u128(),
+            state: BitmapState::Tracking,
+            words: vec![0; bits.div_ceil(64) as usize],
+            bits,
+        }
+    }
+
+    fn mark(&mut self, range: Range<u64>) {
+        if range.start >= range.end {
+            return;
+        }
+        let first = range.start / self.granularity;
+        let last = ((range.end - 1) / self.granularity).min(self.bits.saturating_sub(1));
+        for bit in first..=last {
+            if let Some(w) = self.words.get_mut((bit / 64) as usize) {
+                *w |= 1 << (bit % 64);
+            }
+        }
+    }
+
+    fn set_all(&mut self) {
+        self.words.fill(u64::MAX);
+        let spare = self.bits % 64;
+        if spare != 0 {
+            if let Some(w) = self.words.last_mut() {
+                *w = (1u64 << spare) - 1;
+            }
+        }
+    }
+
+    fn resync_required(&mut self) {
+        self.set_all();
+        self.state = BitmapState::ResyncRequired;
+        self.generation = random_u128();
+    }
+
+    fn is_set(&self, bit: u64) -> bool {
+        self.words
+            .get((bit / 64) as usize)
+            .is_some_and(|w| w >> (bit % 64) & 1 == 1)
+    }
+
+    fn extents(&self, size: u64) -> Vec<Range<u64>> {
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for bit in 0..self.bits {
+            if bit % 64 == 0 && self.words.get((bit / 64) as usize) == Some(&0) {
+                continue;
+            }
+            if !self.is_set(bit) {
+                continue;
+            }
+            let start = bit * self.granularity;
+            let end = (start + self.granularity).min(size);
+            match out.last_mut() {
+                Some(r) if r.end == start => r.end = end,
+                _ => out.push(start..end),
+            }
+        }
+        out
+    }
+
+    fn info(&self, size: u64) -> BitmapInfo {
+        BitmapInfo {
+            name: self.name.clone(),
+            granularity: self.granularity,
+            dirty_bytes: self.extents(size).iter().map(|r| r.end - r.start).sum(),
+            generation: self.generation,
+            state: self.state,
+        }
+    }
+
+    fn to_stored(&self) -> StoredBitmap {
+        StoredBitmap {
+            name: self.name.clone(),
+            granularity: self.granularity,
+            generation: self.generation,
+            state: match self.state {
+                BitmapState::Tracking => sidecar_spec::STATE_TRACKING,
+                BitmapState::ResyncRequired => sidecar_spec::STATE_RESYNC_REQUIRED,
+            },
+            words: self.words.clone(),
+            bits: self.bits,
+        }
+    }
+
+    fn from_stored(s: StoredBitmap) -> Bitmap {
+        Bitmap {
+            name: s.name,
+            granularity: s.granularity,
+            generation: s.generation,
+            state: if s.state == sidecar_spec::STATE_TRACKING {
+                BitmapState::Tracking
+            } else {
+                BitmapState::ResyncRequired
+            },
+            words: s.words,
+            bits: s.bits,
+        }
+    }
+}
+
+/// A random 128-bit id from the kernel's generator; falls back to time
+/// and address entropy when getrandom is unavailable.
+fn random_u128() -> u128 {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 16 {
+        return u128::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    t ^ (u128::from(std::process::id()) << 64) ^ (&b as *const _ as usize as u128)
+}
+
+/// What the sidecar said when it was read, before any decision.
+#[derive(Debug)]
+pub struct LoadedSidecar {
+    pub bitmaps: Vec<BitmapInfo>,
+    /// Why the bitmaps were turned to resync-required, if they were.
+    pub problem: Option<String>,
+    /// Extents the activity log held (a crash is being recovered from).
+    pub recovered_extents: usize,
+}
+
+fn sidecar_err(path: &Path, e: SidecarError) -> BlockError {
+    BlockError::Corrupt {
+        path: path.to_owned(),
+        structure: e.structure,
+        offset: e.offset,
+        reason: e.reason,
+    }
+}
+
+fn stamp_of(path: &Path) -> Result<ImageStamp> {
+    let m = std::fs::metadata(path).map_err(|source| BlockError::Io {
+        path: path.to_owned(),
+        offset: 0,
+        source,
+    })?;
+    // A VHDX writer changes the DataWriteGuid before its first write of a
+    // session, which catches writers that put the modification time back.
+    let data_write_guid = match crate::detect_format(path) {
+        Ok(crate::ImageFormat::Vhdx) => crate::vhdx::current_data_write_guid(path).ok(),
+        _ => None,
+    };
+    Ok(ImageStamp {
+        file_size: m.len(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+        data_write_guid,
+    })
+}
+
+/// The decoded sidecar with every rule applied.
+struct Decoded {
+    bitmaps: Vec<Bitmap>,
+    al_capacity: u32,
+    al_extent_size: u64,
+    problem: Option<String>,
+    recovered: usize,
+}
+
+/// Reads and judges a sidecar's bytes against the image's current stamp
+/// and virtual size. Never fails: damage turns bitmaps to resync-required
+/// (those whose names can still be read) and is described in `problem`.
+fn decode(
+    sidecar: &Path,
+    bytes: &[u8],
+    size: u64,
+    current: Option<ImageStamp>,
+    opts: &TrackerOptions,
+) -> Decoded {
+    let mut d = Decoded {
+        bitmaps: Vec::new(),
+        al_capacity: opts.al_capacity,
+        al_extent_size: opts.al_extent_size,
+        problem: None,
+        recovered: 0,
+    };
+    let describe = |e: SidecarError| sidecar_err(sidecar, e).to_string();
+    if bytes.len() < STATE_OFFSET {
+        d.problem = Some(format!(
+            "{}: only {} bytes, shorter than its two activity log slots (truncated?)",
+            sidecar.display(),
+            bytes.len()
+        ));
+        return d;
+    }
+    let state = match StateRecord::parse(&bytes[STATE_OFFSET..], true) {
+        Ok(s) => s,
+        Err(e) => {
+            d.problem = Some(describe(e));
+            // Salvage the names of the bitmaps (the structure still has to
+            // hold together); their bits are never trusted.
+            if let Ok(s) = StateRecord::parse(&bytes[STATE_OFFSET..], false) {
+                if s.virtual_size == size {
+                    d.bitmaps = s.bitmaps.into_iter().map(Bitmap::from_stored).collect();
+                }
+            }
+            for b in &mut d.bitmaps {
+                b.resync_required();
+            }
+            return d;
+        }
+    };
+    d.al_capacity = state.al_capacity;
+    d.al_extent_size = state.al_extent_size;
+    d.bitmaps = state.bitmaps.into_iter().map(Bitmap::from_stored).collect();
+    let all_resync = |d: &mut Decoded, why: String| {
+        d.problem = Some(why);
+        for b in &mut d.bitmaps {
+            if b.state != BitmapState::ResyncRequired {
+                b.resync_required();
+            } else {
+                b.set_all();
+            }
+        }
+    };
+    if state.virtual_size != size {
+        all_resync(
+            &mut d,
+            format!(
+                "{}: written for a {}-byte disk, but the image is {size} bytes now",
+                sidecar.display(),
+                state.virtual_size
+            ),
+        );
+        return d;
+    }
+    // The activity log: the valid slot with the highest sequence number.
+    // A damaged slot next to a valid one is a torn log update: the valid
+    // one (written and synced before) covers every data write started,
+    // since a data write starts only after its log update is synced. A
+    // damaged slot with no valid one beside it cannot be told from a lost
+    // log: every bitmap needs a resync.
+    let mut valid: Vec<AlSlot> = Vec::new();
+    let mut damaged: Vec<String> = Vec::new();
+    for i in 0..2 {
+        let at = i * AL_SLOT_SIZE;
+        match AlSlot::parse(&bytes[at..at + AL_SLOT_SIZE], at as u64) {
+            Ok(Some(s)) => valid.push(s),
+            Ok(None) => {}
+            Err(e) => damaged.push(describe(e)),
+        }
+    }
+    if !damaged.is_empty() && valid.is_empty() {
+        all_resync(
+            &mut d,
+            format!("activity log damaged: {}", damaged.join("; ")),
+        );
+        return d;
+    }
+    if let Some(log) = valid.iter().max_by_key(|s| s.sequence) {
+        if log.state_id != state.state_id || log.extent_size != state.al_extent_size {
+            all_resync(
+                &mut d,
+                format!(
+                    "{}: the activity log does not belong to the bitmap state",
+                    sidecar.display()
+                ),
+            );
+            return d;
+        }
+        if !log.extents.is_empty() {
+            d.recovered = log.extents.len();
+            for &e in &log.extents {
+                let start = e.saturating_mul(log.extent_size);
+                let end = start.saturating_add(log.extent_size).min(size);
+                for b in &mut d.bitmaps {
+                    b.mark(start..end);
+                }
+            }
+            return d;
+        }
+    }
+    // Cleanly persisted: the image must not have changed since.
+    match (state.stamp, current) {
+        (Some(s), Some(c)) if s == c => {}
+        (s, c) => all_resync(
+            &mut d,
+            format!(
+                "{}: the image changed since the bitmaps were last written (stamp {s:?}, image now {c:?}): written outside rehost?",
+                sidecar.display()
+            ),
+        ),
+    }
+    d
+}
+
+/// Reads a sidecar without changing anything: what a tracker opened now
+/// would report. `Ok(None)` when the image has no sidecar.
+pub fn inspect(image_path: &Path, virtual_size: u64) -> Result<Option<LoadedSidecar>> {
+    let sidecar = sidecar_path(image_path);
+    let bytes = match std::fs::read(&sidecar) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(BlockError::Io {
+                path: sidecar,
+                offset: 0,
+                source,
+            })
+        }
+    };
+    let current = stamp_of(image_path).ok();
+    let d = decode(
+        &sidecar,
+        &bytes,
+        virtual_size,
+        current,
+        &TrackerOptions::default(),
+    );
+    Ok(Some(LoadedSidecar {
+        bitmaps: d.bitmaps.iter().map(|b| b.info(virtual_size)).collect(),
+        problem: d.problem,
+        recovered_extents: d.recovered,
+    }))
+}
+
+/// Parses arbitrary sidecar bytes as a tracker would for a disk of
+/// `virtual_size` bytes whose image file now has the stamp `current`
+/// (`None`: unknown): the bitmaps, each with its state, and the problem
+/// found, if any. For fuzzing and tests.
+pub fn decode_sidecar_bytes(
+    bytes: &[u8],
+    virtual_size: u64,
+    current: Option<ImageStamp>,
+) -> (Vec<BitmapInfo>, Option<String>) {
+    let d = decode(
+        Path::new("sidecar"),
+        bytes,
+        virtual_size,
+        current,
+        &TrackerOptions::default(),
+    );
+    (
+        d.bitmaps.iter().map(|b| b.info(virtual_size)).collect(),
+        d.problem,
+    )
+}
+
+#[derive(Debug)]
+struct State {
+    bitmaps: Vec<Bitmap>,
+    al_capacity: u32,
+    al_extent_size: u64,
+    /// Extents in the on-disk activity log.
+    al: Vec<u64>,
+    al_sequence: u64,
+    state_id: u128,
+    /// The sidecar, open for log updates (None until it exists).
+    file: Option<File>,
+    /// Set by the test hook that simulates a crash: nothing more is
+    /// written.
+    crashed: bool,
+    /// Bits or bitmaps changed since the last persist.
+    changed: bool,
+    /// The image stamp the sidecar holds.
+    last_stamp: Option<ImageStamp>,
+    #[cfg(test)]
+    crash_countdown: Option<u64>,
+}
+
+/// The dirty-tracking block layer. Wraps any block device; see the module
+/// documentation.
+#[derive(Debug)]
+pub struct DirtyTracker {
+    inner: Mutex<Option<Arc<dyn BlockDevice>>>,
+    geometry: BlockGeometry,
+    image_path: PathBuf,
+    sidecar: PathBuf,
+    /// Writes hold it shared from their log update to their completion; a
+    /// persist holds it exclusively, so no write is between the two.
+    gate: RwLock<()>,
+    state: Mutex<State>,
+    problem: Option<String>,
+    recovered: usize,
+}
+
+impl DirtyTracker {
+    /// Opens the tracker for an image with its sidecar at the usual place.
+    pub fn open_image(image: Arc<dyn DiskImage>, opts: &TrackerOptions) -> Result<DirtyTracker> {
+        let path = image.info().path;
+        let sidecar = sidecar_path(&path);
+        DirtyTracker::open(image, &sidecar, opts)
+    }
+
+    /// Opens the tracker over `image` with the sidecar at `sidecar`. A
+    /// missing sidecar is created when the first bitmap is added.
+    pub fn open(
+        image: Arc<dyn DiskImage>,
+        sidecar: &Path,
+        opts: &TrackerOptions,
+    ) -> Result<DirtyTracker> {
+        let image_path = image.info().path;
+        let device: Arc<dyn BlockDevice> = image;
+        DirtyTracker::over(device, &image_path, sidecar, opts)
+    }
+
+    /// Opens the tracker over any block device whose bytes live in the
+    /// file `image_path` (whose size and modification time are the stamp).
+    pub fn over(
+        device: Arc<dyn BlockDevice>,
+        image_path: &Path,
+        sidecar: &Path,
+        opts: &TrackerOptions,
+    ) -> Result<DirtyTracker> {
+        let bad_opt = |reason: String| BlockError::Open {
+            path: sidecar.to_owned(),
+            reason,
+        };
+        if opts.al_capacity == 0 || opts.al_capacity as usize > AL_MAX_EXTENTS {
+            return Err(bad_opt(format!(
+                "activity log capacity {} must be 1 to {AL_MAX_EXTENTS} extents",
+                opts.al_capacity
+            )));
+        }
+        if !sidecar_spec::valid_al_extent_size(opts.al_extent_size) {
+            return Err(bad_opt(format!(
+                "activity log extent size {} must be a power of two from 64 KiB to 1 GiB",
+                opts.al_extent_size
+            )));
+        }
+        let geometry = device.geometry();
+        let size = geometry.size;
+        let bytes = match std::fs::read(sidecar) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(BlockError::Io {
+                    path: sidecar.to_owned(),
+                    offset: 0,
+                    source,
+                })
+            }
+        };
+        let current = Some(stamp_of(image_path)?);
+        let decoded = match &bytes {
+            Some(b) => decode(sidecar, b, size, current, opts),
+            None => Decoded {
+                bitmaps: Vec::new(),
+                al_capacity: opts.al_capacity,
+                al_extent_size: opts.al_extent_size,
+                problem: None,
+                recovered: 0,
+            },
+        };
+        if let Some(p) = &decoded.problem {
+            tracing::warn!("{p}; every bitmap needs a full resync");
+        }
+        let tracker = DirtyTracker {
+            inner: Mutex::new(Some(device)),
+            geometry,
+            image_path: image_path.to_owned(),
+            sidecar: sidecar.to_owned(),
+            gate: RwLock::new(()),
+            state: Mutex::new(State {
+                bitmaps: decoded.bitmaps,
+                al_capacity: decoded.al_capacity,
+                al_extent_size: decoded.al_extent_size,
+                al: Vec::new(),
+                al_sequence: 0,
+                state_id: 0,
+                file: None,
+                crashed: false,
+                changed: true,
+                last_stamp: None,
+                #[cfg(test)]
+                crash_countdown: None,
+            }),
+            problem: decoded.problem,
+            recovered: decoded.recovered,
+        };
+        // Recovery is written down at once (a second crash must not lose
+        // it), and a read-only image's sidecar is left alone.
+        if bytes.is_some() && !geometry.read_only {
+            tracker.persist()?;
+        }
+        Ok(tracker)
+    }
+
+    /// Why the bitmaps were turned to resync-required when opened, if they
+    /// were.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+
+    /// Extents the activity log held when opened (crash recovery).
+    pub fn recovered_extents(&self) -> usize {
+        self.recovered
+    }
+
+    pub fn sidecar(&self) -> &Path {
+        &self.sidecar
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn inner(&self) -> Result<Arc<dyn BlockDevice>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| BlockError::Open {
+                path: self.image_path.clone(),
+                reason: "the dirty tracker was closed".into(),
+            })
+    }
+
+    fn io_err(&self, offset: u64, source: std::io::Error) -> BlockError {
+        BlockError::Io {
+            path: self.sidecar.clone(),
+            offset,
+            source,
+        }
+    }
+
+    /// Adds a bitmap with every granule clean and a new generation.
+    pub fn add_bitmap(&self, name: &str, granularity: u64) -> Result<BitmapInfo> {
+        if !sidecar_spec::valid_name(name) {
+            return Err(BlockError::Open {
+                path: self.sidecar.clone(),
+                reason: format!("bitmap name {name:?}: 1 to 64 letters, digits, '-', '_' or '.'"),
+            });
+        }
+        if !sidecar_spec::valid_granularity(granularity) {
+            return Err(BlockError::Open {
+                path: self.sidecar.clone(),
+                reason: format!("granularity {granularity}: a power of two from 4 KiB to 16 MiB"),
+            });
+        }
+        let info = {
+            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.lock();
+            if st.bitmaps.iter().any(|b| b.name == name) {
+                return Err(BlockError::Open {
+                    path: self.sidecar.clone(),
+                    reason: format!("bitmap {name:?} already exists"),
+                });
+            }
+            if st.bitmaps.len() >= sidecar_spec::MAX_BITMAPS as usize {
+                return Err(BlockError::Open {
+                    path: self.sidecar.clone(),
+                    reason: format!("at most {} bitmaps", sidecar_spec::MAX_BITMAPS),
+                });
+            }
+            let b = Bitmap::new(name, granularity, self.geometry.size);
+            let info = b.info(self.geometry.size);
+            st.bitmaps.push(b);
+            st.changed = true;
+            info
+        };
+        self.persist()?;
+        Ok(info)
+    }
+
+    /// Removes a bitmap.
+    pub fn remove_bitmap(&self, name: &str) -> Result<()> {
+        {
+            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.lock();
+            let before = st.bitmaps.len();
+            st.bitmaps.retain(|b| b.name != name);
+            if st.bitmaps.len() == before {
+                return Err(self.no_such(name));
+            }
+            st.changed = true;
+        }
+        self.persist()
+    }
+
+    fn no_such(&self, name: &str) -> BlockError {
+        BlockError::Open {
+            path: self.sidecar.clone(),
+            reason: format!("no bitmap named {name:?}"),
+        }
+    }
+
+    /// Marks every granule of a bitmap clean, with a new generation (the
+    /// consumer has a full copy as of now).
+    pub fn clear_bitmap(&self, name: &str) -> Result<BitmapInfo> {
+        let info = {
+            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.lock();
+            let size = self.geometry.size;
+            let b = st
+                .bitmaps
+                .iter_mut()
+                .find(|b| b.name == name)
+                .ok_or_else(|| self.no_such(name))?;
+            b.words.fill(0);
+            b.state = BitmapState::Tracking;
+            b.generation = random_u128();
+            let info = b.info(size);
+            st.changed = true;
+            info
+        };
+        self.persist()?;
+        Ok(info)
+    }
+
+    pub fn bitmaps(&self) -> Vec<BitmapInfo> {
+        let st = self.lock();
+        st.bitmaps
+            .iter()
+            .map(|b| b.info(self.geometry.size))
+            .collect()
+    }
+
+    /// Dirty byte ranges of a bitmap, sorted, disjoint and merged, in
+    /// granules (the last one clipped to the disk).
+    pub fn dirty_extents(&self, name: &str) -> Result<Vec<Range<u64>>> {
+        let st = self.lock();
+        st.bitmaps
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.extents(self.geometry.size))
+            .ok_or_else(|| self.no_such(name))
+    }
+
+    /// Flushes the image, then writes the bitmaps with the image's stamp and
+    /// an empty activity log, crash-safely.
+    pub fn persist(&self) -> Result<()> {
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.persist_locked(true)
+    }
+
+    fn persist_locked(&self, flush_inner: bool) -> Result<()> {
+        if flush_inner {
+            if let Some(inner) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                inner.flush()?;
+            }
+        }
+        let mut st = self.lock();
+        if st.crashed {
+            return Err(self.io_err(0, std::io::Error::other("crashed (test)")));
+        }
+        let stamp = stamp_of(&self.image_path)?;
+        if !st.changed && st.al.is_empty() && st.file.is_some() && st.last_stamp == Some(stamp) {
+            // The sidecar already says all of it (a flush with no write
+            // since the last one).
+            return Ok(());
+        }
+        let record = StateRecord {
+            state_id: random_u128(),
+            virtual_size: self.geometry.size,
+            stamp: Some(stamp),
+            al_capacity: st.al_capacity,
+            al_extent_size: st.al_extent_size,
+            bitmaps: st.bitmaps.iter().map(Bitmap::to_stored).collect(),
+        };
+        let mut bytes = vec![0u8; STATE_OFFSET];
+        bytes.extend_from_slice(&record.to_bytes());
+        let tmp = {
+            let mut s = self.sidecar.as_os_str().to_owned();
+            s.push(".tmp");
+            PathBuf::from(s)
+        };
+        self.tick(&mut st)?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| self.io_err(0, e))?;
+        f.write_all_at(&bytes, 0).map_err(|e| self.io_err(0, e))?;
+        self.tick(&mut st)?;
+        f.sync_all().map_err(|e| self.io_err(0, e))?;
+        self.tick(&mut st)?;
+        std::fs::rename(&tmp, &self.sidecar).map_err(|e| self.io_err(0, e))?;
+        if let Some(dir) = self.sidecar.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = File::open(dir) {
+                d.sync_all().map_err(|e| self.io_err(0, e))?;
+            }
+        }
+        st.file = Some(f);
+        st.changed = false;
+        st.last_stamp = Some(stamp);
+        st.al.clear();
+        st.al_sequence = 0;
+        st.state_id = record.state_id;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn tick(&self, st: &mut State) -> Result<()> {
+        match &mut st.crash_countdown {
+            Some(0) => {
+                st.crashed = true;
+                Err(self.io_err(0, std::io::Error::other("injected crash (test)")))
+            }
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn tick(&self, _st: &mut State) -> Result<()> {
+        Ok(())
+    }
+
+    /// Test hook: the process dies now; nothing more reaches the sidecar.
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        self.lock().crashed = true;
+        drop(self);
+    }
+
+    /// Test hook: crash after this many more sidecar file operations.
+    #[cfg(test)]
+    pub(crate) fn crash_after(&self, ops: u64) {
+        self.lock().crash_countdown = Some(ops);
+    }
+
+    /// Records `range` as about to be written. The caller holds the gate
+    /// shared. `Ok(false)`: the activity log is full; persist and retry.
+    fn record(&self, range: Range<u64>) -> Result<bool> {
+        let mut st = self.lock();
+        if st.bitmaps.is_empty() {
+            return Ok(true);
+        }
+        if st.crashed {
+            return Err(self.io_err(0, std::io::Error::other("crashed (test)")));
+        }
+        let es = st.al_extent_size;
+        let first = range.start / es;
+        let last = (range.end - 1) / es;
+        let new: Vec<u64> = (first..=last).filter(|e| !st.al.contains(e)).collect();
+        if !new.is_empty() {
+            if st.al.len() + new.len() > st.al_capacity as usize {
+                return Ok(false);
+            }
+            let mut al = st.al.clone();
+            al.extend_from_slice(&new);
+            let slot = AlSlot {
+                sequence: st.al_sequence + 1,
+                state_id: st.state_id,
+                extent_size: es,
+                extents: al.clone(),
+            };
+            let at = (slot.sequence % 2) * AL_SLOT_SIZE as u64;
+            self.tick(&mut st)?;
+            let Some(f) = st.file.as_ref() else {
+                return Err(self.io_err(0, std::io::Error::other("sidecar is not open")));
+            };
+            f.write_all_at(&slot.to_bytes(), at)
+                .map_err(|e| self.io_err(at, e))?;
+            f.sync_data().map_err(|e| self.io_err(at, e))?;
+            st.al = al;
+            st.al_sequence = slot.sequence;
+        }
+        for b in &mut st.bitmaps {
+            b.mark(range.clone());
+        }
+        st.changed = true;
+        Ok(true)
+    }
+
+    /// Runs `io` on each piece of `offset..offset+len` (split at activity
+    /// log extent boundaries) after recording it.
+    fn tracked(
+        &self,
+        offset: u64,
+        len: u64,
+        mut io: impl FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        check_request(&self.geometry, offset, len)?;
+        if len == 0 {
+            return io(offset, 0);
+        }
+        let es = self.lock().al_extent_size;
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let piece_end = ((at / es + 1) * es).min(end);
+            loop {
+                let g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+                if self.record(at..piece_end)? {
+                    io(at, piece_end - at)?;
+                    drop(g);
+                    break;
+                }
+                drop(g);
+                self.persist()?;
+            }
+            at = piece_end;
+        }
+        Ok(())
+    }
+
+    /// Flushes, persists and closes: the image is released (closed, if this
+    /// was its last holder, so formats that write on close have done so)
+    /// and the final stamp is written.
+    pub fn close(self) -> Result<()> {
+        self.persist()?;
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(inner);
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.persist_locked(false)
+    }
+}
+
+impl BlockDevice for DirtyTracker {
+    fn geometry(&self) -> BlockGeometry {
+        self.geometry
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner()?.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        if self.geometry.read_only {
+            return Err(BlockError::ReadOnly {
+                path: self.image_path.clone(),
+            });
+        }
+        let inner = self.inner()?;
+        self.tracked(offset, buf.len() as u64, |at, n| {
+            let from = (at - offset) as usize;
+            inner.write_at(at, &buf[from..from + n as usize])
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.persist()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        if self.geometry.read_only {
+            return Err(BlockError::ReadOnly {
+                path: self.image_path.clone(),
+            });
+        }
+        let inner = self.inner()?;
+        self.tracked(offset, len, |at, n| inner.discard(at, n))
+    }
+}
+
+impl Drop for DirtyTracker {
+    fn drop(&mut self) {
+        let live = {
+            let st = self.lock();
+            !st.crashed && st.file.is_some()
+        };
+        let open = self.inner.lock().map(|i| i.is_some()).unwrap_or(false);
+        if live && open && !self.geometry.read_only {
+            if let Err(e) = self.persist() {
+                tracing::error!(
+                    "{}: persisting dirty bitmaps on close failed: {e}",
+                    self.sidecar.display()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

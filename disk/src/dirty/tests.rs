@@ -1,0 +1,497 @@
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::raw::RawFile;
+
+const DISK: u64 = 4 << 20;
+const BLOCK: u64 = 4096;
+
+struct Scratch {
+    _dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+fn scratch() -> Scratch {
+    let dir = crate::scratch::tmpfs_dir(64 << 20)
+        .unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
+    let image = dir.path().join("disk.raw");
+    let f = File::create(&image).expect("create image");
+    f.set_len(DISK).expect("size image");
+    Scratch { _dir: dir, image }
+}
+
+fn small_al() -> TrackerOptions {
+    TrackerOptions {
+        al_capacity: 3,
+        al_extent_size: 64 << 10,
+    }
+}
+
+fn open(image: &Path, opts: &TrackerOptions) -> DirtyTracker {
+    let raw: Arc<dyn DiskImage> = Arc::new(RawFile::open(image, false).expect("open raw"));
+    DirtyTracker::open_image(raw, opts).expect("open tracker")
+}
+
+fn dirty_blocks(t: &DirtyTracker, name: &str) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for r in t.dirty_extents(name).expect("extents") {
+        let mut b = r.start / BLOCK;
+        while b * BLOCK < r.end {
+            out.insert(b);
+            b += 1;
+        }
+    }
+    out
+}
+
+fn state_of(t: &DirtyTracker, name: &str) -> BitmapState {
+    t.bitmaps()
+        .into_iter()
+        .find(|b| b.name == name)
+        .map(|b| b.state)
+        .expect("bitmap exists")
+}
+
+#[test]
+fn writes_are_recorded_and_survive_a_clean_close() {
+    let s = scratch();
+    let t = open(&s.image, &TrackerOptions::default());
+    t.add_bitmap("fine", 4096).unwrap();
+    t.add_bitmap("coarse", 1 << 20).unwrap();
+    let gen0 = t.bitmaps()[0].generation;
+    t.write_at(8192, &[1u8; 512]).unwrap();
+    t.write_at(3 << 20, &[2u8; 8192]).unwrap();
+    t.discard(1 << 20, 4096).unwrap();
+    assert_eq!(
+        t.dirty_extents("fine").unwrap(),
+        vec![
+            8192..12288,
+            (1 << 20)..(1 << 20) + 4096,
+            (3 << 20)..(3 << 20) + 8192
+        ]
+    );
+    assert_eq!(
+        t.dirty_extents("coarse").unwrap(),
+        vec![0..(2 << 20), (3 << 20)..(4 << 20)]
+    );
+    t.close().unwrap();
+    let t = open(&s.image, &TrackerOptions::default());
+    assert_eq!(t.problem(), None);
+    let fine = &t.bitmaps()[0];
+    assert_eq!(fine.state, BitmapState::Tracking);
+    assert_eq!(fine.generation, gen0);
+    assert_eq!(fine.dirty_bytes, 4096 + 4096 + 8192);
+    let cleared = t.clear_bitmap("fine").unwrap();
+    assert_ne!(cleared.generation, gen0);
+    assert_eq!(cleared.dirty_bytes, 0);
+    assert!(t.add_bitmap("fine", 4096).is_err());
+    assert!(t.add_bitmap("odd", 3 << 12).is_err());
+    assert!(t.add_bitmap("huge", 32 << 20).is_err());
+    assert!(t.add_bitmap("bad name", 4096).is_err());
+    t.remove_bitmap("coarse").unwrap();
+    assert!(t.remove_bitmap("coarse").is_err());
+    assert_eq!(t.bitmaps().len(), 1);
+    // Data reached the image.
+    let mut buf = [0u8; 512];
+    t.read_at(8192, &mut buf).unwrap();
+    assert_eq!(buf, [1u8; 512]);
+}
+
+#[test]
+fn requests_outside_the_disk_are_errors() {
+    let s = scratch();
+    let t = open(&s.image, &TrackerOptions::default());
+    t.add_bitmap("b", 4096).unwrap();
+    assert!(t.write_at(DISK, &[0u8; 512]).is_err());
+    assert!(t.write_at(u64::MAX - 511, &[0u8; 512]).is_err());
+    assert!(t.write_at(1, &[0u8; 512]).is_err());
+    assert!(t.discard(DISK - 512, 1024).is_err());
+    assert_eq!(t.bitmaps()[0].dirty_bytes, 0);
+}
+
+#[test]
+fn a_crash_recovers_every_written_block_through_the_activity_log() {
+    let s = scratch();
+    let t = open(&s.image, &small_al());
+    t.add_bitmap("b", 4096).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap();
+    t.flush().unwrap();
+    t.write_at(512 << 10, &[1u8; 4096]).unwrap();
+    t.write_at((2 << 20) + 8192, &[1u8; 4096]).unwrap();
+    t.crash();
+    let t = open(&s.image, &small_al());
+    assert_eq!(t.recovered_extents(), 2);
+    assert_eq!(state_of(&t, "b"), BitmapState::Tracking);
+    let d = dirty_blocks(&t, "b");
+    // Block 0 from the persisted bits; the two 64 KiB extents whole.
+    let mut expect: BTreeSet<u64> = [0].into_iter().collect();
+    expect.extend(128..144);
+    expect.extend(512..528);
+    assert_eq!(d, expect);
+}
+
+#[test]
+fn an_image_changed_outside_the_tracker_needs_a_resync() {
+    let s = scratch();
+    let t = open(&s.image, &TrackerOptions::default());
+    t.add_bitmap("b", 65536).unwrap();
+    let gen0 = t.bitmaps()[0].generation;
+    t.close().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.image)
+        .unwrap()
+        .write_all_at(&[9u8; 512], 4096)
+        .unwrap();
+    let info = inspect(&s.image, DISK).unwrap().unwrap();
+    assert_eq!(info.bitmaps[0].state, BitmapState::ResyncRequired);
+    let t = open(&s.image, &TrackerOptions::default());
+    let b = &t.bitmaps()[0];
+    assert_eq!(b.state, BitmapState::ResyncRequired);
+    assert_eq!(b.dirty_bytes, DISK);
+    assert_ne!(b.generation, gen0);
+    assert!(t.problem().is_some_and(|p| p.contains("changed")));
+    // Still resync-required after another open, until cleared.
+    drop(t);
+    let t = open(&s.image, &TrackerOptions::default());
+    assert_eq!(state_of(&t, "b"), BitmapState::ResyncRequired);
+    t.clear_bitmap("b").unwrap();
+    assert_eq!(state_of(&t, "b"), BitmapState::Tracking);
+    assert_eq!(t.bitmaps()[0].dirty_bytes, 0);
+}
+
+#[test]
+fn a_missing_sidecar_means_no_bitmaps_and_a_resized_image_a_resync() {
+    let s = scratch();
+    let t = open(&s.image, &TrackerOptions::default());
+    assert!(t.bitmaps().is_empty());
+    assert!(inspect(&s.image, DISK).unwrap().is_none());
+    t.add_bitmap("b", 65536).unwrap();
+    t.close().unwrap();
+    File::options()
+        .write(true)
+        .open(&s.image)
+        .unwrap()
+        .set_len(DISK * 2)
+        .unwrap();
+    let t = open(&s.image, &TrackerOptions::default());
+    assert_eq!(state_of(&t, "b"), BitmapState::ResyncRequired);
+}
+
+/// A sidecar as a clean close leaves it, with its stamp.
+fn clean_sidecar(s: &Scratch) -> (Vec<u8>, ImageStamp) {
+    let t = open(&s.image, &small_al());
+    t.add_bitmap("one", 4096).unwrap();
+    t.add_bitmap("two", 65536).unwrap();
+    t.write_at(40960, &[3u8; 4096]).unwrap();
+    t.close().unwrap();
+    let bytes = std::fs::read(sidecar_path(&s.image)).unwrap();
+    let stamp = StateRecord::parse(&bytes[STATE_OFFSET..], true)
+        .unwrap()
+        .stamp
+        .unwrap();
+    (bytes, stamp)
+}
+
+#[test]
+fn every_flipped_byte_of_a_sidecar_is_detected() {
+    let s = scratch();
+    let (bytes, stamp) = clean_sidecar(&s);
+    let path = sidecar_path(&s.image);
+    let ok = decode(&path, &bytes, DISK, Some(stamp), &small_al());
+    assert!(ok.problem.is_none());
+    assert!(ok.bitmaps.iter().all(|b| b.state == BitmapState::Tracking));
+    for i in 0..bytes.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut b = bytes.clone();
+            b[i] ^= flip;
+            let d = decode(&path, &b, DISK, Some(stamp), &small_al());
+            assert!(d.problem.is_some(), "flip {flip:#x} at {i} not detected");
+            for bm in &d.bitmaps {
+                assert_eq!(bm.state, BitmapState::ResyncRequired, "flip at {i}");
+                assert_eq!(bm.info(DISK).dirty_bytes, DISK, "flip at {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_truncation_of_a_sidecar_is_detected() {
+    let s = scratch();
+    let (bytes, stamp) = clean_sidecar(&s);
+    let path = sidecar_path(&s.image);
+    for len in 0..bytes.len() {
+        let d = decode(&path, &bytes[..len], DISK, Some(stamp), &small_al());
+        assert!(d.problem.is_some(), "truncation to {len} not detected");
+        assert!(
+            d.bitmaps
+                .iter()
+                .all(|b| b.state == BitmapState::ResyncRequired),
+            "truncation to {len}"
+        );
+    }
+    // And on open: a truncated sidecar turns the bitmaps it still names
+    // (none, here) to resync-required and is rewritten.
+    std::fs::write(&path, &bytes[..STATE_OFFSET + 50]).unwrap();
+    let t = open(&s.image, &small_al());
+    assert!(t.problem().is_some());
+    assert!(t
+        .bitmaps()
+        .iter()
+        .all(|b| b.state == BitmapState::ResyncRequired));
+}
+
+#[test]
+fn a_damaged_state_record_keeps_the_bitmap_names_as_resync_required() {
+    let s = scratch();
+    let (mut bytes, _) = clean_sidecar(&s);
+    // Damage a bit of the first bitmap's words: the checksum fails, the
+    // structure holds.
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(sidecar_path(&s.image), &bytes).unwrap();
+    let t = open(&s.image, &small_al());
+    let names: Vec<String> = t.bitmaps().into_iter().map(|b| b.name).collect();
+    assert_eq!(names, ["one", "two"]);
+    assert!(t
+        .bitmaps()
+        .iter()
+        .all(|b| b.state == BitmapState::ResyncRequired && b.dirty_bytes == DISK));
+}
+
+#[test]
+fn a_crash_at_every_sidecar_operation_never_loses_a_write() {
+    // Writes, flushes and bitmap changes with the process dying at the
+    // n-th sidecar file operation, for every n until the run completes.
+    for n in 0.. {
+        let s = scratch();
+        let t = open(&s.image, &small_al());
+        t.add_bitmap("b", 4096).unwrap();
+        t.crash_after(n);
+        let mut written = BTreeSet::new();
+        let mut crashed = false;
+        for i in 0..12u64 {
+            let off = (i * 7 % 16) * (64 << 10) + (i % 4) * 4096;
+            if t.write_at(off, &[i as u8; 4096]).is_err() {
+                crashed = true;
+                break;
+            }
+            written.insert(off / BLOCK);
+            if i % 5 == 4 && t.flush().is_err() {
+                crashed = true;
+                break;
+            }
+        }
+        if crashed {
+            t.crash();
+        } else if t.close().is_err() {
+            // Died while closing.
+            crashed = true;
+        }
+        let t = open(&s.image, &small_al());
+        let d = dirty_blocks(&t, "b");
+        assert!(written.is_subset(&d), "crash after {n} ops lost writes");
+        if !crashed {
+            break;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { block: u64, blocks: u64 },
+    Discard { block: u64, blocks: u64 },
+    Flush,
+    Crash,
+    Reopen,
+    Clear,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let blocks = DISK / BLOCK;
+    prop_oneof![
+        6 => (0..blocks, 1u64..40).prop_map(|(block, blocks)| Op::Write { block, blocks }),
+        1 => (0..blocks, 1u64..40).prop_map(|(block, blocks)| Op::Discard { block, blocks }),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Clear),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Against a model: after any sequence of writes, flushes, clears,
+    /// clean reopens and crashes, every block written since the last clear
+    /// is dirty, and what is dirty beyond that was either dirty before or
+    /// lies in an activity-log extent written since the last persist
+    /// (bounded by the log's capacity).
+    #[test]
+    fn tracking_never_under_reports(ops in proptest::collection::vec(op(), 1..40)) {
+        let s = scratch();
+        let opts = small_al();
+        let es = opts.al_extent_size;
+        let cap = opts.al_capacity as u64;
+        let mut t = open(&s.image, &opts);
+        t.add_bitmap("b", 4096).unwrap();
+        let mut written: BTreeSet<u64> = BTreeSet::new();
+        let mut allowed: BTreeSet<u64> = BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::Write { block, blocks } | Op::Discard { block, blocks } => {
+                    let blocks = blocks.min(DISK / BLOCK - block);
+                    let (off, len) = (block * BLOCK, blocks * BLOCK);
+                    if matches!(op, Op::Write { .. }) {
+                        t.write_at(off, &vec![0x5a; len as usize]).unwrap();
+                    } else {
+                        t.discard(off, len).unwrap();
+                    }
+                    written.extend(block..block + blocks);
+                    allowed.extend(block..block + blocks);
+                }
+                Op::Flush => t.flush().unwrap(),
+                Op::Clear => {
+                    t.clear_bitmap("b").unwrap();
+                    written.clear();
+                    allowed.clear();
+                }
+                Op::Reopen | Op::Crash => {
+                    let before = dirty_blocks(&t, "b");
+                    prop_assert_eq!(&before, &allowed);
+                    if matches!(op, Op::Crash) {
+                        t.crash();
+                    } else {
+                        t.close().unwrap();
+                    }
+                    t = open(&s.image, &opts);
+                    let after = dirty_blocks(&t, "b");
+                    prop_assert_eq!(state_of(&t, "b"), BitmapState::Tracking);
+                    prop_assert!(written.is_subset(&after), "missed writes");
+                    let extra: BTreeSet<u64> = after.difference(&allowed).copied().collect();
+                    let extents: BTreeSet<u64> =
+                        extra.iter().map(|b| b * BLOCK / es).collect();
+                    prop_assert!(extents.len() as u64 <= cap,
+                        "over-report of {} extents, log holds {}", extents.len(), cap);
+                    if matches!(op, Op::Reopen) {
+                        prop_assert!(extra.is_empty());
+                    }
+                    allowed = after;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_torn_activity_log_update_falls_back_to_the_other_slot() {
+    let s = scratch();
+    let path = sidecar_path(&s.image);
+    let t = open(&s.image, &small_al());
+    t.add_bitmap("b", 4096).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap(); // log: [0] in slot 1
+    t.write_at(5 * 65536, &[1u8; 4096]).unwrap(); // log: [0, 5] in slot 0
+    t.crash();
+    let bytes = std::fs::read(&path).unwrap();
+    let state_id = StateRecord::parse(&bytes[STATE_OFFSET..], true)
+        .unwrap()
+        .state_id;
+    let newer = AlSlot {
+        sequence: 3,
+        state_id,
+        extent_size: 65536,
+        extents: vec![0, 5, 9],
+    }
+    .to_bytes();
+    // The third log update, into slot 1, torn half way: its data write
+    // never started; slot 0 covers everything that did.
+    let mut torn = bytes.clone();
+    torn[AL_SLOT_SIZE..AL_SLOT_SIZE + 2048].copy_from_slice(&newer[..2048]);
+    std::fs::write(&path, &torn).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(state_of(&t, "b"), BitmapState::Tracking);
+    let d = dirty_blocks(&t, "b");
+    assert!(d.contains(&0) && d.contains(&(5 * 16)), "{d:?}");
+    assert_eq!(d.len(), 32);
+    drop(t);
+    // Both slots damaged: nothing says what was written.
+    let mut both = bytes.clone();
+    both[100] ^= 1;
+    both[AL_SLOT_SIZE + 100] ^= 1;
+    std::fs::write(&path, &both).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(state_of(&t, "b"), BitmapState::ResyncRequired);
+    assert_eq!(t.bitmaps()[0].dirty_bytes, DISK);
+}
+
+#[test]
+fn a_flush_without_writes_leaves_the_sidecar_alone() {
+    let s = scratch();
+    let path = sidecar_path(&s.image);
+    let t = open(&s.image, &TrackerOptions::default());
+    t.add_bitmap("b", 65536).unwrap();
+    t.write_at(0, &[1u8; 512]).unwrap();
+    t.flush().unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    t.flush().unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    t.write_at(512, &[1u8; 512]).unwrap();
+    t.flush().unwrap();
+    assert_ne!(std::fs::metadata(&path).unwrap().ino(), ino);
+}
+
+#[test]
+fn a_vhdx_written_elsewhere_needs_a_resync_even_with_its_mtime_put_back() {
+    let s = scratch();
+    let img = s.image.with_extension("vhdx");
+    crate::create(
+        &img,
+        &crate::CreateOptions {
+            format: crate::ImageFormat::Vhdx,
+            subformat: crate::Subformat::Dynamic,
+            size: DISK,
+            block_size: None,
+            parent: None,
+        },
+    )
+    .unwrap();
+    let rw = crate::OpenOptions {
+        read_only: false,
+        ..Default::default()
+    };
+    let t = DirtyTracker::open_image(
+        Arc::from(crate::open(&img, &rw).unwrap()),
+        &TrackerOptions::default(),
+    )
+    .unwrap();
+    t.add_bitmap("b", 65536).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap();
+    t.close().unwrap();
+    let info = inspect(&img, DISK).unwrap().unwrap();
+    assert_eq!(info.bitmaps[0].state, BitmapState::Tracking);
+    assert_eq!(info.bitmaps[0].dirty_bytes, 65536);
+    // Another writer, into the block already allocated, then the
+    // modification time put back: only the DataWriteGuid tells.
+    let before = std::fs::metadata(&img).unwrap();
+    {
+        let d = crate::open(&img, &rw).unwrap();
+        d.write_at(8192, &[2u8; 4096]).unwrap();
+        d.flush().unwrap();
+    }
+    File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&img).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    let info = inspect(&img, DISK).unwrap().unwrap();
+    assert_eq!(info.bitmaps[0].state, BitmapState::ResyncRequired);
+    assert_eq!(info.bitmaps[0].dirty_bytes, DISK);
+}
