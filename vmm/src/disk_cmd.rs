@@ -94,8 +94,8 @@ reported.";
 
 const BITMAP_HELP: &str = "\
 Bitmaps live in a sidecar file next to the image (IMAGE.rehost-bitmaps).
-`rehost disk bench` and `rehost disk commit` (into the image) keep them up
-to date. A write by any other program (and, for now, by `rehost run`) is
+`rehost run` (a writable --disk), `rehost disk bench` and `rehost disk
+commit` (into the image) keep them up to date. A write by any other program is
 detected from the image's size, modification time and, for VHDX, its
 DataWriteGuid, and turns every bitmap to resync-required (every block dirty),
 never to clean. After a crash, the blocks of the extents in the activity log
@@ -146,6 +146,10 @@ pub enum BitmapCommand {
         /// "problem"}.
         #[arg(long)]
         json: bool,
+        /// With --json, also each bitmap's dirty byte ranges as
+        /// "extents": [[offset, length], ...].
+        #[arg(long, requires = "json")]
+        extents: bool,
         /// The image file.
         image: PathBuf,
     },
@@ -544,12 +548,16 @@ fn bitmap(cmd: BitmapCommand) -> anyhow::Result<u8> {
                 info.generation
             );
         }
-        BitmapCommand::List { json, image } => {
+        BitmapCommand::List {
+            json,
+            extents,
+            image,
+        } => {
             let size = open_ro(&image)?.geometry().size;
             let loaded = dirty::inspect(&image, size)?;
-            let (bitmaps, problem) = match loaded {
-                Some(l) => (l.bitmaps, l.problem),
-                None => (Vec::new(), None),
+            let (bitmaps, ranges, problem) = match loaded {
+                Some(l) => (l.bitmaps, l.extents, l.problem),
+                None => (Vec::new(), Vec::new(), None),
             };
             if json {
                 println!(
@@ -557,7 +565,8 @@ fn bitmap(cmd: BitmapCommand) -> anyhow::Result<u8> {
                     js(&image.display().to_string()),
                     bitmaps
                         .iter()
-                        .map(bitmap_json)
+                        .zip(&ranges)
+                        .map(|(b, r)| bitmap_json(b, extents.then_some(r.as_slice())))
                         .collect::<Vec<_>>()
                         .join(","),
                     problem.as_deref().map(js).unwrap_or_else(|| "null".into())
@@ -585,9 +594,18 @@ fn bitmap(cmd: BitmapCommand) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn bitmap_json(b: &BitmapInfo) -> String {
+fn bitmap_json(b: &BitmapInfo, extents: Option<&[std::ops::Range<u64>]>) -> String {
+    let extents = extents
+        .map(|r| {
+            let list: Vec<String> = r
+                .iter()
+                .map(|e| format!("[{},{}]", e.start, e.end - e.start))
+                .collect();
+            format!(",\"extents\":[{}]", list.join(","))
+        })
+        .unwrap_or_default();
     format!(
-        "{{\"name\":{},\"granularity\":{},\"dirty_bytes\":{},\"generation\":\"{:032x}\",\"state\":{}}}",
+        "{{\"name\":{},\"granularity\":{},\"dirty_bytes\":{},\"generation\":\"{:032x}\",\"state\":{}{extents}}}",
         js(&b.name),
         b.granularity,
         b.dirty_bytes,

@@ -160,6 +160,6 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
     // The last references to the images: a VHDX marks its log empty when
     // it is closed, so other tools open it without a replay.
     ctl.close_drives();
-    drop(cfg);
+    storage::close_trackers(cfg.drives);
     Ok(code)
 }

@@ -18,6 +18,7 @@ use rehost_devices::storage::atapi::Cdrom;
 use rehost_devices::storage::ide::PiixIde;
 use rehost_devices::storage::{ahci_spec, ide_spec};
 use rehost_devices::GuestMemory;
+use rehost_disk::dirty::{self, DirtyTracker, TrackerOptions};
 use rehost_disk::{BlockDevice, DiskImage, ImageFormat, OpenOptions};
 
 /// Where the PIIX3 IDE function and the AHCI controller sit on bus 0.
@@ -88,6 +89,9 @@ pub struct DriveConfig {
     /// The inserted image; a CD-ROM drive may be empty (ejected through
     /// the control socket).
     pub image: Option<Arc<dyn DiskImage>>,
+    /// A writable disk whose image has dirty bitmaps (a sidecar): the
+    /// guest's writes go through this tracker, which keeps them up to date.
+    pub tracker: Option<Arc<DirtyTracker>>,
 }
 
 /// The name a drive has on the control socket: its `id=`, or one after
@@ -189,6 +193,32 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
     Ok(spec)
 }
 
+/// Closes the dirty trackers of `drives` once nothing else holds them or
+/// their images: the image is closed first (formats that write on close
+/// have then done so), then the bitmaps are persisted with the image's
+/// final stamp, so the next open finds them current.
+pub fn close_trackers(drives: Vec<DriveConfig>) {
+    let mut trackers = Vec::new();
+    for d in drives {
+        if let Some(t) = d.tracker {
+            trackers.push((d.spec.path, t));
+        }
+    }
+    for (path, t) in trackers {
+        match Arc::try_unwrap(t) {
+            Ok(t) => {
+                if let Err(e) = t.close() {
+                    tracing::error!("{}: saving its dirty bitmaps failed: {e}", path.display());
+                }
+            }
+            Err(_) => tracing::warn!(
+                "{}: its dirty bitmaps are still in use at exit; they are saved when released",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// Parses and opens every drive, and gives each its controller slot: disks
 /// in order first, then CD-ROMs (on IDE preferring the secondary master,
 /// where PCs put them).
@@ -253,13 +283,33 @@ pub fn open_drives(disks: &[String], cdroms: &[String]) -> anyhow::Result<Vec<Dr
                 bail!("{option} {}: id={id} is used twice", spec.path.display());
             }
         }
+        let image: Arc<dyn DiskImage> = Arc::from(image);
+        let tracker = if kind == DriveKind::Disk
+            && !spec.read_only
+            && dirty::sidecar_path(&spec.path).exists()
+        {
+            let t = DirtyTracker::open_image(image.clone(), &TrackerOptions::default())
+                .with_context(|| {
+                    format!(
+                        "{option} {}: opening its dirty bitmaps",
+                        spec.path.display()
+                    )
+                })?;
+            if let Some(p) = t.problem() {
+                tracing::warn!("{option} {}: {p}", spec.path.display());
+            }
+            Some(Arc::new(t))
+        } else {
+            None
+        };
         taken.push((c, slot));
         opened.push(canonical);
         drives.push(DriveConfig {
             kind,
             spec,
             slot,
-            image: Some(Arc::from(image)),
+            image: Some(image),
+            tracker,
         });
     }
     Ok(drives)
@@ -303,8 +353,10 @@ pub fn boot_order(drives: &[DriveConfig], boot: BootDevice) -> Vec<String> {
 }
 
 fn device_for(drive: &DriveConfig, link: Link) -> AtaDevice {
-    let medium: Option<Arc<dyn BlockDevice>> =
-        drive.image.clone().map(|i| -> Arc<dyn BlockDevice> { i });
+    let medium: Option<Arc<dyn BlockDevice>> = match &drive.tracker {
+        Some(t) => Some(t.clone()),
+        None => drive.image.clone().map(|i| -> Arc<dyn BlockDevice> { i }),
+    };
     let (model, prefix) = match drive.kind {
         DriveKind::Disk => ("REHOST HARDDISK", "RHD"),
         DriveKind::Cdrom => ("REHOST DVD-ROM", "RCD"),

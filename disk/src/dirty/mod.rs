@@ -305,6 +305,9 @@ fn random_u128() -> u128 {
 #[derive(Debug)]
 pub struct LoadedSidecar {
     pub bitmaps: Vec<BitmapInfo>,
+    /// Each bitmap's dirty byte ranges (as [`DirtyTracker::dirty_extents`]),
+    /// in the order of `bitmaps`.
+    pub extents: Vec<Vec<Range<u64>>>,
     /// Why the bitmaps were turned to resync-required, if they were.
     pub problem: Option<String>,
     /// Extents the activity log held (a crash is being recovered from).
@@ -501,6 +504,7 @@ pub fn inspect(image_path: &Path, virtual_size: u64) -> Result<Option<LoadedSide
     );
     Ok(Some(LoadedSidecar {
         bitmaps: d.bitmaps.iter().map(|b| b.info(virtual_size)).collect(),
+        extents: d.bitmaps.iter().map(|b| b.extents(virtual_size)).collect(),
         problem: d.problem,
         recovered_extents: d.recovered,
     }))

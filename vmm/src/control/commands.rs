@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rehost_disk::dirty::DirtyTracker;
 use rehost_disk::{DiskImage, ImageFormat, ImageInfo, OpenOptions};
 use serde_json::{json, Value};
 
@@ -239,6 +240,28 @@ fn inserted(image: &dyn DiskImage, read_only: bool) -> Value {
     v
 }
 
+/// QEMU's `BlockDirtyInfo` for each bitmap, with rehost's generation and
+/// state (`tracking` or `resync-required`).
+fn dirty_bitmaps(t: &DirtyTracker) -> Value {
+    Value::Array(
+        t.bitmaps()
+            .iter()
+            .map(|b| {
+                json!({
+                    "name": b.name,
+                    "count": b.dirty_bytes,
+                    "granularity": b.granularity,
+                    "recording": true,
+                    "busy": false,
+                    "persistent": true,
+                    "generation": format!("{:032x}", b.generation),
+                    "state": b.state.name(),
+                })
+            })
+            .collect(),
+    )
+}
+
 fn query_block(ctl: &VmControl) -> Value {
     let drives = ctl.drives().clone();
     let list = drives
@@ -275,6 +298,9 @@ fn query_block(ctl: &VmControl) -> Value {
             if let Some(img) = &c.image {
                 if !guest_open {
                     v["inserted"] = inserted(img.as_ref(), c.spec.read_only);
+                    if let Some(t) = &c.tracker {
+                        v["inserted"]["dirty-bitmaps"] = dirty_bitmaps(t);
+                    }
                 }
             }
             v

@@ -52,7 +52,12 @@
 //! `format`, `virtual-size`, `actual-size`, `cluster-size`, and
 //! `backing-image` nested down the whole differencing chain). rehost adds
 //! `controller` (`ide` or `ahci`), `slot`, `media` (`disk` or `cdrom`),
-//! and in each image `rehost-format` and `rehost-subformat`.
+//! and in each image `rehost-format` and `rehost-subformat`. A disk with
+//! dirty bitmaps (`rehost disk bitmap add`) lists them in
+//! `inserted.dirty-bitmaps` in QEMU's `BlockDirtyInfo` shape (`name`,
+//! `count` in dirty bytes, `granularity`, `recording`, `busy`,
+//! `persistent`) plus `generation` and `state` (`tracking` or
+//! `resync-required`).
 //!
 //! ## Events
 //!

@@ -1,0 +1,160 @@
+//! End-to-end: `rehost run` keeps a disk's dirty bitmaps up to date while
+//! SeaBIOS's own AHCI driver writes it (resources/storage/int13-rw.asm
+//! through INT 13h): after a clean power-off the bitmap holds exactly the
+//! written range and is still `tracking`; after SIGKILL in the middle of
+//! the writes it covers every sector that holds the guest's data.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rehost_tests::qmp::Qmp;
+use rehost_tests::storage::{rehost_disk, require_tools, scratch, Int13Program};
+use rehost_tests::{kvm_available, run, Running};
+use serde_json::Value;
+
+const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
+const DISK_BYTES: u64 = 64 << 20;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A dynamic VHDX holding the program at LBA 0, with bitmap `b1`.
+fn disk_with_bitmap(dir: &Path, prog: &Int13Program) -> std::path::PathBuf {
+    let raw = dir.join("base.raw");
+    prog.raw_disk(&raw, DISK_BYTES);
+    let vhdx = dir.join("disk.vhdx");
+    rehost_disk(REHOST, &["convert", "-O", "vhdx", s(&raw), s(&vhdx)]);
+    rehost_disk(REHOST, &["bitmap", "add", s(&vhdx), "b1"]);
+    vhdx
+}
+
+/// `rehost disk bitmap list --json --extents`'s entry for `b1`.
+fn bitmap(image: &Path) -> Value {
+    let out = rehost_disk(REHOST, &["bitmap", "list", "--json", "--extents", s(image)]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    v["bitmaps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["name"] == "b1"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no bitmap b1: {out}"))
+}
+
+fn extents(b: &Value) -> Vec<(u64, u64)> {
+    b["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e[0].as_u64().unwrap(), e[1].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn guest_writes_are_tracked_exactly_across_a_clean_power_off() {
+    if !kvm_available("dirty_run_clean") {
+        return;
+    }
+    require_tools(&["nasm"]);
+    let dir = scratch("dirty_run_clean");
+    let prog = Int13Program {
+        sectors: 4 * 2048,
+        ..Default::default()
+    };
+    let vhdx = disk_with_bitmap(&dir, &prog);
+    let before = bitmap(&vhdx);
+    assert_eq!(before["dirty_bytes"], 0, "{before}");
+    let disk = format!("{},controller=ahci", s(&vhdx));
+    let (code, out, err) = run(
+        REHOST,
+        &["run", "--memory", "64M", "--disk", &disk],
+        Duration::from_secs(300),
+    );
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains(&format!("int13: ok sectors={:08x}", prog.sectors)),
+        "{out}"
+    );
+    let after = bitmap(&vhdx);
+    assert_eq!(after["state"], "tracking", "{after} {err}");
+    assert_eq!(after["generation"], before["generation"]);
+    let start = prog.start_lba * 512;
+    let len = prog.sectors * 512;
+    // The written range is 64 KiB-aligned, so the bitmap holds it exactly.
+    assert_eq!(extents(&after), vec![(start, len)], "{after}");
+    rehost_disk(REHOST, &["check", s(&vhdx)]);
+}
+
+#[test]
+fn sigkill_mid_write_misses_no_written_sector() {
+    if !kvm_available("dirty_run_sigkill") {
+        return;
+    }
+    require_tools(&["nasm"]);
+    let dir = scratch("dirty_run_sigkill");
+    let prog = Int13Program {
+        sectors: 48 * 2048,
+        verify: false,
+        ..Default::default()
+    };
+    let vhdx = disk_with_bitmap(&dir, &prog);
+    let sock = tempfile::tempdir().unwrap();
+    let sock_path = sock.path().join("vm.sock");
+    let disk = format!("{},controller=ahci", s(&vhdx));
+    let mut vm = Running::start(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--disk",
+            &disk,
+            "--qmp",
+            s(&sock_path),
+        ],
+    );
+    let mut q = Qmp::connect(&sock_path, true);
+    assert!(
+        vm.wait_for("int13: write start", 1, Duration::from_secs(60)),
+        "{}",
+        vm.stdout()
+    );
+    // The bitmap is live on the control socket, in QEMU's shape.
+    let block = q.ok("query-block", None);
+    let live = &block[0]["inserted"]["dirty-bitmaps"][0];
+    assert_eq!(live["name"], "b1", "{block}");
+    assert_eq!(live["granularity"], 65536);
+    assert_eq!(live["recording"], true);
+    std::thread::sleep(Duration::from_millis(1500));
+    vm.signal(libc::SIGKILL);
+    vm.wait(Duration::from_secs(10));
+    assert!(
+        !vm.stdout().contains("write done"),
+        "the writer finished before the kill; the test proves nothing"
+    );
+    rehost_disk(REHOST, &["check", s(&vhdx)]);
+    let b = bitmap(&vhdx);
+    let dirty = extents(&b);
+    let covered = |off: u64| dirty.iter().any(|&(s, l)| off >= s && off < s + l);
+    let flat = dir.join("flat.raw");
+    rehost_disk(REHOST, &["convert", "-O", "raw", s(&vhdx), s(&flat)]);
+    let data = std::fs::read(&flat).unwrap();
+    let mut written = 0u64;
+    for lba in prog.start_lba..prog.start_lba + prog.sectors {
+        let at = lba as usize * 512;
+        if data[at..at + 512] == prog.expected_sector(lba) {
+            written += 1;
+            assert!(
+                covered(lba * 512),
+                "sector {lba} was written but is not dirty: {b}"
+            );
+        }
+    }
+    assert!(written > 0, "the guest wrote nothing before the kill");
+    let dirty_bytes = b["dirty_bytes"].as_u64().unwrap();
+    eprintln!(
+        "dirty_run_sigkill: {written} sectors written, {} KiB dirty ({:.1}% over-reported), state {}",
+        dirty_bytes / 1024,
+        100.0 * (dirty_bytes as f64 - (written * 512) as f64) / (written * 512) as f64,
+        b["state"]
+    );
+}
