@@ -237,14 +237,132 @@ pub fn run_rom(
     )
 }
 
-/// Helpers shared by the benchmark programs in `src/bin`.
+/// Helpers shared by the benchmark programs in `src/bin`: one discipline
+/// for all of them. The sides alternate run by run and which side goes
+/// first rotates every round ([`round_order`]), each side runs
+/// [`DEFAULT_RUNS`] times unless told otherwise, every figure is printed as
+/// a median with its min-max ([`Spread`]), and a read pass that claims to
+/// be cold first drops the page cache and checks that the file really left
+/// it ([`make_cold`]).
 pub mod bench {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
-    /// The median (the upper middle one for an even count).
+    /// Runs per side when the command line does not say.
+    pub const DEFAULT_RUNS: usize = 5;
+
+    /// The median (the mean of the two middle ones for an even count).
     pub fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    /// The median of some runs with their smallest and largest value.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Spread {
+        pub median: f64,
+        pub min: f64,
+        pub max: f64,
+    }
+
+    impl Spread {
+        pub fn of(v: &[f64]) -> Spread {
+            Spread {
+                median: median(v.to_vec()),
+                min: v.iter().copied().fold(f64::INFINITY, f64::min),
+                max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            }
+        }
+
+        /// `median (min-max)` with `decimals` digits after the point.
+        pub fn show(&self, decimals: usize) -> String {
+            format!(
+                "{:.d$} ({:.d$}-{:.d$})",
+                self.median,
+                self.min,
+                self.max,
+                d = decimals
+            )
+        }
+    }
+
+    /// The order in which `sides` sides run in round `round` (0-based):
+    /// every round runs each side once, and the first side rotates, so with
+    /// two sides the runs go A B, B A, A B, ... and neither side always has
+    /// the first (or last) slot of a round.
+    pub fn round_order(round: usize, sides: usize) -> Vec<usize> {
+        (0..sides).map(|i| (round + i) % sides).collect()
+    }
+
+    /// `sync`, then drops the page cache (needs root). The error says why
+    /// it could not be done.
+    pub fn drop_caches() -> Result<(), String> {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+            .map_err(|e| format!("writing /proc/sys/vm/drop_caches: {e}"))
+    }
+
+    /// How many bytes of `path` are in the page cache (mincore(2) over a
+    /// read-only mapping of the whole file).
+    pub fn cached_bytes(path: &Path) -> std::io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(0);
+        }
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let pages = len.div_ceil(page) as usize;
+        // SAFETY: a fresh shared read-only mapping of an open file; it is
+        // only passed to mincore and unmapped below, never dereferenced.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `map` covers `len` bytes and `vec` has one byte per page.
+        let r = unsafe { libc::mincore(map, len as usize, vec.as_mut_ptr()) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: unmapping the mapping made above.
+        unsafe { libc::munmap(map, len as usize) };
+        if r != 0 {
+            return Err(err);
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page)
+    }
+
+    /// Drops the page cache and checks that at most 1% of each of `files`
+    /// is still cached. `Err` says what failed: a bench prints it and
+    /// refuses to report a cold-read figure for that pass.
+    pub fn make_cold(files: &[&Path]) -> Result<(), String> {
+        drop_caches()?;
+        for f in files {
+            let cached = cached_bytes(f).map_err(|e| format!("mincore on {}: {e}", f.display()))?;
+            let len = std::fs::metadata(f)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .len();
+            if cached > len / 100 {
+                return Err(format!(
+                    "{} still has {cached} of {len} bytes in the page cache after dropping it",
+                    f.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The release rehost to measure: `arg`, or target/release/rehost,
@@ -259,5 +377,33 @@ pub mod bench {
             rehost.display()
         );
         rehost
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn medians_spreads_and_orders() {
+            assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+            assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+            assert!(median(Vec::new()).is_nan());
+            let s = Spread::of(&[5.0, 1.0, 3.0]);
+            assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
+            assert_eq!(s.show(1), "3.0 (1.0-5.0)");
+            assert_eq!(round_order(0, 2), vec![0, 1]);
+            assert_eq!(round_order(1, 2), vec![1, 0]);
+            assert_eq!(round_order(4, 3), vec![1, 2, 0]);
+        }
+
+        #[test]
+        fn a_file_just_written_is_cached() {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("f");
+            std::fs::write(&f, vec![1u8; 1 << 20]).unwrap();
+            assert_eq!(cached_bytes(&f).unwrap(), 1 << 20);
+            std::fs::write(&f, b"").unwrap();
+            assert_eq!(cached_bytes(&f).unwrap(), 0);
+        }
     }
 }
