@@ -198,13 +198,16 @@ fn qemu_io_secs(target: &[String], script: &str) -> f64 {
         .stderr(Stdio::piped())
         .spawn()
         .expect("qemu-io (apt-get install qemu-utils)");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(script.as_bytes())
-        .expect("writing qemu-io's script");
+    // Written from another thread: qemu-io prints a prompt per command,
+    // which this one reads meanwhile.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let script = script.to_owned();
+    let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
     let out = child.wait_with_output().expect("waiting for qemu-io");
+    feeder
+        .join()
+        .expect("the script writer thread")
+        .expect("writing qemu-io's script");
     let secs = start.elapsed().as_secs_f64();
     assert!(out.status.success(), "qemu-io {target:?} failed: {out:?}");
     // Quiet commands print nothing but the prompt unless they fail.
