@@ -3,6 +3,11 @@
 //! are the header's LogGuid, the rest the log. With the first byte of the
 //! GUID odd, every 4 KiB sector that starts an entry ("loge") gets its
 //! checksum recomputed so the fuzzer reaches the descriptor checks.
+//!
+//! Invariants: every entry read back is where it was found and inside the
+//! log; an active sequence is consecutive; reading through the replay
+//! overlay gives what replaying every write of the sequence, in order, onto
+//! the file would (a model, compared around each write's edges).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -47,13 +52,53 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(w[0].header.sequence_number + 1, w[1].header.sequence_number);
         }
         let overlay = Overlay::from_sequence(&seq);
-        // Reading through the overlay matches the last write of each page.
-        for e in seq.entries() {
-            for w in &e.writes {
-                if let LogWrite::Data { file_offset, .. } = w {
-                    let mut buf = vec![0xEEu8; SECTOR + 100];
-                    overlay.patch(file_offset.saturating_sub(50), &mut buf);
+        // Reading through the overlay matches a model: the writes of every
+        // entry, tail first and in descriptor order, copied one after
+        // another onto the bytes under them (the last write of each byte
+        // wins). Compared around the start and end of every write.
+        let writes: Vec<&LogWrite> = seq.entries().iter().flat_map(|e| &e.writes).collect();
+        let span = |w: &LogWrite| match w {
+            LogWrite::Data { file_offset, data } => (*file_offset, file_offset + data.len() as u64),
+            LogWrite::Zero {
+                file_offset,
+                length,
+            } => (*file_offset, file_offset + length),
+        };
+        let mut windows: Vec<u64> = Vec::new();
+        for w in &writes {
+            let (start, end) = span(w);
+            windows.push(start.saturating_sub(50));
+            windows.push(end.saturating_sub(SECTOR as u64 / 2));
+        }
+        windows.sort_unstable();
+        windows.dedup();
+        for &at in windows.iter().take(64) {
+            let mut got = vec![0xEEu8; SECTOR + 100];
+            overlay.patch(at, &mut got);
+            let mut want = vec![0xEEu8; SECTOR + 100];
+            let end = at + want.len() as u64;
+            for w in &writes {
+                let (s, e) = span(w);
+                let (a, b) = (s.max(at), e.min(end));
+                if a >= b {
+                    continue;
                 }
+                let dst = &mut want[(a - at) as usize..(b - at) as usize];
+                match w {
+                    LogWrite::Data { data, .. } => {
+                        dst.copy_from_slice(&data[(a - s) as usize..(b - s) as usize])
+                    }
+                    LogWrite::Zero { .. } => dst.fill(0),
+                }
+            }
+            if got != want {
+                let i = got.iter().zip(&want).position(|(g, w)| g != w).unwrap_or(0);
+                panic!(
+                    "overlay read at {at} differs from the replayed writes at byte {}: {:#04x} instead of {:#04x}",
+                    at + i as u64,
+                    got[i],
+                    want[i]
+                );
             }
         }
     }
