@@ -655,7 +655,7 @@ mod iasl_tests {
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .and_then(|mut f| writeln!(f, "{line}"))
+                    .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
                     .expect("recording the skip");
             }
             return;

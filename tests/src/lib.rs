@@ -68,11 +68,14 @@ pub fn skip(test: &str, reason: &str) {
     eprintln!("{line}");
     if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
         use std::io::Write;
+        // The whole line in one write: with O_APPEND it cannot interleave
+        // with the record of a test running on another thread (writeln!
+        // may write the line and its newline separately).
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .and_then(|mut f| writeln!(f, "{line}"));
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
         if let Err(e) = written {
             panic!(
                 "{line}; recording it in {}: {e}",

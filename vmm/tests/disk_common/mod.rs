@@ -94,7 +94,7 @@ pub fn skip(reason: &str) {
             .create(true)
             .append(true)
             .open(&path)
-            .and_then(|mut f| writeln!(f, "{line}"));
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
         if let Err(e) = written {
             panic!("{line}; recording it in {path:?}: {e}");
         }
