@@ -120,15 +120,17 @@ fn stamp(index: u64, seed: u64, buf: &mut [u8]) {
     }
 }
 
-/// The commands that make `qemu-io` run the same requests.
+/// The commands that make `qemu-io` run the same requests. Each is quiet
+/// (`-q`): qemu-io then formats no report per request, work rehost's loop
+/// does not do either.
 pub fn qemu_io_commands(requests: &[(u64, u64)], write: bool) -> Vec<String> {
     requests
         .iter()
         .map(|&(off, len)| {
             if write {
-                format!("write -P 0x{FILL:02x} {off} {len}")
+                format!("write -q -P 0x{FILL:02x} {off} {len}")
             } else {
-                format!("read {off} {len}")
+                format!("read -q {off} {len}")
             }
         })
         .collect()
@@ -245,7 +247,7 @@ mod tests {
         assert_eq!(s, vec![(0, 1 << 20), (1 << 20, 1 << 20), (0, 1 << 20)]);
         assert_eq!(
             qemu_io_commands(&s[..1], true),
-            vec!["write -P 0xab 0 1048576"]
+            vec!["write -q -P 0xab 0 1048576"]
         );
         let mut buf = [0u8; 32];
         request_data(3, 9, &mut buf);

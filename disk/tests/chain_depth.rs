@@ -48,7 +48,7 @@ fn chain(format: ImageFormat) {
         );
         if let Err(rehost_disk::BlockError::Unsupported { reason, .. }) = &r {
             if reason.contains("not supported yet") {
-                eprintln!("skipped for {e}: {reason}");
+                common::skip(&format!("{e}: {reason}"));
                 return;
             }
         }

@@ -228,3 +228,40 @@ fn rehost_made_images_read_identically_in_qemu() {
         assert!(buf.iter().all(|&b| b == 0x99));
     }
 }
+
+/// The CHS geometry qemu-img writes is the specification's "Appendix: CHS
+/// Calculation" ([`Chs::for_size`]) rounded up: QEMU repeats it one sector
+/// larger until the geometry covers the disk (and sizes its "qemu" images
+/// by that geometry). Checked on images qemu-img makes, for sizes in each
+/// branch of the algorithm.
+#[test]
+fn qemu_geometry_is_the_appendix_rounded_up() {
+    use rehost_disk::vhd::spec::{Chs, Footer};
+    if !have_qemu("qemu_geometry_is_the_appendix_rounded_up") {
+        return;
+    }
+    let dir = tempdir();
+    for size in [3u64 << 20, 10 << 20, 100 << 20, 1 << 30, 127 << 30] {
+        let path = dir.path().join(format!("{size}.vhd"));
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vpc"])
+            .arg(&path)
+            .arg(size.to_string()));
+        let bytes = std::fs::read(&path).unwrap();
+        let footer = Footer::parse(&bytes[bytes.len() - 512..]).unwrap();
+        let sectors = size / 512;
+        let rounded_up = (0..1_000_000u64)
+            .map(|more| Chs::for_size((sectors + more) * 512))
+            .find(|c| c.total_sectors() >= sectors)
+            .unwrap();
+        assert_eq!(footer.geometry, rounded_up, "{size} bytes");
+        // Rounding up was needed for these sizes: the appendix alone
+        // covers less than the disk.
+        assert!(
+            Chs::for_size(size).total_sectors() < sectors,
+            "{size} bytes"
+        );
+        assert_eq!(footer.virtual_size(), rounded_up.total_sectors() * 512);
+        assert_eq!(qemu_size(&path), footer.virtual_size(), "{size} bytes");
+    }
+}

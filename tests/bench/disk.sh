@@ -1,5 +1,5 @@
 #!/bin/sh
-# The disk benchmark: rehost disk bench vs qemu-io on fresh raw, VHD and
+# The disk benchmark: rehost disk bench vs qemu-img bench and qemu-io on fresh raw, VHD and
 # VHDX images, release build, one session. Extra arguments go to
 # bench-disk (--size 1G --rand-bytes 64M --seed 1 --dir DIR).
 set -eu

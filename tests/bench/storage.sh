@@ -2,7 +2,7 @@
 # The storage benchmark: the same SeaBIOS INT 13h write/read program under
 # rehost and under QEMU (PIIX IDE and ICH9 AHCI), release build, one
 # session. Extra arguments go to bench-storage (--ide-mib 4 --ahci-mib 64
-# --runs 3 --dir DIR).
+# --runs 5 --dir DIR).
 set -eu
 cd "$(dirname "$0")/../.."
 for t in qemu-system-x86_64 nasm; do

@@ -28,8 +28,75 @@ pub fn artifacts_dir() -> PathBuf {
     target.join("guest-artifacts")
 }
 
-/// True when `/dev/kvm` can be opened. With `CI=true` a missing KVM is a
-/// failure, not a skip: CI machines have it.
+/// The environment variable naming the file `scripts/test` collects skip
+/// records in.
+pub const SKIP_LOG_ENV: &str = "REHOST_SKIP_LOG";
+
+/// Whether this run is CI's (`CI=true`), where every tool and `/dev/kvm`
+/// are installed, so a missing one is a failure rather than a skip.
+pub fn on_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The running test's name as libtest reports it, prefixed with its test
+/// binary (`firmware_boot::seabios_posts`); `fallback` when not on a test
+/// thread.
+fn current_test(fallback: &str) -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+            _ => stem,
+        })
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let test = match thread.name() {
+        Some(name) if name != "main" => name.to_owned(),
+        _ => fallback.to_owned(),
+    };
+    format!("{binary}::{test}")
+}
+
+/// Reports that the running test skips what it checks (all of it, or the
+/// part named in `reason`): a `SKIPPED: <binary>::<test>: <reason>` line on
+/// stderr and, when `scripts/test` set [`SKIP_LOG_ENV`], the same line
+/// appended to that file, so that the test is counted and listed as
+/// skipped instead of passed. `test` names it when it is not called on
+/// the test's own thread.
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("SKIPPED: {}: {reason}", current_test(test));
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        // The whole line in one write: with O_APPEND it cannot interleave
+        // with the record of a test running on another thread (writeln!
+        // may write the line and its newline separately).
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "{line}; recording it in {}: {e}",
+                Path::new(&path).display()
+            );
+        }
+    }
+}
+
+/// [`skip`], except under `CI=true`, where what is missing must be there
+/// and the test fails instead.
+pub fn skip_unless_ci(test: &str, reason: &str) {
+    if on_ci() {
+        panic!("{test}: {reason} (required under CI=true)");
+    }
+    skip(test, reason);
+}
+
+/// True when `/dev/kvm` can be opened. Otherwise the test is reported
+/// skipped ([`skip`]), or fails under `CI=true`: CI machines have it.
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -38,10 +105,7 @@ pub fn kvm_available(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: /dev/kvm is required under CI=true: {e}");
-            }
-            eprintln!("{test}: skipped: /dev/kvm not usable: {e}");
+            skip_unless_ci(test, &format!("needs /dev/kvm: {e}"));
             false
         }
     }
@@ -238,14 +302,132 @@ pub fn run_rom(
     )
 }
 
-/// Helpers shared by the benchmark programs in `src/bin`.
+/// Helpers shared by the benchmark programs in `src/bin`: one discipline
+/// for all of them. The sides alternate run by run and which side goes
+/// first rotates every round ([`round_order`]), each side runs
+/// [`DEFAULT_RUNS`] times unless told otherwise, every figure is printed as
+/// a median with its min-max ([`Spread`]), and a read pass that claims to
+/// be cold first drops the page cache and checks that the file really left
+/// it ([`make_cold`]).
 pub mod bench {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
-    /// The median (the upper middle one for an even count).
+    /// Runs per side when the command line does not say.
+    pub const DEFAULT_RUNS: usize = 5;
+
+    /// The median (the mean of the two middle ones for an even count).
     pub fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    /// The median of some runs with their smallest and largest value.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Spread {
+        pub median: f64,
+        pub min: f64,
+        pub max: f64,
+    }
+
+    impl Spread {
+        pub fn of(v: &[f64]) -> Spread {
+            Spread {
+                median: median(v.to_vec()),
+                min: v.iter().copied().fold(f64::INFINITY, f64::min),
+                max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            }
+        }
+
+        /// `median (min-max)` with `decimals` digits after the point.
+        pub fn show(&self, decimals: usize) -> String {
+            format!(
+                "{:.d$} ({:.d$}-{:.d$})",
+                self.median,
+                self.min,
+                self.max,
+                d = decimals
+            )
+        }
+    }
+
+    /// The order in which `sides` sides run in round `round` (0-based):
+    /// every round runs each side once, and the first side rotates, so with
+    /// two sides the runs go A B, B A, A B, ... and neither side always has
+    /// the first (or last) slot of a round.
+    pub fn round_order(round: usize, sides: usize) -> Vec<usize> {
+        (0..sides).map(|i| (round + i) % sides).collect()
+    }
+
+    /// `sync`, then drops the page cache (needs root). The error says why
+    /// it could not be done.
+    pub fn drop_caches() -> Result<(), String> {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+            .map_err(|e| format!("writing /proc/sys/vm/drop_caches: {e}"))
+    }
+
+    /// How many bytes of `path` are in the page cache (mincore(2) over a
+    /// read-only mapping of the whole file).
+    pub fn cached_bytes(path: &Path) -> std::io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(0);
+        }
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let pages = len.div_ceil(page) as usize;
+        // SAFETY: a fresh shared read-only mapping of an open file; it is
+        // only passed to mincore and unmapped below, never dereferenced.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `map` covers `len` bytes and `vec` has one byte per page.
+        let r = unsafe { libc::mincore(map, len as usize, vec.as_mut_ptr()) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: unmapping the mapping made above.
+        unsafe { libc::munmap(map, len as usize) };
+        if r != 0 {
+            return Err(err);
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page)
+    }
+
+    /// Drops the page cache and checks that at most 1% of each of `files`
+    /// is still cached. `Err` says what failed: a bench prints it and
+    /// refuses to report a cold-read figure for that pass.
+    pub fn make_cold(files: &[&Path]) -> Result<(), String> {
+        drop_caches()?;
+        for f in files {
+            let cached = cached_bytes(f).map_err(|e| format!("mincore on {}: {e}", f.display()))?;
+            let len = std::fs::metadata(f)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .len();
+            if cached > len / 100 {
+                return Err(format!(
+                    "{} still has {cached} of {len} bytes in the page cache after dropping it",
+                    f.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The release rehost to measure: `arg`, or target/release/rehost,
@@ -260,5 +442,33 @@ pub mod bench {
             rehost.display()
         );
         rehost
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn medians_spreads_and_orders() {
+            assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+            assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+            assert!(median(Vec::new()).is_nan());
+            let s = Spread::of(&[5.0, 1.0, 3.0]);
+            assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
+            assert_eq!(s.show(1), "3.0 (1.0-5.0)");
+            assert_eq!(round_order(0, 2), vec![0, 1]);
+            assert_eq!(round_order(1, 2), vec![1, 0]);
+            assert_eq!(round_order(4, 3), vec![1, 2, 0]);
+        }
+
+        #[test]
+        fn a_file_just_written_is_cached() {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("f");
+            std::fs::write(&f, vec![1u8; 1 << 20]).unwrap();
+            assert_eq!(cached_bytes(&f).unwrap(), 1 << 20);
+            std::fs::write(&f, b"").unwrap();
+            assert_eq!(cached_bytes(&f).unwrap(), 0);
+        }
     }
 }

@@ -29,10 +29,7 @@ fn have(tool: &str, test: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: {tool} is required under CI=true");
-        }
-        eprintln!("{test}: skipped: {tool} not installed");
+        rehost_tests::skip_unless_ci(test, &format!("{tool} not installed"));
     }
     ok
 }

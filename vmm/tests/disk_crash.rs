@@ -5,12 +5,16 @@
 //! opens, `rehost disk check` is clean, QEMU reads it where it can, every
 //! write acknowledged before the last completed flush is present, and every
 //! other touched block holds either its old content or one of the writes
-//! aimed at it (never anything else). Only kills, never power loss, so the
+//! aimed at it (never anything else). A round counts only when the writer
+//! completed at least one flush before the kill (an early kill is tried
+//! again, a writer that fails on its own fails the test): an untouched
+//! image would pass every check. Only kills, never power loss, so the
 //! files live on tmpfs when it has room (see `kill_only_scratch_dir`).
 
 mod disk_common;
 
 use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -114,13 +118,45 @@ fn crash_rounds(format: ImageFormat, differencing: bool) {
     assert!(writer(1).wait().unwrap().success());
     let run_ms = start.elapsed().as_millis() as u64;
     for round in 0..ROUNDS {
-        let seed = next(&mut state) % 1_000_000;
-        let delay_ms = 5 + next(&mut state) % (run_ms * 9 / 10).max(1);
-        let mut child = writer(seed);
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let flushed = last_flushed(&log);
+        // A round counts only if the writer really wrote: it completed at
+        // least one flush before the kill (or finished). A writer that
+        // failed on its own fails the test; one killed before its first
+        // flush is started again with another delay, a few times at most.
+        let mut attempt = 0;
+        let (seed, delay_ms, status, flushed) = loop {
+            attempt += 1;
+            let seed = next(&mut state) % 1_000_000;
+            let delay_ms = 5 + next(&mut state) % (run_ms * 9 / 10).max(1);
+            let mut child = writer(seed);
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let _ = child.kill(); // SIGKILL
+            let out = child.wait_with_output().unwrap();
+            let flushed = last_flushed(&log);
+            let killed = out.status.signal() == Some(libc::SIGKILL);
+            assert!(
+                killed || out.status.success(),
+                "{fmt} differencing={differencing} round {round} seed {seed}: the writer failed before it was killed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !killed {
+                let total = BYTES.div_ceil(bench::RAND_REQUEST);
+                assert_eq!(
+                    flushed, total,
+                    "{fmt} differencing={differencing} round {round} seed {seed}: the writer finished but logged {flushed} of {total} requests flushed"
+                );
+            }
+            if flushed > 0 {
+                break (seed, delay_ms, out.status, flushed);
+            }
+            assert!(
+                attempt < 5,
+                "{fmt} differencing={differencing} round {round}: in {attempt} attempts the writer never completed a flush before it was killed (last: seed {seed}, {delay_ms} ms)"
+            );
+            eprintln!(
+                "{fmt} differencing={differencing} round {round} seed {seed}: killed after {delay_ms} ms before its first flush; again"
+            );
+        };
         let what = format!(
             "{fmt} differencing={differencing} round {round} seed {seed} killed after {delay_ms} ms ({status}), {flushed} requests flushed"
         );

@@ -1,6 +1,8 @@
 //! The shared ATA/ATAPI command layer under random task files, command
-//! packets and data phases (PIO blocks, DMA through a bounded buffer). No
-//! panic; no request outside a disk; nothing written to a read-only one.
+//! packets and data phases (PIO blocks, DMA through a bounded buffer that
+//! can fault part-way, as a descriptor pointing outside guest RAM or a
+//! table shorter than the transfer does). No panic; no request outside a
+//! disk; nothing written to a read-only one.
 #![no_main]
 
 mod common;
@@ -14,20 +16,35 @@ use rehost_devices::storage::dma::{DmaFault, DmaTarget};
 use rehost_devices::storage::testing::MemDisk;
 use rehost_disk::BlockDevice;
 
-struct Buf(Vec<u8>);
+/// The DMA buffer; an access reaching byte `fault_at` or beyond fails
+/// with `fault` instead.
+struct Buf {
+    bytes: Vec<u8>,
+    fault_at: u64,
+    fault: DmaFault,
+}
+
+impl Buf {
+    fn check(&self, offset: u64, len: usize) -> Result<usize, DmaFault> {
+        if offset + len as u64 > self.fault_at {
+            return Err(self.fault);
+        }
+        Ok(offset as usize)
+    }
+}
 
 impl DmaTarget for Buf {
     fn capacity(&self) -> u64 {
-        self.0.len() as u64
+        self.bytes.len() as u64
     }
     fn store(&mut self, offset: u64, data: &[u8]) -> Result<(), DmaFault> {
-        let o = offset as usize;
-        self.0[o..o + data.len()].copy_from_slice(data);
+        let o = self.check(offset, data.len())?;
+        self.bytes[o..o + data.len()].copy_from_slice(data);
         Ok(())
     }
     fn load(&mut self, offset: u64, data: &mut [u8]) -> Result<(), DmaFault> {
-        let o = offset as usize;
-        data.copy_from_slice(&self.0[o..o + data.len()]);
+        let o = self.check(offset, data.len())?;
+        data.copy_from_slice(&self.bytes[o..o + data.len()]);
         Ok(())
     }
 }
@@ -85,10 +102,37 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         if cmd[13] & 1 == 0 {
-            // DMA through a buffer of at most 64 KiB.
+            // DMA through a buffer of at most 64 KiB; with bit 1 set it
+            // faults from a 512-byte multiple chosen by the next byte (bit
+            // 2 picks which fault).
             let cap = (usize::from(cmd[13]) << 8).min(phase.len as usize);
-            let mut buf = Buf(vec![cmd[13]; cap]);
-            dev.run_dma(&mut phase, &mut tf, &mut buf);
+            let (fault_at, fault) = if cmd[13] & 2 != 0 {
+                let at = rest.first().map_or(0, |&b| u64::from(b) * 512);
+                rest = rest.get(1..).unwrap_or_default();
+                let fault = if cmd[13] & 4 != 0 {
+                    DmaFault::TableTooShort { described: at }
+                } else {
+                    DmaFault::OutsideRam {
+                        addr: 0xFFFF_F000 + at,
+                        len: 512,
+                    }
+                };
+                (at, fault)
+            } else {
+                (u64::MAX, DmaFault::TableTooShort { described: 0 })
+            };
+            let mut buf = Buf {
+                bytes: vec![cmd[13]; cap],
+                fault_at,
+                fault,
+            };
+            let end = dev.run_dma(&mut phase, &mut tf, &mut buf);
+            // Nothing counts as moved beyond the point the buffer faulted.
+            assert!(
+                end.moved <= fault_at,
+                "moved {} bytes past a fault at {fault_at}",
+                end.moved
+            );
         } else {
             // PIO: up to 64 blocks, then stop mid-transfer.
             for _ in 0..64 {

@@ -2,10 +2,15 @@
 //! region table, metadata, BAT and parent checks, then reads, a write, a
 //! discard, a flush and `check`.
 //!
-//! The first byte picks the file: 0 = the rest of the input is the file;
+//! The first byte picks the file: 0 = an empty (all-zero) 4 MiB file;
 //! 1 = a valid dynamic image, 2 = a valid differencing child (over a parent
-//! that is never modified), each patched by the rest of the input as
-//! records [area, offset lo, offset hi, len, bytes...]. Bit 2 of the first
+//! that is never modified). The rest of the input patches it as records
+//! [area, offset lo, offset hi, len, bytes...], where the area is one of
+//! the places VHDX structures live (file identifier at 0, headers at 64
+//! and 128 KiB, region tables at 192 and 256 KiB, and the log, metadata and
+//! BAT of the templates at 1, 2 and 3 MiB) or the middle of the file, so a
+//! short input reaches every structure (a plain input-is-the-file mode
+//! could not get to 64 KiB within the usual -max_len). Bit 2 of the first
 //! byte recomputes the header and region table checksums after patching so
 //! damage behind them is reached.
 //!
@@ -119,13 +124,18 @@ fn templates() -> &'static Templates {
     })
 }
 
-/// Where patch records land: headers, log, metadata, BAT, anywhere.
+/// Where patch records land: file identifier, headers, region tables,
+/// log, metadata, BAT, the middle of the file.
 fn area_start(area: u8, len: usize) -> usize {
-    match area % 5 {
-        0 => 64 << 10,
-        1 => 1 << 20,
-        2 => 2 << 20,
-        3 => 3 << 20,
+    match area % 9 {
+        0 => 0,
+        1 => 64 << 10,
+        2 => 128 << 10,
+        3 => 192 << 10,
+        4 => 256 << 10,
+        5 => 1 << 20,
+        6 => 2 << 20,
+        7 => 3 << 20,
         _ => len / 2,
     }
 }
@@ -149,11 +159,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let t = templates();
     let mut file = match mode % 3 {
-        0 => rest.to_vec(),
+        0 => vec![0u8; 4 << 20],
         1 => t.dynamic.clone(),
         _ => t.child.clone(),
     };
-    if mode % 3 != 0 {
+    {
         let mut r = rest;
         while r.len() >= 4 {
             let start =

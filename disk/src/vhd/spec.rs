@@ -799,7 +799,13 @@ mod tests {
 
     #[test]
     fn chs_follows_the_appendix() {
-        // Values qemu-img 7.2 writes for the same sizes.
+        // The specification's algorithm for these sizes: the geometry is
+        // rounded down and may cover a little less than the disk. qemu-img
+        // 7.2 does not write these: it repeats the calculation one sector
+        // larger until the geometry covers the whole disk, so for 1 GiB it
+        // writes 2081 cylinders (the QEMU-made footer above) and for
+        // 100 MiB 1004/12/17. tests/vhd_interop.rs checks that rounding
+        // against images qemu-img makes.
         assert_eq!(
             Chs::for_size(1 << 30),
             Chs {

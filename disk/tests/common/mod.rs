@@ -18,9 +18,44 @@ pub fn have_qemu(test: &str) -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{test}: qemu-img/qemu-io not installed (apt-get install qemu-utils)");
         }
-        eprintln!("{test}: skipped: qemu-img/qemu-io not installed (apt-get install qemu-utils)");
+        skip(&format!(
+            "{test}: qemu-img/qemu-io not installed (apt-get install qemu-utils)"
+        ));
     }
     ok
+}
+
+/// Reports that the running test skips what it checks (all of it, or the
+/// part `reason` names): `SKIPPED: <binary>::<test>: <reason>` on stderr
+/// and, when `scripts/test` set `REHOST_SKIP_LOG`, appended to that file,
+/// so that the test is counted and listed as skipped, not passed. (The
+/// same record as `rehost_tests::skip`, which this crate cannot depend on.)
+pub fn skip(reason: &str) {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+            _ => stem,
+        })
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let line = format!(
+        "SKIPPED: {binary}::{}: {reason}",
+        thread.name().unwrap_or("main")
+    );
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("REHOST_SKIP_LOG") {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!("{line}; recording it in {path:?}: {e}");
+        }
+    }
 }
 
 /// Runs a command, panicking with its output when it fails.

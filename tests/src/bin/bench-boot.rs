@@ -1,19 +1,21 @@
 //! Boot benchmark: the option-ROM boot (SeaBIOS POST runs a ROM that
 //! prints a marker and powers off through ACPI) under rehost and under
 //! `qemu-system-x86_64 -enable-kvm -nodefaults -nographic`, several runs
-//! each, interleaved, in one session. Prints wall time to power-off and peak
-//! RSS for both and their ratios. Not a test: it asserts only that every
+//! each, in one session: every round runs each of the three configurations
+//! once and which one goes first rotates round by round. Prints wall time
+//! to power-off and peak RSS for each (median, min-max) and the ratios of
+//! the medians. Not a test: it asserts only that every
 //! run reached the marker and exited cleanly.
 //!
 //!     cargo build --release -p rehost
 //!     cargo run --release -p rehost-tests --bin bench-boot -- [RUNS] [REHOST]
 //!
-//! RUNS defaults to 5; REHOST defaults to target/release/rehost.
+//! RUNS defaults to 5 per configuration; REHOST defaults to target/release/rehost.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use rehost_tests::bench::{median, release_rehost};
+use rehost_tests::bench::{release_rehost, round_order, Spread, DEFAULT_RUNS};
 use rehost_tests::rom;
 
 const MARKER: &str = "rehost-test-rom: option ROM ran during POST";
@@ -56,40 +58,28 @@ fn measure(cmd: &mut Command) -> Sample {
 }
 
 fn summary(name: &str, s: &[Sample]) -> (f64, f64) {
-    let t = median(s.iter().map(|x| x.secs).collect());
-    let r = median(s.iter().map(|x| x.rss_kib as f64).collect());
-    let tmin = s.iter().map(|x| x.secs).fold(f64::MAX, f64::min);
-    let tmax = s.iter().map(|x| x.secs).fold(0.0, f64::max);
-    println!(
-        "{name:<34} {t:>7.3} s (min {tmin:.3}, max {tmax:.3})   {:>7.1} MiB",
-        r / 1024.0
+    let t = Spread::of(&s.iter().map(|x| x.secs).collect::<Vec<_>>());
+    let r = Spread::of(
+        &s.iter()
+            .map(|x| x.rss_kib as f64 / 1024.0)
+            .collect::<Vec<_>>(),
     );
-    (t, r)
+    println!("{name:<37} {:>24} s   {:>20} MiB", t.show(3), r.show(1));
+    (t.median, r.median)
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let runs: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(DEFAULT_RUNS);
     let rehost = release_rehost(args.next());
     let rom = rom("poweroff");
     let rom = rom.to_str().expect("utf-8 path");
     let mem = "64";
-
-    let mut ours = Vec::new();
-    let mut qemu = Vec::new();
-    let mut qemu_same_fw = Vec::new();
-    for i in 0..runs {
-        eprintln!("run {}/{runs}", i + 1);
-        ours.push(measure(Command::new(&rehost).args([
-            "run",
-            "--memory",
-            &format!("{mem}M"),
-            "--com1",
-            "stdio",
-            "--option-rom",
-            rom,
-        ])));
-        qemu.push(measure(Command::new("qemu-system-x86_64").args([
+    let qemu_args = |same_firmware: bool| {
+        let mut v = vec![
             "-enable-kvm",
             "-nodefaults",
             "-nographic",
@@ -97,34 +87,51 @@ fn main() {
             "stdio",
             "-m",
             mem,
-            "-option-rom",
-            rom,
-        ])));
-        qemu_same_fw.push(measure(Command::new("qemu-system-x86_64").args([
-            "-enable-kvm",
-            "-nodefaults",
-            "-nographic",
-            "-serial",
-            "stdio",
-            "-m",
-            mem,
-            "-bios",
-            "/usr/share/seabios/bios.bin",
-            "-option-rom",
-            rom,
-        ])));
+        ];
+        if same_firmware {
+            v.extend(["-bios", "/usr/share/seabios/bios.bin"]);
+        }
+        v.extend(["-option-rom", rom]);
+        v
+    };
+    let rehost_mem = format!("{mem}M");
+    let commands: [(&str, Vec<&str>); 3] = [
+        (
+            rehost.to_str().expect("utf-8 path"),
+            vec![
+                "run",
+                "--memory",
+                &rehost_mem,
+                "--com1",
+                "stdio",
+                "--option-rom",
+                rom,
+            ],
+        ),
+        ("qemu-system-x86_64", qemu_args(false)),
+        ("qemu-system-x86_64", qemu_args(true)),
+    ];
+    let mut samples: [Vec<Sample>; 3] = Default::default();
+    for round in 0..runs {
+        eprintln!("round {}/{runs}", round + 1);
+        for side in round_order(round, commands.len()) {
+            let (program, args) = &commands[side];
+            samples[side].push(measure(Command::new(program).args(args)));
+        }
     }
-    println!("option-ROM boot to ACPI power-off, {runs} runs each, medians:");
-    let (t, r) = summary("rehost", &ours);
-    let (qt, qr) = summary("qemu (its default firmware)", &qemu);
-    let (st, sr) = summary("qemu -bios bios.bin (same as rehost)", &qemu_same_fw);
     println!(
-        "ratio rehost/qemu: time {:.2} (target <= 0.50), peak RSS {:.2} (target <= 0.25)",
+        "option-ROM boot to ACPI power-off, {runs} runs each (first configuration rotates), median (min-max):"
+    );
+    let (t, r) = summary("rehost", &samples[0]);
+    let (qt, qr) = summary("qemu (its default firmware)", &samples[1]);
+    let (st, sr) = summary("qemu -bios bios.bin (same as rehost)", &samples[2]);
+    println!(
+        "ratio of medians rehost/qemu: time {:.2} (target <= 0.50), peak RSS {:.2} (target <= 0.25)",
         t / qt,
         r / qr
     );
     println!(
-        "ratio rehost/qemu with the same firmware: time {:.2}, peak RSS {:.2}",
+        "ratio of medians rehost/qemu with the same firmware: time {:.2}, peak RSS {:.2}",
         t / st,
         r / sr
     );

@@ -10,14 +10,16 @@
 //!     cargo build --release -p rehost
 //!     cargo run --release -p rehost-tests --bin bench-serial -- [RUNS] [REHOST]
 //!
-//! RUNS defaults to 3; REHOST defaults to target/release/rehost.
+//! RUNS defaults to 5 per VMM and transport; the VMMs alternate and which
+//! one goes first swaps every round.
+//! REHOST defaults to target/release/rehost.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rehost_tests::bench::{median, release_rehost};
+use rehost_tests::bench::{release_rehost, round_order, Spread, DEFAULT_RUNS};
 use rehost_tests::rom;
 
 /// Must match FLOOD_BYTES in serial-flood.asm.
@@ -120,7 +122,10 @@ fn run_once(program: &Path, args: &[String], transport: Transport, dir: &Path) -
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let runs: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(DEFAULT_RUNS);
     let rehost = release_rehost(args.next());
     let flood = rom("serial-flood");
     let flood = flood.to_str().expect("utf-8 path").to_owned();
@@ -158,22 +163,22 @@ fn main() {
         ]);
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
-        for i in 0..runs {
-            eprintln!("{name}: run {}/{runs}", i + 1);
-            ours.push(run_once(&rehost, &ours_args, transport, dir.path()));
-            theirs.push(run_once(&qemu, &qemu_args, transport, dir.path()));
+        for round in 0..runs {
+            eprintln!("{name}: round {}/{runs}", round + 1);
+            for side in round_order(round, 2) {
+                if side == 0 {
+                    ours.push(run_once(&rehost, &ours_args, transport, dir.path()));
+                } else {
+                    theirs.push(run_once(&qemu, &qemu_args, transport, dir.path()));
+                }
+            }
         }
-        let range = |v: &[f64]| {
-            let lo = v.iter().copied().fold(f64::MAX, f64::min);
-            let hi = v.iter().copied().fold(0.0, f64::max);
-            format!("{lo:.0}-{hi:.0}")
-        };
-        let (o, q) = (median(ours.clone()), median(theirs.clone()));
+        let (o, q) = (Spread::of(&ours), Spread::of(&theirs));
         println!(
-            "{name:<5} rehost {o:>9.0} B/s ({})   qemu {q:>9.0} B/s ({})   ratio rehost/qemu {:.2} (target >= 1.00)",
-            range(&ours),
-            range(&theirs),
-            o / q
+            "{name:<5} rehost {:>26} B/s   qemu {:>26} B/s   ratio of medians rehost/qemu {:.2} (target >= 1.00)",
+            o.show(0),
+            q.show(0),
+            o.median / q.median
         );
     }
 }

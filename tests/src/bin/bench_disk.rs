@@ -1,22 +1,38 @@
 //! The disk benchmark: the same four patterns through `rehost disk bench`
-//! and through `qemu-io`, on the same fresh image of each format, in one
-//! session, with both throughputs and their ratio in a table.
+//! and through a QEMU reference, on fresh images of each format, in one
+//! session, with medians, min-max and their ratio in a table.
 //!
 //! Run it with a release build (see `tests/bench/disk.sh`):
 //!
 //! ```text
 //! cargo build --release -p rehost -p rehost-tests
-//! target/release/bench-disk [--size 1G] [--rand-bytes 64M] [--seed 1] [--dir DIR]
+//! target/release/bench-disk [--size 1G] [--rand-bytes 64M] [--seed 1] [--runs 5]
+//!                           [--formats raw,vhd,vhdx] [--dir DIR]
 //! ```
 //!
-//! Both tools get identical requests: 1 MiB sequential requests from 0, and
-//! 4 KiB requests at the offsets `rehost_disk::bench::requests` draws from
-//! the seed (fed to qemu-io as a command file on its standard input). Both
-//! use the host page cache (`qemu-io -t writeback`) and end writing runs
-//! with a flush. Throughput is bytes over the wall time of the whole
-//! process, measured the same way for both; rehost's own in-process figure
-//! is shown too. seq-write, seq-read and rand-read-4k run in that order on
-//! one fresh image; rand-write-4k (allocating) on another fresh one.
+//! The references, named in every row:
+//! - sequential patterns: `qemu-img bench` (QEMU's in-process block
+//!   benchmark, no command parser), queue depth 1 as rehost, 1 MiB requests
+//!   from offset 0, writes filled with the same byte and flushed at the end
+//!   (`--flush-interval` = the request count).
+//! - random 4 KiB patterns: `qemu-io` reading one batched script on its
+//!   standard input, every command quiet (`-q`, no per-request report), the
+//!   same offsets `rehost_disk::bench::requests` draws from the seed, a
+//!   flush at the end of writes. What its command loop costs (parsing,
+//!   buffer allocation and fill, the generic block layer) is measured by
+//!   running the identical script against QEMU's `null-co` driver in the
+//!   same round, and subtracted: the reference figure is the block stack's
+//!   time, which if anything favours QEMU.
+//!
+//! Both sides use the host page cache (`-t writeback`) and their times are
+//! each process's wall time (open, requests, final flush, close), measured
+//! the same way; rehost's own in-process figure is shown too. The sides
+//! alternate and which one goes first rotates each round; each round makes
+//! fresh images for each side (seq-write, seq-read and rand-read-4k run in
+//! that order on one, rand-write-4k, allocating, on another). Every read
+//! pass starts with the page cache dropped and the image checked (mincore)
+//! to be out of it; if that cannot be done the row says so instead of
+//! printing a figure.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,11 +40,14 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use rehost_disk::bench::{self, Pattern};
+use rehost_tests::bench::{make_cold, round_order, Spread, DEFAULT_RUNS};
 
 struct Args {
     size: u64,
     rand_bytes: u64,
     seed: u64,
+    runs: usize,
+    formats: Vec<String>,
     dir: PathBuf,
     rehost: PathBuf,
 }
@@ -51,6 +70,8 @@ fn args() -> Args {
         size: 1 << 30,
         rand_bytes: 64 << 20,
         seed: 1,
+        runs: DEFAULT_RUNS,
+        formats: vec!["raw".into(), "vhd".into(), "vhdx".into()],
         dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-disk"),
         rehost: exe.with_file_name("rehost"),
     };
@@ -61,15 +82,18 @@ fn args() -> Args {
             "--size" => a.size = parse_size(&value()),
             "--rand-bytes" => a.rand_bytes = parse_size(&value()),
             "--seed" => a.seed = value().parse().expect("seed"),
+            "--runs" => a.runs = value().parse().expect("--runs N"),
+            "--formats" => a.formats = value().split(',').map(str::to_owned).collect(),
             "--dir" => a.dir = PathBuf::from(value()),
             "--rehost" => a.rehost = PathBuf::from(value()),
             "-h" | "--help" => {
-                println!("bench-disk [--size 1G] [--rand-bytes 64M] [--seed N] [--dir DIR] [--rehost PATH]");
+                println!("bench-disk [--size 1G] [--rand-bytes 64M] [--seed N] [--runs N] [--formats raw,vhd,vhdx] [--dir DIR] [--rehost PATH]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
         }
     }
+    assert!(a.runs > 0, "--runs must be at least 1");
     a
 }
 
@@ -103,27 +127,44 @@ fn fresh(a: &Args, format: &str, name: &str) -> PathBuf {
     path
 }
 
-fn drop_caches(rehost: &Path) {
-    // Best effort: reads then come from the image file, not memory.
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-    // That also evicted both programs and qemu-io's libraries; load them
-    // again so that neither run's time includes reading its own code.
-    for (tool, arg) in [(rehost, "--version"), (Path::new("qemu-io"), "--version")] {
+/// Drops the page cache and checks `img` left it; then loads both
+/// programs again so that no run's time includes reading its own code.
+fn cold(a: &Args, img: &Path) -> Result<(), String> {
+    make_cold(&[img])?;
+    for (tool, arg) in [
+        (a.rehost.as_path(), "--version"),
+        (Path::new("qemu-io"), "--version"),
+        (Path::new("qemu-img"), "--version"),
+    ] {
         let _ = Command::new(tool).arg(arg).stdout(Stdio::null()).status();
     }
+    Ok(())
 }
 
-struct Run {
-    wall_mib_s: f64,
-    iops: f64,
-    inner_mib_s: Option<f64>,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Rehost,
+    Qemu,
 }
 
-fn rehost_run(a: &Args, img: &Path, p: Pattern, bytes: u64) -> Run {
-    if !p.is_write() {
-        drop_caches(&a.rehost);
+/// The reference a pattern is measured against.
+fn reference(p: Pattern) -> &'static str {
+    match p {
+        Pattern::SeqRead | Pattern::SeqWrite => "qemu-img bench -d 1",
+        Pattern::RandRead4k | Pattern::RandWrite4k => "qemu-io script - null-co",
     }
+}
+
+fn qemu_format(fmt: &str) -> &str {
+    match fmt {
+        "vhd" => "vpc",
+        other => other,
+    }
+}
+
+/// One pass of rehost: MiB/s over the process's wall time, and its own
+/// in-process figure.
+fn rehost_run(a: &Args, img: &Path, p: Pattern, bytes: u64) -> (f64, f64) {
     let start = Instant::now();
     let out = check(
         Command::new(&a.rehost)
@@ -134,114 +175,203 @@ fn rehost_run(a: &Args, img: &Path, p: Pattern, bytes: u64) -> Run {
             .arg(img),
     );
     let secs = start.elapsed().as_secs_f64();
-    let field = |k: &str| -> Option<f64> {
-        let at = out.find(&format!("\"{k}\":"))? + k.len() + 3;
-        out[at..].split([',', '}']).next()?.parse().ok()
-    };
-    let reqs = bytes.div_ceil(p.request_size()) as f64;
-    Run {
-        wall_mib_s: bytes as f64 / 1048576.0 / secs,
-        iops: reqs / secs,
-        inner_mib_s: field("mib_per_sec"),
-    }
+    let inner = out
+        .find("\"mib_per_sec\":")
+        .and_then(|at| {
+            out[at + 14..]
+                .split([',', '}'])
+                .next()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN);
+    (bytes as f64 / 1048576.0 / secs, inner)
 }
 
-fn qemu_run(a: &Args, img: &Path, fmt: &str, p: Pattern, bytes: u64) -> Run {
-    if !p.is_write() {
-        drop_caches(&a.rehost);
-    }
-    let reqs = bench::requests(p, bytes, a.size, a.seed);
-    let mut script = bench::qemu_io_commands(&reqs, p.is_write()).join("\n");
-    if p.is_write() {
-        script.push_str("\nflush");
-    }
-    script.push('\n');
-    let qfmt = match fmt {
-        "vhd" => "vpc",
-        other => other,
-    };
+/// Seconds `qemu-io` takes to run `script` on the image `target` (given
+/// as `-f FMT PATH`, or `--image-opts` for the null driver).
+fn qemu_io_secs(target: &[String], script: &str) -> f64 {
     let start = Instant::now();
     let mut child = Command::new("qemu-io")
-        .args(["-f", qfmt, "-t", "writeback"])
-        .arg(img)
+        .args(target)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("qemu-io (apt-get install qemu-utils)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    // Written from another thread: qemu-io prints a prompt per command,
+    // which this one reads meanwhile.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let script = script.to_owned();
+    let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+    let out = child.wait_with_output().expect("waiting for qemu-io");
+    feeder
+        .join()
+        .expect("the script writer thread")
+        .expect("writing qemu-io's script");
     let secs = start.elapsed().as_secs_f64();
-    assert!(out.status.success(), "qemu-io failed: {out:?}");
-    Run {
-        wall_mib_s: bytes as f64 / 1048576.0 / secs,
-        iops: reqs.len() as f64 / secs,
-        inner_mib_s: None,
+    assert!(out.status.success(), "qemu-io {target:?} failed: {out:?}");
+    // Quiet commands print nothing but the prompt unless they fail.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !said.contains("failed") && !said.contains("rror"),
+        "qemu-io {target:?} reported: {said}"
+    );
+    secs
+}
+
+/// One pass of the reference: MiB/s.
+fn qemu_run(a: &Args, img: &Path, fmt: &str, p: Pattern, bytes: u64) -> f64 {
+    let qfmt = qemu_format(fmt);
+    match p {
+        Pattern::SeqRead | Pattern::SeqWrite => {
+            let count = bytes.div_ceil(bench::SEQ_REQUEST);
+            let mut cmd = Command::new("qemu-img");
+            cmd.args(["bench", "-f", qfmt, "-t", "writeback", "-d", "1"])
+                .arg("-c")
+                .arg(count.to_string())
+                .arg("-s")
+                .arg(bench::SEQ_REQUEST.to_string())
+                .args(["-o", "0"]);
+            if p.is_write() {
+                cmd.arg("-w")
+                    .arg(format!("--pattern={}", bench::FILL))
+                    .arg(format!("--flush-interval={count}"));
+            }
+            cmd.arg(img);
+            let start = Instant::now();
+            let out = check(&mut cmd);
+            let secs = start.elapsed().as_secs_f64();
+            assert!(
+                out.contains("Run completed"),
+                "qemu-img bench printed: {out}"
+            );
+            bytes as f64 / 1048576.0 / secs
+        }
+        Pattern::RandRead4k | Pattern::RandWrite4k => {
+            let reqs = bench::requests(p, bytes, a.size, a.seed);
+            let mut script = bench::qemu_io_commands(&reqs, p.is_write()).join("\n");
+            if p.is_write() {
+                script.push_str("\nflush");
+            }
+            script.push('\n');
+            let on_image = [
+                "-f".to_string(),
+                qfmt.to_string(),
+                "-t".to_string(),
+                "writeback".to_string(),
+                img.display().to_string(),
+            ];
+            let secs = qemu_io_secs(&on_image, &script);
+            let null = [
+                "--image-opts".to_string(),
+                format!("driver=null-co,size={}", a.size),
+            ];
+            let front_end = qemu_io_secs(&null, &script);
+            bytes as f64 / 1048576.0 / (secs - front_end).max(1e-6)
+        }
     }
+}
+
+/// Every run of one format and pattern.
+#[derive(Default)]
+struct Row {
+    rehost: Vec<f64>,
+    rehost_inner: Vec<f64>,
+    qemu: Vec<f64>,
+    /// Why a read pass could not be made cold (then no figure is shown).
+    not_cold: Option<String>,
 }
 
 fn main() {
     let a = args();
-    std::fs::create_dir_all(&a.dir).unwrap();
+    std::fs::create_dir_all(&a.dir).expect("creating the bench directory");
     assert!(
         a.rehost.exists(),
         "{} not found: cargo build --release -p rehost",
         a.rehost.display()
     );
     println!(
-        "disk {} bytes, random runs {} bytes of 4 KiB requests, seed {}; MiB/s over each process's wall time",
-        a.size, a.rand_bytes, a.seed
+        "disk {} bytes, random runs {} bytes of 4 KiB requests, seed {}, {} runs per side (sides alternate, first side rotates);",
+        a.size, a.rand_bytes, a.seed, a.runs
     );
+    println!("MiB/s over each process's wall time: median (min-max); reads start with the page cache dropped");
     println!(
-        "{:<6} {:<14} {:>12} {:>12} {:>12} {:>11} {:>11} {:>8}",
-        "format",
-        "pattern",
-        "rehost MiB/s",
-        "(in-proc)",
-        "qemu-io MiB/s",
-        "rehost IOPS",
-        "qemu IOPS",
-        "ratio"
+        "{:<5} {:<13} {:<25} {:>26} {:>9} {:>26} {:>7}",
+        "fmt", "pattern", "reference", "rehost MiB/s", "(in-proc)", "reference MiB/s", "ratio"
     );
-    for fmt in ["raw", "vhd", "vhdx"] {
-        let mut rows = Vec::new();
-        let r_img = fresh(&a, fmt, "rehost-seq");
-        let q_img = fresh(&a, fmt, "qemu-seq");
-        for p in [Pattern::SeqWrite, Pattern::SeqRead, Pattern::RandRead4k] {
-            let bytes = if p == Pattern::RandRead4k {
-                a.rand_bytes
-            } else {
-                a.size
-            };
-            let r = rehost_run(&a, &r_img, p, bytes);
-            let q = qemu_run(&a, &q_img, fmt, p, bytes);
-            rows.push((p, r, q));
+    let patterns = [
+        Pattern::SeqWrite,
+        Pattern::SeqRead,
+        Pattern::RandRead4k,
+        Pattern::RandWrite4k,
+    ];
+    for fmt in &a.formats {
+        let mut rows: Vec<Row> = patterns.iter().map(|_| Row::default()).collect();
+        for round in 0..a.runs {
+            for side in round_order(round, 2) {
+                let side = [Side::Rehost, Side::Qemu][side];
+                let tag = if side == Side::Rehost {
+                    "rehost"
+                } else {
+                    "qemu"
+                };
+                eprintln!("{fmt}: round {}/{}: {tag}", round + 1, a.runs);
+                let seq = fresh(&a, fmt, &format!("{tag}-seq"));
+                let rand = fresh(&a, fmt, &format!("{tag}-rand"));
+                for (i, &p) in patterns.iter().enumerate() {
+                    let img = if p == Pattern::RandWrite4k {
+                        &rand
+                    } else {
+                        &seq
+                    };
+                    let bytes = match p {
+                        Pattern::RandRead4k | Pattern::RandWrite4k => a.rand_bytes,
+                        _ => a.size,
+                    };
+                    if !p.is_write() {
+                        if let Err(e) = cold(&a, img) {
+                            eprintln!("{fmt} {}: not cold: {e}", p.name());
+                            rows[i].not_cold = Some(e);
+                            continue;
+                        }
+                    }
+                    match side {
+                        Side::Rehost => {
+                            let (wall, inner) = rehost_run(&a, img, p, bytes);
+                            rows[i].rehost.push(wall);
+                            rows[i].rehost_inner.push(inner);
+                        }
+                        Side::Qemu => rows[i].qemu.push(qemu_run(&a, img, fmt, p, bytes)),
+                    }
+                }
+                for img in [seq, rand] {
+                    let _ = std::fs::remove_file(img);
+                }
+            }
         }
-        let r_img2 = fresh(&a, fmt, "rehost-rand");
-        let q_img2 = fresh(&a, fmt, "qemu-rand");
-        let r = rehost_run(&a, &r_img2, Pattern::RandWrite4k, a.rand_bytes);
-        let q = qemu_run(&a, &q_img2, fmt, Pattern::RandWrite4k, a.rand_bytes);
-        rows.push((Pattern::RandWrite4k, r, q));
-        for (p, r, q) in rows {
+        for (p, row) in patterns.iter().zip(&rows) {
+            if let Some(why) = &row.not_cold {
+                println!(
+                    "{fmt:<5} {:<13} {:<25} no cold-read figure: {why}",
+                    p.name(),
+                    reference(*p)
+                );
+                continue;
+            }
+            let (r, q) = (Spread::of(&row.rehost), Spread::of(&row.qemu));
             println!(
-                "{:<6} {:<14} {:>12.1} {:>12} {:>12.1} {:>11.0} {:>11.0} {:>7.2}x",
-                fmt,
+                "{fmt:<5} {:<13} {:<25} {:>26} {:>9.1} {:>26} {:>6.2}x",
                 p.name(),
-                r.wall_mib_s,
-                r.inner_mib_s.map(|v| format!("{v:.1}")).unwrap_or_default(),
-                q.wall_mib_s,
-                r.iops,
-                q.iops,
-                r.wall_mib_s / q.wall_mib_s
+                reference(*p),
+                r.show(1),
+                Spread::of(&row.rehost_inner).median,
+                q.show(1),
+                r.median / q.median
             );
-        }
-        for img in [r_img, q_img, r_img2, q_img2] {
-            let _ = std::fs::remove_file(img);
         }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo build --release -p rehost -p rehost-tests
-//! target/release/bench-storage [--ide-mib 4] [--ahci-mib 64] [--runs 3] [--dir DIR]
+//! target/release/bench-storage [--ide-mib 4] [--ahci-mib 64] [--runs 5] [--dir DIR]
 //! ```
 //!
 //! Both VMMs run the same SeaBIOS (Debian's /usr/share/seabios/bios.bin),
@@ -18,8 +18,13 @@
 //! has at 00:01.1 (what `-device piix3-ide` creates), its AHCI
 //! `-device ich9-ahci`. Times come from the host: the moments the program's
 //! "write start", "write done", "read start" and "read done" lines arrive
-//! on the serial console. Each figure is the median of the runs, which
-//! alternate which VMM goes first.
+//! on the serial console. Each round runs both VMMs (which one goes first
+//! swaps every round): a write-then-read run gives the write figure and a
+//! warm read (the data just written is in the host page cache for both);
+//! then the page cache is dropped, the image checked (mincore) to be out
+//! of it, and a read-only run of the same program gives the cold read.
+//! Figures are medians with min-max; a cold read that could not be made
+//! cold is not printed.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,7 +32,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rehost_tests::bench::median;
+use rehost_tests::bench::{make_cold, round_order, Spread, DEFAULT_RUNS};
 use rehost_tests::storage::Int13Program;
 
 struct Args {
@@ -45,7 +50,7 @@ fn args() -> Args {
     let mut a = Args {
         ide_mib: 4,
         ahci_mib: 64,
-        runs: 3,
+        runs: DEFAULT_RUNS,
         dir: std::env::temp_dir().join("rehost-bench-storage"),
         rehost: exe.with_file_name("rehost"),
         qemu: "qemu-system-x86_64".into(),
@@ -68,10 +73,11 @@ fn args() -> Args {
     a
 }
 
-/// Seconds of the write and the read pass of one run.
+/// Seconds of the write pass (if the program wrote) and the read pass of
+/// one run.
 #[derive(Debug, Clone, Copy)]
 struct Passes {
-    write: f64,
+    write: Option<f64>,
     read: f64,
 }
 
@@ -122,8 +128,9 @@ fn timed_run(mut cmd: Command, label: &str) -> Passes {
         out.contains("int13: ok") && !out.contains("FAIL"),
         "{label}: the program failed (exit {status}); console:\n{out}"
     );
+    let wrote = marks.iter().any(|(_, l)| l.contains("int13: write start"));
     Passes {
-        write: (at("int13: write done") - at("int13: write start")).as_secs_f64(),
+        write: wrote.then(|| (at("int13: write done") - at("int13: write start")).as_secs_f64()),
         read: (at("int13: read done") - at("int13: read start")).as_secs_f64(),
     }
 }
@@ -165,15 +172,26 @@ fn qemu_cmd(a: &Args, image: &Path, controller: &str) -> Command {
     c
 }
 
+/// How one VMM is started on an image with a controller.
+type VmmCommand = fn(&Args, &Path, &str) -> Command;
+
+/// Every figure of one VMM on one controller, in MiB/s.
+#[derive(Default)]
+struct Figures {
+    write: Vec<f64>,
+    warm_read: Vec<f64>,
+    cold_read: Vec<f64>,
+}
+
 fn main() {
     let a = args();
     std::fs::create_dir_all(&a.dir).expect("creating the bench directory");
     println!(
-        "storage benchmark: SeaBIOS INT 13h extended write then read, {} run(s) each, median MiB/s",
+        "storage benchmark: SeaBIOS INT 13h extended write then read, {} run(s) per VMM (first VMM swaps each round), MiB/s median (min-max)",
         a.runs
     );
     println!(
-        "{:<6} {:<6} {:>8} {:>14} {:>12} {:>8}",
+        "{:<5} {:<10} {:>5} {:>24} {:>24} {:>7}",
         "ctrl", "pass", "MiB", "rehost MiB/s", "QEMU MiB/s", "ratio"
     );
     for (controller, mib) in [("ide", a.ide_mib), ("ahci", a.ahci_mib)] {
@@ -182,42 +200,73 @@ fn main() {
             verify: false,
             ..Default::default()
         };
+        let reader = Int13Program {
+            read_only: true,
+            ..prog
+        };
         let image = a.dir.join(format!("{controller}.raw"));
         let size = ((prog.start_lba + prog.sectors) * 512).next_multiple_of(1 << 20) + (1 << 20);
-        prog.raw_disk(&image, size);
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        for run in 0..a.runs {
-            let order = if run % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for rehost in order {
-                if rehost {
-                    ours.push(timed_run(rehost_cmd(&a, &image, controller), "rehost"));
+        // Both programs fit before start_lba: the read-only one is put at
+        // LBA 0 of the written image before each cold read.
+        let reader_code = reader.build();
+        let mut sides: [Figures; 2] = Default::default();
+        let mut not_cold: Option<String> = None;
+        for round in 0..a.runs {
+            for side in round_order(round, 2) {
+                let (cmd, label): (VmmCommand, &str) = if side == 0 {
+                    (rehost_cmd, "rehost")
                 } else {
-                    theirs.push(timed_run(qemu_cmd(&a, &image, controller), "qemu"));
+                    (qemu_cmd, "qemu")
+                };
+                eprintln!("{controller}: round {}/{}: {label}", round + 1, a.runs);
+                prog.raw_disk(&image, size);
+                let rw = timed_run(cmd(&a, &image, controller), label);
+                let f = &mut sides[side];
+                f.write
+                    .push(mib as f64 / rw.write.expect("the write pass ran"));
+                f.warm_read.push(mib as f64 / rw.read);
+                {
+                    use std::os::unix::fs::FileExt;
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&image)
+                        .expect("opening the bench image");
+                    file.write_all_at(&reader_code, 0)
+                        .expect("writing the read-only program");
+                }
+                match make_cold(&[&image]) {
+                    Ok(()) => {
+                        let ro = timed_run(cmd(&a, &image, controller), label);
+                        assert!(ro.write.is_none(), "{label}: the read-only run wrote");
+                        f.cold_read.push(mib as f64 / ro.read);
+                    }
+                    Err(e) => {
+                        eprintln!("{controller}: not cold: {e}");
+                        not_cold = Some(e);
+                    }
                 }
             }
         }
-        for (pass, pick) in [("write", 0), ("read", 1)] {
-            let rate = |v: &[Passes]| {
-                median(
-                    v.iter()
-                        .map(|p| mib as f64 / if pick == 0 { p.write } else { p.read })
-                        .collect(),
-                )
+        for pass in ["write", "read-warm", "read-cold"] {
+            let pick = |f: &'_ Figures| -> Vec<f64> {
+                match pass {
+                    "write" => f.write.clone(),
+                    "read-warm" => f.warm_read.clone(),
+                    _ => f.cold_read.clone(),
+                }
             };
-            let (r, q) = (rate(&ours), rate(&theirs));
+            if pass == "read-cold" {
+                if let Some(why) = &not_cold {
+                    println!("{controller:<5} {pass:<10} {mib:>5} no cold-read figure: {why}");
+                    continue;
+                }
+            }
+            let (r, q) = (Spread::of(&pick(&sides[0])), Spread::of(&pick(&sides[1])));
             println!(
-                "{:<6} {:<6} {:>8} {:>14.2} {:>12.2} {:>8.2}",
-                controller,
-                pass,
-                mib,
-                r,
-                q,
-                r / q
+                "{controller:<5} {pass:<10} {mib:>5} {:>24} {:>24} {:>7.2}",
+                r.show(2),
+                q.show(2),
+                r.median / q.median
             );
         }
     }

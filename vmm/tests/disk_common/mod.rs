@@ -50,15 +50,55 @@ pub fn sha256_file(path: &Path) -> String {
         .to_string()
 }
 
+/// Whether `qemu-img` is installed for the cross-checks. With `CI=true`
+/// its absence fails the test; elsewhere the test is reported skipped
+/// (its cross-checks against qemu-img did not run) and goes on without
+/// them.
 pub fn have_qemu() -> bool {
     let ok = Command::new("qemu-img")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("qemu-img is not installed (apt-get install qemu-utils)");
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("qemu-img is not installed (apt-get install qemu-utils)");
+        }
+        skip("qemu-img not installed: its cross-checks did not run (apt-get install qemu-utils)");
     }
     ok
+}
+
+/// Reports that the running test skips what it checks (all of it, or the
+/// part `reason` names): `SKIPPED: <binary>::<test>: <reason>` on stderr
+/// and, when `scripts/test` set `REHOST_SKIP_LOG`, appended to that file,
+/// so that the test is counted and listed as skipped, not passed. (The
+/// same record as `rehost_tests::skip`, which this crate cannot depend on.)
+pub fn skip(reason: &str) {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+            _ => stem,
+        })
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let line = format!(
+        "SKIPPED: {binary}::{}: {reason}",
+        thread.name().unwrap_or("main")
+    );
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("REHOST_SKIP_LOG") {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!("{line}; recording it in {path:?}: {e}");
+        }
+    }
 }
 
 /// `qemu-img compare -f FMT -F raw IMG RAW` (FMT as QEMU names it: vpc,
@@ -125,7 +165,7 @@ pub fn format_works(format: ImageFormat, dir: &Path) -> bool {
         Err(rehost_disk::BlockError::Unsupported { reason, .. })
             if reason.contains("not supported yet") =>
         {
-            eprintln!("skipped for {}: {reason}", format.name());
+            skip(&format!("{}: {reason}", format.name()));
             false
         }
         Err(e) => panic!("{}: {e}", format.name()),
