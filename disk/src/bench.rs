@@ -11,8 +11,11 @@ use crate::{BlockDevice, BlockError, Result};
 
 /// Request size of the sequential patterns.
 pub const SEQ_REQUEST: u64 = 1 << 20;
-/// Request size of the random patterns.
+/// Request size of the random and strided patterns.
 pub const RAND_REQUEST: u64 = 4096;
+/// Distance between the starts of two strided requests (`qemu-img bench
+/// -S`): one 4 KiB request every 64 KiB.
+pub const STRIDE: u64 = 64 << 10;
 /// The byte every written request is filled with (qemu-io's `-P 0xab`);
 /// rehost's requests also carry their index and seed in their first 16
 /// bytes, so a checker can tell them apart.
@@ -24,14 +27,18 @@ pub enum Pattern {
     SeqWrite,
     RandRead4k,
     RandWrite4k,
+    StrideRead4k,
+    StrideWrite4k,
 }
 
 impl Pattern {
-    pub const ALL: [Pattern; 4] = [
+    pub const ALL: [Pattern; 6] = [
         Pattern::SeqRead,
         Pattern::SeqWrite,
         Pattern::RandRead4k,
         Pattern::RandWrite4k,
+        Pattern::StrideRead4k,
+        Pattern::StrideWrite4k,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +47,8 @@ impl Pattern {
             Pattern::SeqWrite => "seq-write",
             Pattern::RandRead4k => "rand-read-4k",
             Pattern::RandWrite4k => "rand-write-4k",
+            Pattern::StrideRead4k => "stride-read-4k",
+            Pattern::StrideWrite4k => "stride-write-4k",
         }
     }
 
@@ -48,13 +57,19 @@ impl Pattern {
     }
 
     pub fn is_write(self) -> bool {
-        matches!(self, Pattern::SeqWrite | Pattern::RandWrite4k)
+        matches!(
+            self,
+            Pattern::SeqWrite | Pattern::RandWrite4k | Pattern::StrideWrite4k
+        )
     }
 
     pub fn request_size(self) -> u64 {
         match self {
             Pattern::SeqRead | Pattern::SeqWrite => SEQ_REQUEST,
-            Pattern::RandRead4k | Pattern::RandWrite4k => RAND_REQUEST,
+            Pattern::RandRead4k
+            | Pattern::RandWrite4k
+            | Pattern::StrideRead4k
+            | Pattern::StrideWrite4k => RAND_REQUEST,
         }
     }
 }
@@ -80,7 +95,8 @@ impl Rng {
 
 /// The requests of a run: `(offset, length)` in order. Sequential patterns
 /// walk the disk from 0 in 1 MiB requests (wrapping when `bytes` exceeds
-/// the disk); random ones pick 4 KiB-aligned offsets from the seed.
+/// the disk); random ones pick 4 KiB-aligned offsets from the seed;
+/// strided ones take 4 KiB every [`STRIDE`] bytes from 0 (wrapping).
 pub fn requests(pattern: Pattern, bytes: u64, disk_size: u64, seed: u64) -> Vec<(u64, u64)> {
     let req = pattern.request_size().min(disk_size - disk_size % 512);
     if req == 0 {
@@ -93,6 +109,12 @@ pub fn requests(pattern: Pattern, bytes: u64, disk_size: u64, seed: u64) -> Vec<
             let slots = disk_size / req;
             for i in 0..count {
                 out.push(((i % slots) * req, req));
+            }
+        }
+        Pattern::StrideRead4k | Pattern::StrideWrite4k => {
+            let slots = (disk_size / STRIDE).max(1);
+            for i in 0..count {
+                out.push(((i % slots) * STRIDE, req));
             }
         }
         Pattern::RandRead4k | Pattern::RandWrite4k => {
@@ -255,5 +277,15 @@ mod tests {
         assert_eq!(buf[8], 9);
         assert_eq!(buf[20], FILL);
         assert!(requests(Pattern::SeqRead, 1 << 20, 0, 0).is_empty());
+        // Strided: 4 KiB every 64 KiB, wrapping at the end of the disk.
+        let t = requests(Pattern::StrideWrite4k, 5 * 4096, 3 * STRIDE, 0);
+        let starts: Vec<u64> = t.iter().map(|&(o, _)| o / STRIDE).collect();
+        assert_eq!(starts, [0, 1, 2, 0, 1]);
+        assert!(t.iter().all(|&(_, l)| l == 4096));
+        assert!(Pattern::StrideWrite4k.is_write() && !Pattern::StrideRead4k.is_write());
+        assert_eq!(
+            Pattern::parse("stride-read-4k"),
+            Some(Pattern::StrideRead4k)
+        );
     }
 }

@@ -54,6 +54,11 @@ pub enum PatternArg {
     RandRead4k,
     #[value(name = "rand-write-4k")]
     RandWrite4k,
+    /// 4 KiB every 64 KiB from the start (qemu-img bench -s 4K -S 64K).
+    #[value(name = "stride-read-4k")]
+    StrideRead4k,
+    #[value(name = "stride-write-4k")]
+    StrideWrite4k,
 }
 
 impl From<PatternArg> for bench::Pattern {
@@ -63,6 +68,8 @@ impl From<PatternArg> for bench::Pattern {
             PatternArg::SeqWrite => bench::Pattern::SeqWrite,
             PatternArg::RandRead4k => bench::Pattern::RandRead4k,
             PatternArg::RandWrite4k => bench::Pattern::RandWrite4k,
+            PatternArg::StrideRead4k => bench::Pattern::StrideRead4k,
+            PatternArg::StrideWrite4k => bench::Pattern::StrideWrite4k,
         }
     }
 }

@@ -151,6 +151,7 @@ enum Side {
 fn reference(p: Pattern) -> &'static str {
     match p {
         Pattern::SeqRead | Pattern::SeqWrite => "qemu-img bench -d 1",
+        Pattern::StrideRead4k | Pattern::StrideWrite4k => "qemu-img bench -d 1 -S 64K",
         Pattern::RandRead4k | Pattern::RandWrite4k => "qemu-io script - null-co",
     }
 }
@@ -227,14 +228,25 @@ fn qemu_io_secs(target: &[String], script: &str) -> f64 {
 fn qemu_run(a: &Args, img: &Path, fmt: &str, p: Pattern, bytes: u64) -> f64 {
     let qfmt = qemu_format(fmt);
     match p {
-        Pattern::SeqRead | Pattern::SeqWrite => {
-            let count = bytes.div_ceil(bench::SEQ_REQUEST);
+        Pattern::SeqRead | Pattern::SeqWrite | Pattern::StrideRead4k | Pattern::StrideWrite4k => {
+            let req = p.request_size();
+            let count = bytes.div_ceil(req);
+            // Sequential: each request where the last ended; strided: one
+            // every STRIDE bytes. Either way the same offsets as rehost's
+            // (bench::requests), with no wrap at these sizes.
+            let step = if req == bench::SEQ_REQUEST {
+                req
+            } else {
+                bench::STRIDE
+            };
             let mut cmd = Command::new("qemu-img");
             cmd.args(["bench", "-f", qfmt, "-t", "writeback", "-d", "1"])
                 .arg("-c")
                 .arg(count.to_string())
                 .arg("-s")
-                .arg(bench::SEQ_REQUEST.to_string())
+                .arg(req.to_string())
+                .arg("-S")
+                .arg(step.to_string())
                 .args(["-o", "0"]);
             if p.is_write() {
                 cmd.arg("-w")
@@ -306,6 +318,8 @@ fn main() {
     let patterns = [
         Pattern::SeqWrite,
         Pattern::SeqRead,
+        Pattern::StrideRead4k,
+        Pattern::StrideWrite4k,
         Pattern::RandRead4k,
         Pattern::RandWrite4k,
     ];
@@ -329,7 +343,10 @@ fn main() {
                         &seq
                     };
                     let bytes = match p {
-                        Pattern::RandRead4k | Pattern::RandWrite4k => a.rand_bytes,
+                        Pattern::RandRead4k
+                        | Pattern::RandWrite4k
+                        | Pattern::StrideRead4k
+                        | Pattern::StrideWrite4k => a.rand_bytes,
                         _ => a.size,
                     };
                     if !p.is_write() {
