@@ -4,7 +4,9 @@ client library (PyPI qemu.qmp) against rehost and against
 qemu-system-x86_64, both idle at SeaBIOS's "No bootable device" (64 MiB,
 KVM, no disks), in one session.
 
-Fairness: both VMs run at once and the requests alternate A B A B, one
+Fairness: both VMs run at once, paused with `stop` before measuring (an
+idle SeaBIOS busy-waits, so two running guests would keep the host's CPUs
+busy and time the scheduler), and the requests alternate A B A B, one
 request each in turn, with the side that goes first swapped every run; the
 same client object type, event loop and JSON path serve both. Each side
 gets RUNS x REQUESTS round trips. Printed: the median latency of all round
@@ -51,12 +53,16 @@ async def one(client):
     t = time.perf_counter_ns()
     r = await client.execute("query-status")
     dt = time.perf_counter_ns() - t
-    assert r["status"] == "running", r
+    assert r["status"] == "paused", r
     return dt / 1000.0  # microseconds
 
 
 async def bench(args, socks):
     clients = {name: await connect(name, s) for name, s in socks.items()}
+    # Both guests are paused first: an idle SeaBIOS busy-waits, and two
+    # spinning vCPUs on a small host would time the scheduler, not QMP.
+    for c in clients.values():
+        await c.execute("stop")
     # Warm up both paths (first-use allocations, page faults).
     for _ in range(50):
         for c in clients.values():
@@ -96,7 +102,7 @@ def raw_bench(args, socks):
         s.sendall(b'{"execute": "query-status"}\n')
         line = f.readline()
         dt = time.perf_counter_ns() - t
-        assert b'"running"' in line, line
+        assert b'"paused"' in line, line
         return dt / 1000.0
 
     names = list(conns)
