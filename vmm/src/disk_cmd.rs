@@ -54,7 +54,7 @@ pub enum PatternArg {
     RandRead4k,
     #[value(name = "rand-write-4k")]
     RandWrite4k,
-    /// 4 KiB every 64 KiB from the start (qemu-img bench -s 4K -S 64K).
+    // 4 KiB every 64 KiB from the start (qemu-img bench -s 4K -S 64K).
     #[value(name = "stride-read-4k")]
     StrideRead4k,
     #[value(name = "stride-write-4k")]
@@ -257,11 +257,12 @@ pub enum DiskCommand {
     Bench {
         /// seq-read and seq-write: 1 MiB requests from offset 0;
         /// rand-read-4k and rand-write-4k: 4 KiB requests at random 4 KiB
-        /// aligned offsets drawn from --seed.
+        /// aligned offsets drawn from --seed; stride-read-4k and
+        /// stride-write-4k: 4 KiB at every 64 KiB from offset 0.
         #[arg(long, value_enum, default_value = "seq-read")]
         pattern: PatternArg,
         /// Bytes to transfer. Default: the disk's size for sequential
-        /// patterns, 64 MiB for random ones.
+        /// patterns, 64 MiB for random and strided ones.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         bytes: Option<u64>,
         /// Seed of the random offsets (same seed, same offsets).
