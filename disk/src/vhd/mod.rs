@@ -291,7 +291,7 @@ impl VhdImage {
             )?)),
         };
         if !read_only {
-            file.try_lock().map_err(|e| BlockError::Open {
+            lock_for_writing(&file).map_err(|e| BlockError::Open {
                 path: path.to_owned(),
                 reason: format!("the image is in use by another writer ({e})"),
             })?;
@@ -1563,6 +1563,22 @@ fn write_new_image(
     }
     write(&footer_bytes, next)?;
     file.sync_all().map_err(|e| io_err(path, 0, e))
+}
+
+/// Takes the exclusive writer's lock. A lock that was just released can
+/// still be held for a moment by a child process another thread is
+/// starting (the child shares the open file until it execs), so a busy
+/// lock is retried for a short while before the image counts as in use.
+fn lock_for_writing(file: &std::fs::File) -> std::result::Result<(), std::fs::TryLockError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]
