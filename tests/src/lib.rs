@@ -2,6 +2,9 @@
 //! test against real guests, building guest artifacts from `resources/`,
 //! and deciding honestly when a test cannot run on this host.
 
+mod skip_record;
+pub use skip_record::{skip, SKIP_LOG_ENV};
+
 pub mod qmp;
 pub mod storage;
 
@@ -28,62 +31,9 @@ pub fn artifacts_dir() -> PathBuf {
     target.join("guest-artifacts")
 }
 
-/// The environment variable naming the file `scripts/test` collects skip
-/// records in.
-pub const SKIP_LOG_ENV: &str = "REHOST_SKIP_LOG";
-
-/// Whether this run is CI's (`CI=true`), where every tool and `/dev/kvm`
 /// are installed, so a missing one is a failure rather than a skip.
 pub fn on_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// The running test's name as libtest reports it, prefixed with its test
-/// binary (`firmware_boot::seabios_posts`); `fallback` when not on a test
-/// thread.
-fn current_test(fallback: &str) -> String {
-    let binary = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|stem| match stem.rsplit_once('-') {
-            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
-            _ => stem,
-        })
-        .unwrap_or_default();
-    let thread = std::thread::current();
-    let test = match thread.name() {
-        Some(name) if name != "main" => name.to_owned(),
-        _ => fallback.to_owned(),
-    };
-    format!("{binary}::{test}")
-}
-
-/// Reports that the running test skips what it checks (all of it, or the
-/// part named in `reason`): a `SKIPPED: <binary>::<test>: <reason>` line on
-/// stderr and, when `scripts/test` set [`SKIP_LOG_ENV`], the same line
-/// appended to that file, so that the test is counted and listed as
-/// skipped instead of passed. `test` names it when it is not called on
-/// the test's own thread.
-pub fn skip(test: &str, reason: &str) {
-    let line = format!("SKIPPED: {}: {reason}", current_test(test));
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
-        use std::io::Write;
-        // The whole line in one write: with O_APPEND it cannot interleave
-        // with the record of a test running on another thread (writeln!
-        // may write the line and its newline separately).
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-        if let Err(e) = written {
-            panic!(
-                "{line}; recording it in {}: {e}",
-                Path::new(&path).display()
-            );
-        }
-    }
 }
 
 /// [`skip`], except under `CI=true`, where what is missing must be there

@@ -25,37 +25,12 @@ pub fn have_qemu(test: &str) -> bool {
     ok
 }
 
-/// Reports that the running test skips what it checks (all of it, or the
-/// part `reason` names): `SKIPPED: <binary>::<test>: <reason>` on stderr
-/// and, when `scripts/test` set `REHOST_SKIP_LOG`, appended to that file,
-/// so that the test is counted and listed as skipped, not passed. (The
-/// same record as `rehost_tests::skip`, which this crate cannot depend on.)
+#[path = "../../../tests/src/skip_record.rs"]
+mod skip_record;
+
+/// [`skip_record::skip`] for the running test.
 pub fn skip(reason: &str) {
-    let binary = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|stem| match stem.rsplit_once('-') {
-            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
-            _ => stem,
-        })
-        .unwrap_or_default();
-    let thread = std::thread::current();
-    let line = format!(
-        "SKIPPED: {binary}::{}: {reason}",
-        thread.name().unwrap_or("main")
-    );
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os("REHOST_SKIP_LOG") {
-        use std::io::Write;
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-        if let Err(e) = written {
-            panic!("{line}; recording it in {path:?}: {e}");
-        }
-    }
+    skip_record::skip("main", reason);
 }
 
 /// Runs a command, panicking with its output when it fails.
