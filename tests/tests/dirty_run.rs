@@ -19,12 +19,18 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A dynamic VHDX holding the program at LBA 0, with bitmap `b1`.
-fn disk_with_bitmap(dir: &Path, prog: &Int13Program) -> std::path::PathBuf {
+/// A dynamic VHDX holding the program at LBA 0, without bitmaps.
+fn program_disk(dir: &Path, prog: &Int13Program) -> std::path::PathBuf {
     let raw = dir.join("base.raw");
     prog.raw_disk(&raw, DISK_BYTES);
     let vhdx = dir.join("disk.vhdx");
     rehost_disk(REHOST, &["convert", "-O", "vhdx", s(&raw), s(&vhdx)]);
+    vhdx
+}
+
+/// [`program_disk`] with bitmap `b1`.
+fn disk_with_bitmap(dir: &Path, prog: &Int13Program) -> std::path::PathBuf {
+    let vhdx = program_disk(dir, prog);
     rehost_disk(REHOST, &["bitmap", "add", s(&vhdx), "b1"]);
     vhdx
 }
@@ -157,4 +163,137 @@ fn sigkill_mid_write_misses_no_written_sector() {
         100.0 * (dirty_bytes as f64 - (written * 512) as f64) / (written * 512) as f64,
         b["state"]
     );
+}
+
+/// The `error.desc` of a command that must fail.
+fn qmp_error(q: &mut Qmp, cmd: &str, args: Value) -> String {
+    let r = q.execute(cmd, Some(args));
+    r["error"]["desc"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{cmd} should fail: {r}"))
+        .to_owned()
+}
+
+#[test]
+fn a_bitmap_added_live_through_qmp_tracks_the_guest_writes() {
+    if !kvm_available("dirty_run_live_add") {
+        return;
+    }
+    require_tools(&["nasm"]);
+    let dir = scratch("dirty_run_live_add");
+    let prog = Int13Program {
+        sectors: 4 * 2048,
+        ..Default::default()
+    };
+    // No bitmap, no sidecar: the image as a user brings it.
+    let vhdx = program_disk(&dir, &prog);
+    let sidecar = dir.join("disk.vhdx.rehost-bitmaps");
+    // A second disk nobody adds a bitmap to: it must not get a sidecar.
+    let other = dir.join("other.vhdx");
+    rehost_disk(REHOST, &["create", s(&other), "16M"]);
+    let other_sidecar = dir.join("other.vhdx.rehost-bitmaps");
+    let sock = tempfile::tempdir().unwrap();
+    let sock_path = sock.path().join("vm.sock");
+    let disk = format!("{},controller=ahci,id=sys", s(&vhdx));
+    let second = format!("{},controller=ahci", s(&other));
+    let mut vm = Running::start(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--disk",
+            &disk,
+            "--disk",
+            &second,
+            "--qmp",
+            s(&sock_path),
+        ],
+    );
+    let mut q = Qmp::connect(&sock_path, true);
+    // Bad requests first: each a named error, nothing created.
+    let e = qmp_error(
+        &mut q,
+        "block-dirty-bitmap-add",
+        serde_json::json!({"node": "nope", "name": "b"}),
+    );
+    assert!(e.contains("Cannot find device='nope'"), "{e}");
+    let e = qmp_error(
+        &mut q,
+        "block-dirty-bitmap-add",
+        serde_json::json!({"node": "sys", "name": "b", "granularity": 3000}),
+    );
+    assert!(e.contains("granularity 3000"), "{e}");
+    let e = qmp_error(
+        &mut q,
+        "block-dirty-bitmap-add",
+        serde_json::json!({"node": "sys", "name": "bad name!"}),
+    );
+    assert!(e.contains("bitmap name"), "{e}");
+    let e = qmp_error(
+        &mut q,
+        "block-dirty-bitmap-clear",
+        serde_json::json!({"node": "sys", "name": "b1"}),
+    );
+    assert!(
+        e.contains("Dirty bitmap 'b1' not found in node 'sys'"),
+        "{e}"
+    );
+    assert!(
+        !sidecar.exists(),
+        "a refused add created {}",
+        sidecar.display()
+    );
+
+    q.ok(
+        "block-dirty-bitmap-add",
+        Some(serde_json::json!({"node": "sys", "name": "b1", "persistent": true})),
+    );
+    assert!(
+        !vm.stdout().contains("int13: write start"),
+        "the guest started writing before the bitmap was added; the test proves nothing"
+    );
+    assert!(sidecar.exists(), "no sidecar after block-dirty-bitmap-add");
+    let e = qmp_error(
+        &mut q,
+        "block-dirty-bitmap-add",
+        serde_json::json!({"node": "sys", "name": "b1"}),
+    );
+    assert!(e.contains("already exists"), "{e}");
+    // A second bitmap, removed again while the guest runs.
+    q.ok(
+        "block-dirty-bitmap-add",
+        Some(serde_json::json!({"node": "sys", "name": "gone", "granularity": 4096})),
+    );
+    let block = q.ok("query-block", None);
+    let names: Vec<&str> = block[0]["inserted"]["dirty-bitmaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b1", "gone"], "{block}");
+    q.ok(
+        "block-dirty-bitmap-remove",
+        Some(serde_json::json!({"node": "sys", "name": "gone"})),
+    );
+    let status = vm.wait(Duration::from_secs(300));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", vm.stderr());
+    assert!(
+        vm.stdout()
+            .contains(&format!("int13: ok sectors={:08x}", prog.sectors)),
+        "{}",
+        vm.stdout()
+    );
+    let b = bitmap(&vhdx);
+    assert_eq!(b["state"], "tracking", "{b}");
+    let start = prog.start_lba * 512;
+    assert_eq!(extents(&b), vec![(start, prog.sectors * 512)], "{b}");
+    let out = rehost_disk(REHOST, &["bitmap", "list", "--json", s(&vhdx)]);
+    assert!(!out.contains("\"gone\""), "{out}");
+    assert!(
+        !other_sidecar.exists(),
+        "a disk without bitmaps got a sidecar"
+    );
+    rehost_disk(REHOST, &["check", s(&vhdx)]);
 }

@@ -18,7 +18,7 @@ use rehost_devices::storage::atapi::Cdrom;
 use rehost_devices::storage::ide::PiixIde;
 use rehost_devices::storage::{ahci_spec, ide_spec};
 use rehost_devices::GuestMemory;
-use rehost_disk::dirty::{self, DirtyTracker, TrackerOptions};
+use rehost_disk::dirty::{DirtyTracker, TrackerOptions};
 use rehost_disk::{BlockDevice, DiskImage, ImageFormat, OpenOptions};
 
 /// Where the PIIX3 IDE function and the AHCI controller sit on bus 0.
@@ -89,8 +89,8 @@ pub struct DriveConfig {
     /// The inserted image; a CD-ROM drive may be empty (ejected through
     /// the control socket).
     pub image: Option<Arc<dyn DiskImage>>,
-    /// A writable disk whose image has dirty bitmaps (a sidecar): the
-    /// guest's writes go through this tracker, which keeps them up to date.
+    /// Every writable disk: the guest's writes go through this tracker,
+    /// which keeps the image's dirty bitmaps (if any) up to date.
     pub tracker: Option<Arc<DirtyTracker>>,
 }
 
@@ -284,10 +284,10 @@ pub fn open_drives(disks: &[String], cdroms: &[String]) -> anyhow::Result<Vec<Dr
             }
         }
         let image: Arc<dyn DiskImage> = Arc::from(image);
-        let tracker = if kind == DriveKind::Disk
-            && !spec.read_only
-            && dirty::sidecar_path(&spec.path).exists()
-        {
+        // Every writable disk goes through a tracker, so bitmaps can be
+        // added while the guest runs (QMP block-dirty-bitmap-add); without
+        // bitmaps it only passes requests on and writes no sidecar.
+        let tracker = if kind == DriveKind::Disk && !spec.read_only {
             let t = DirtyTracker::open_image(image.clone(), &TrackerOptions::default())
                 .with_context(|| {
                     format!(

@@ -830,6 +830,11 @@ impl DirtyTracker {
         if st.crashed {
             return Err(self.io_err(0, std::io::Error::other("crashed (test)")));
         }
+        if st.file.is_none() && st.bitmaps.is_empty() {
+            // No sidecar and nothing to track: an image gets a sidecar only
+            // when its first bitmap is added.
+            return Ok(());
+        }
         let stamp = stamp_of(&self.image_path)?;
         if !st.changed && st.al.is_empty() && st.file.is_some() && st.last_stamp == Some(stamp) {
             // The sidecar already says all of it (a flush with no write

@@ -28,6 +28,9 @@ pub const COMMANDS: &[&str] = &[
     "eject",
     "blockdev-change-medium",
     "query-chardev",
+    "block-dirty-bitmap-add",
+    "block-dirty-bitmap-remove",
+    "block-dirty-bitmap-clear",
 ];
 
 /// How long `stop` waits for the vCPUs to leave the guest.
@@ -122,6 +125,44 @@ pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
         "query-chardev" => {
             no_args(&[])?;
             Ok(query_chardev(ctl))
+        }
+        "block-dirty-bitmap-add" => {
+            let a = Args::new(
+                &req.arguments,
+                &["node", "name", "granularity", "persistent", "disabled"],
+            )?;
+            if a.opt_bool("disabled")? == Some(true) {
+                return Err(QmpError::generic(
+                    "rehost bitmaps always record: 'disabled' must be false",
+                ));
+            }
+            // 'persistent' is accepted either way: every rehost bitmap
+            // lives in the image's sidecar and survives crashes.
+            a.opt_bool("persistent")?;
+            let granularity = a
+                .opt_u64("granularity")?
+                .unwrap_or(rehost_disk::dirty::DEFAULT_GRANULARITY);
+            let (t, _) = tracker_of(ctl, a.str("node")?)?;
+            t.add_bitmap(a.str("name")?, granularity)
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            Ok(json!({}))
+        }
+        "block-dirty-bitmap-remove" | "block-dirty-bitmap-clear" => {
+            let a = Args::new(&req.arguments, &["node", "name"])?;
+            let (t, node) = tracker_of(ctl, a.str("node")?)?;
+            let name = a.str("name")?;
+            if !t.bitmaps().iter().any(|b| b.name == name) {
+                return Err(QmpError::generic(format!(
+                    "Dirty bitmap '{name}' not found in node '{node}'"
+                )));
+            }
+            let done = if req.execute == "block-dirty-bitmap-remove" {
+                t.remove_bitmap(name)
+            } else {
+                t.clear_bitmap(name).map(|_| ())
+            };
+            done.map_err(|e| QmpError::generic(e.to_string()))?;
+            Ok(json!({}))
         }
         "qmp_capabilities" => Err(QmpError::not_found(
             "Capabilities negotiation is already complete, command ignored",
@@ -307,6 +348,34 @@ fn query_block(ctl: &VmControl) -> Value {
         })
         .collect();
     Value::Array(list)
+}
+
+/// The dirty tracker of the writable disk that `node` names (its drive
+/// name, as `query-block` lists in `device`, or its `node-name`), and the
+/// drive's name.
+fn tracker_of(ctl: &VmControl, node: &str) -> Result<(Arc<DirtyTracker>, String), QmpError> {
+    let drives = ctl.drives();
+    let d = drives
+        .iter()
+        .find(|d| {
+            drive_name(&d.config) == node
+                || d.config
+                    .image
+                    .as_ref()
+                    .is_some_and(|i| i.info().path.display().to_string() == node)
+        })
+        .ok_or_else(|| {
+            QmpError::generic(format!(
+                "Cannot find device='{node}' nor node-name='{node}'"
+            ))
+        })?;
+    let name = drive_name(&d.config);
+    match &d.config.tracker {
+        Some(t) => Ok((t.clone(), name)),
+        None => Err(QmpError::generic(format!(
+            "Node '{name}' is read-only: dirty bitmaps track writable disks only"
+        ))),
+    }
 }
 
 /// The drive called `name`, which must be a CD-ROM.

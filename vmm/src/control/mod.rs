@@ -41,6 +41,9 @@
 //! | `query-block` | | one object per disk and CD-ROM drive (below) |
 //! | `eject` | `device` or `id`, `force` (bool) | `{}`; the tray opens and the medium is removed; event `DEVICE_TRAY_MOVED` |
 //! | `blockdev-change-medium` | `device` or `id`, `filename`, `format` (optional: `raw`, `vpc`/`vhd`, `vhdx`; checked against the file's own bytes), `force`, `read-only-mode` (`retain` or `read-only`) | `{}`; tray opened, medium swapped, tray closed: two `DEVICE_TRAY_MOVED` events, and the guest's next ATAPI command gets UNIT ATTENTION (ASC 28h, medium may have changed) |
+//! | `block-dirty-bitmap-add` | `node` (a drive's name or `node-name`), `name`, `granularity` (bytes, a power of two from 4 KiB to 16 MiB; default 64 KiB), `persistent` (accepted; every rehost bitmap persists), `disabled` (only `false`) | `{}`; the bitmap starts clean and records every later write of the guest, in the image's sidecar (`IMAGE.rehost-bitmaps`, created now if the image had none) |
+//! | `block-dirty-bitmap-remove` | `node`, `name` | `{}` |
+//! | `block-dirty-bitmap-clear` | `node`, `name` | `{}`; every granule clean, a new generation |
 //! | `query-chardev` | | one object per COM port: `label` (`com1`..`com4`), `filename` (its SPEC, e.g. `unix:/tmp/c1,server=on`), `frontend-open`, and rehost's `connected` |
 //!
 //! `query-block` entries have QEMU's members `device` and `qdev` (the
@@ -57,7 +60,9 @@
 //! `inserted.dirty-bitmaps` in QEMU's `BlockDirtyInfo` shape (`name`,
 //! `count` in dirty bytes, `granularity`, `recording`, `busy`,
 //! `persistent`) plus `generation` and `state` (`tracking` or
-//! `resync-required`).
+//! `resync-required`). Every writable disk can carry bitmaps: they are
+//! added offline with `rehost disk bitmap add` or live with
+//! `block-dirty-bitmap-add`; a CD-ROM or a `readonly=on` disk cannot.
 //!
 //! ## Events
 //!
@@ -85,6 +90,10 @@
 //! - A missing, mistyped or unexpected argument: `GenericError`
 //!   ("Parameter 'id' is missing", "Invalid parameter type for 'force',
 //!   expected: boolean", "Parameter 'x' is unexpected").
+//! - A bitmap command naming no drive: "Cannot find device='X' nor
+//!   node-name='X'"; an unknown bitmap: "Dirty bitmap 'B' not found in
+//!   node 'X'"; a name in use or out of rule, a bad granularity: the
+//!   reason, as `GenericError`.
 //! - A drive that does not exist: `DeviceNotFound`; `eject` of a hard disk:
 //!   "Device 'ide0-hd0' is not removable"; a medium the guest has locked:
 //!   the guest gets an eject request and the command fails unless `force`.

@@ -283,6 +283,16 @@ impl<'a> Args<'a> {
         }
     }
 
+    pub fn opt_u64(&self, name: &str) -> Result<Option<u64>, QmpError> {
+        match self.map.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(_) => Err(QmpError::generic(format!(
+                "Invalid parameter type for '{name}', expected: uint64"
+            ))),
+        }
+    }
+
     pub fn opt_array(&self, name: &str) -> Result<Option<&'a Vec<Value>>, QmpError> {
         match self.map.get(name) {
             None => Ok(None),
