@@ -116,13 +116,15 @@ pub enum BitmapCommand {
         /// Bytes one bit covers: a power of two from 4K to 16M.
         #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64K")]
         granularity: u64,
-        /// Activity-log extents (1 to 505) used when the sidecar is
-        /// created: after a crash, at most this many extents are reported
-        /// dirty beyond what was written.
+        /// Activity-log extents (1 to 505; default 505) used when the
+        /// sidecar is created: after a crash, at most this many extents are
+        /// reported dirty beyond what was written. Writes scattered over
+        /// more than this many extents between flushes are slowed by log
+        /// updates.
         #[arg(long, value_name = "N")]
         al_extents: Option<u32>,
-        /// Activity-log extent size (a power of two from 64K to 1G) used
-        /// when the sidecar is created.
+        /// Activity-log extent size (a power of two from 64K to 1G;
+        /// default 4M) used when the sidecar is created.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         al_extent_size: Option<u64>,
         /// The image file.

@@ -8,8 +8,11 @@
 //!   bitmap was last cleared is inside a dirty granule of that bitmap, also
 //!   after a crash at any point.
 //! - After a crash, over-reporting is bounded by the activity log: at most
-//!   `al_capacity` extents of `al_extent_size` bytes (defaults 64 x 4 MiB)
-//!   beyond what was really written.
+//!   `al_capacity` extents of `al_extent_size` bytes beyond what was really
+//!   written (defaults 505 x 4 MiB, about 2 GiB: the most one log slot
+//!   holds; DRBD's default log covers about 4.7 GiB). A larger log costs
+//!   nothing while running; a log smaller than the region a workload
+//!   writes at random makes writes wait for log updates and persists.
 //! - A sidecar that is missing its bitmaps, corrupt, or older than the
 //!   image's last write (the image's size, modification time or, for VHDX,
 //!   DataWriteGuid differs from the stamp stored at the last persist, and no
@@ -106,10 +109,13 @@ use sidecar_spec::{
 
 /// The default granularity of a new bitmap.
 pub const DEFAULT_GRANULARITY: u64 = 64 << 10;
+/// Activity-log extents announced together (an aligned group) while the
+/// log has room for them.
+const AL_GROUP: u64 = 16;
 /// The default activity-log extent size.
 pub const DEFAULT_AL_EXTENT_SIZE: u64 = 4 << 20;
 /// The default number of extents the activity log holds.
-pub const DEFAULT_AL_CAPACITY: u32 = 64;
+pub const DEFAULT_AL_CAPACITY: u32 = AL_MAX_EXTENTS as u32;
 
 /// The sidecar file of an image: `IMAGE.rehost-bitmaps` next to it.
 pub fn sidecar_path(image: &Path) -> PathBuf {
@@ -934,10 +940,27 @@ impl DirtyTracker {
         let es = st.al_extent_size;
         let first = range.start / es;
         let last = (range.end - 1) / es;
-        let new: Vec<u64> = (first..=last).filter(|e| !st.al.contains(e)).collect();
+        let mut new: Vec<u64> = (first..=last).filter(|e| !st.al.contains(e)).collect();
         if !new.is_empty() {
             if st.al.len() + new.len() > st.al_capacity as usize {
                 return Ok(false);
+            }
+            // While the log has room, announce the whole aligned group of
+            // AL_GROUP extents around each new one: scattered writes then
+            // wait for a log update once per group, not once per extent.
+            // The crash over-report stays within the log's capacity.
+            let extents = self.geometry.size.div_ceil(es);
+            let mut grouped: Vec<u64> = Vec::new();
+            for &e in &new {
+                let g = e / AL_GROUP * AL_GROUP;
+                for x in g..(g + AL_GROUP).min(extents) {
+                    if !st.al.contains(&x) && !grouped.contains(&x) {
+                        grouped.push(x);
+                    }
+                }
+            }
+            if st.al.len() + grouped.len() <= st.al_capacity as usize {
+                new = grouped;
             }
             let mut al = st.al.clone();
             al.extend_from_slice(&new);
@@ -990,7 +1013,13 @@ impl DirtyTracker {
                     break;
                 }
                 drop(g);
-                self.persist()?;
+                // The log is full: write the bitmaps down (they hold every
+                // write so far, flushed or not, so a crash after this misses
+                // nothing) and start an empty log. The image itself need
+                // not be flushed for that, and flushing it here would stall
+                // the writer on writeback every `al_capacity` extents.
+                let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+                self.persist_locked(false)?;
             }
             at = piece_end;
         }

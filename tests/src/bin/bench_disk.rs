@@ -7,8 +7,13 @@
 //! ```text
 //! cargo build --release -p rehost -p rehost-tests
 //! target/release/bench-disk [--size 1G] [--rand-bytes 64M] [--seed 1] [--runs 5]
-//!                           [--formats raw,vhd,vhdx] [--dir DIR]
+//!                           [--formats raw,vhd,vhdx] [--dir DIR] [--tracking]
 //! ```
+//!
+//! `--tracking` measures dirty tracking's cost instead: seq-write and
+//! rand-write-4k through `rehost disk bench` on fresh images without a
+//! bitmap and with one (`rehost disk bitmap add`, default granularity and
+//! activity log), alternating as below; the ratio is tracked / untracked.
 //!
 //! The references, named in every row:
 //! - sequential patterns: `qemu-img bench` (QEMU's in-process block
@@ -50,6 +55,7 @@ struct Args {
     formats: Vec<String>,
     dir: PathBuf,
     rehost: PathBuf,
+    tracking: bool,
 }
 
 fn parse_size(s: &str) -> u64 {
@@ -74,6 +80,7 @@ fn args() -> Args {
         formats: vec!["raw".into(), "vhd".into(), "vhdx".into()],
         dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-disk"),
         rehost: exe.with_file_name("rehost"),
+        tracking: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,8 +93,9 @@ fn args() -> Args {
             "--formats" => a.formats = value().split(',').map(str::to_owned).collect(),
             "--dir" => a.dir = PathBuf::from(value()),
             "--rehost" => a.rehost = PathBuf::from(value()),
+            "--tracking" => a.tracking = true,
             "-h" | "--help" => {
-                println!("bench-disk [--size 1G] [--rand-bytes 64M] [--seed N] [--runs N] [--formats raw,vhd,vhdx] [--dir DIR] [--rehost PATH]");
+                println!("bench-disk [--size 1G] [--rand-bytes 64M] [--seed N] [--runs N] [--formats raw,vhd,vhdx] [--dir DIR] [--rehost PATH] [--tracking]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -298,6 +306,62 @@ struct Row {
     not_cold: Option<String>,
 }
 
+/// `--tracking`: the same writes without and with a dirty bitmap.
+fn tracking(a: &Args) {
+    println!(
+        "dirty tracking cost: disk {} bytes, rand-write-4k {} bytes, seed {}, {} runs per side (sides alternate, first side rotates)",
+        a.size, a.rand_bytes, a.seed, a.runs
+    );
+    println!("MiB/s over each process's wall time: median (min-max); ratio = tracked / untracked");
+    println!(
+        "{:<5} {:<13} {:>26} {:>26} {:>7}",
+        "fmt", "pattern", "untracked MiB/s", "tracked MiB/s", "ratio"
+    );
+    for fmt in &a.formats {
+        for p in [Pattern::SeqWrite, Pattern::RandWrite4k] {
+            let bytes = if p == Pattern::SeqWrite {
+                a.size
+            } else {
+                a.rand_bytes
+            };
+            let mut runs = [Vec::new(), Vec::new()];
+            for round in 0..a.runs {
+                for side in round_order(round, 2) {
+                    let img = fresh(a, fmt, "tracking");
+                    let sidecar = rehost_disk::dirty::sidecar_path(&img);
+                    let _ = std::fs::remove_file(&sidecar);
+                    if side == 1 {
+                        check(
+                            Command::new(&a.rehost)
+                                .args(["disk", "bitmap", "add"])
+                                .arg(&img)
+                                .arg("b1"),
+                        );
+                    }
+                    eprintln!(
+                        "{fmt} {}: round {}/{}: {}",
+                        p.name(),
+                        round + 1,
+                        a.runs,
+                        ["untracked", "tracked"][side]
+                    );
+                    runs[side].push(rehost_run(a, &img, p, bytes).0);
+                    let _ = std::fs::remove_file(&img);
+                    let _ = std::fs::remove_file(&sidecar);
+                }
+            }
+            let (off, on) = (Spread::of(&runs[0]), Spread::of(&runs[1]));
+            println!(
+                "{fmt:<5} {:<13} {:>26} {:>26} {:>6.3}x",
+                p.name(),
+                off.show(1),
+                on.show(1),
+                on.median / off.median
+            );
+        }
+    }
+}
+
 fn main() {
     let a = args();
     std::fs::create_dir_all(&a.dir).expect("creating the bench directory");
@@ -306,6 +370,10 @@ fn main() {
         "{} not found: cargo build --release -p rehost",
         a.rehost.display()
     );
+    if a.tracking {
+        tracking(&a);
+        return;
+    }
     println!(
         "disk {} bytes, random runs {} bytes of 4 KiB requests, seed {}, {} runs per side (sides alternate, first side rotates);",
         a.size, a.rand_bytes, a.seed, a.runs
