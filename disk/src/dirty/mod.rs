@@ -93,13 +93,16 @@
 //! (`IMAGE.rehost-bitmaps.tmp`, both log slots zero) that is fsynced and
 //! renamed over the sidecar, then the directory is fsynced.
 
+pub mod point_in_time;
 pub mod sidecar_spec;
 
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+pub use point_in_time::PointInTime;
 
 use crate::{check_request, BlockDevice, BlockError, BlockGeometry, DiskImage, Result};
 use sidecar_spec::{
@@ -574,6 +577,8 @@ pub struct DirtyTracker {
     state: Mutex<State>,
     problem: Option<String>,
     recovered: usize,
+    /// Point-in-time views that save old content before each change.
+    views: Mutex<Vec<Weak<PointInTime>>>,
 }
 
 impl DirtyTracker {
@@ -669,6 +674,7 @@ impl DirtyTracker {
             }),
             problem: decoded.problem,
             recovered: decoded.recovered,
+            views: Mutex::new(Vec::new()),
         };
         // Recovery is written down at once (a second crash must not lose
         // it), and a read-only image's sidecar is left alone.
@@ -1008,6 +1014,7 @@ impl DirtyTracker {
             loop {
                 let g = self.gate.read().unwrap_or_else(|e| e.into_inner());
                 if self.record(at..piece_end)? {
+                    self.save_for_views(at..piece_end)?;
                     io(at, piece_end - at)?;
                     drop(g);
                     break;
@@ -1022,6 +1029,38 @@ impl DirtyTracker {
                 self.persist_locked(false)?;
             }
             at = piece_end;
+        }
+        Ok(())
+    }
+
+    /// A point-in-time view of the disk as it is now, with the named
+    /// bitmaps frozen at the same moment (no write is between the two).
+    /// Old content is saved in an unnamed overlay file in `overlay_dir`
+    /// while the view lives; dropping the view ends the saving.
+    pub fn point_in_time(&self, bitmaps: &[&str], overlay_dir: &Path) -> Result<Arc<PointInTime>> {
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let frozen = bitmaps
+            .iter()
+            .map(|name| Ok(((*name).to_owned(), self.dirty_extents(name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let view = Arc::new(PointInTime::new(self.inner()?, overlay_dir, frozen)?);
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        views.retain(|v| v.strong_count() > 0);
+        views.push(Arc::downgrade(&view));
+        Ok(view)
+    }
+
+    /// Lets every live view save the old content of `range`.
+    fn save_for_views(&self, range: Range<u64>) -> Result<()> {
+        let views: Vec<Arc<PointInTime>> = {
+            let v = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            if v.is_empty() {
+                return Ok(());
+            }
+            v.iter().filter_map(Weak::upgrade).collect()
+        };
+        for v in views {
+            v.before_change(range.clone())?;
         }
         Ok(())
     }
