@@ -252,6 +252,13 @@ pub enum DiskCommand {
         /// The differencing image whose data goes into its parent.
         child: PathBuf,
     },
+    /// Export the image over NBD until SIGINT or SIGTERM, then flush and
+    /// close it. NBD has no authentication (and rehost no TLS yet): anyone
+    /// who can connect can read (and, without --read-only, write) the disk.
+    /// A unix socket is made mode 0600 and serves only this user (and
+    /// root); TCP listens on loopback unless HOST says otherwise.
+    #[command(after_help = crate::disk_serve::SERVE_HELP)]
+    Serve(crate::disk_serve::ServeArgs),
     /// Run a read or write pattern through rehost's block stack, in this
     /// process, one request at a time, and print MiB/s and IOPS. Writing
     /// patterns change the image and end with a flush (timed).
@@ -348,6 +355,7 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
         }
         DiskCommand::Check { json, path } => check(&path, json),
         DiskCommand::Bitmap(cmd) => bitmap(cmd),
+        DiskCommand::Serve(args) => crate::disk_serve::serve(args),
         DiskCommand::Convert {
             output_format,
             subformat,

@@ -429,7 +429,7 @@ fn errors_are_one_line_and_name_the_file() {
 #[test]
 fn every_subcommand_documents_its_options() {
     for sub in [
-        "create", "info", "check", "convert", "compare", "commit", "bench",
+        "create", "info", "check", "convert", "compare", "commit", "bench", "serve",
     ] {
         let out = rehost_ok(&[&"disk", &sub, &"--help"]);
         assert!(out.contains("Usage: rehost disk"), "{sub}: {out}");

@@ -264,7 +264,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// True when the connecting process runs as our user or as root.
-fn peer_allowed(stream: &UnixStream) -> bool {
+pub(crate) fn peer_allowed(stream: &UnixStream) -> bool {
     let mut cred = libc::ucred {
         pid: 0,
         uid: u32::MAX,

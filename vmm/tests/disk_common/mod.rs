@@ -55,15 +55,26 @@ pub fn sha256_file(path: &Path) -> String {
 /// (its cross-checks against qemu-img did not run) and goes on without
 /// them.
 pub fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    have_tools(
+        &["qemu-img"],
+        "qemu-img not installed: its cross-checks did not run (apt-get install qemu-utils)",
+    )
+}
+
+/// Whether every tool answers `--version`. With `CI=true` a missing one
+/// fails the test; elsewhere the test is reported skipped with `why`.
+pub fn have_tools(tools: &[&str], why: &str) -> bool {
+    let ok = tools.iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     if !ok {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("qemu-img is not installed (apt-get install qemu-utils)");
+            panic!("{why} (scripts/setup installs it)");
         }
-        skip("qemu-img not installed: its cross-checks did not run (apt-get install qemu-utils)");
+        skip(why);
     }
     ok
 }
