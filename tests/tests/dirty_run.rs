@@ -297,3 +297,156 @@ fn a_bitmap_added_live_through_qmp_tracks_the_guest_writes() {
     );
     rehost_disk(REHOST, &["check", s(&vhdx)]);
 }
+
+/// `nbdinfo --json --map=CONTEXT URI`: (offset, length, type) entries.
+fn nbd_map(uri: &str, context: &str) -> Vec<(u64, u64, u64)> {
+    let out = std::process::Command::new("nbdinfo")
+        .args(["--json", &format!("--map={context}"), uri])
+        .output()
+        .expect("nbdinfo (apt-get install libnbd-bin)");
+    assert!(out.status.success(), "nbdinfo: {out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Sectors from the program's first LBA on that hold its data, counted
+/// while they run unbroken.
+fn written_prefix(data: &[u8], prog: &Int13Program) -> u64 {
+    (prog.start_lba..prog.start_lba + prog.sectors)
+        .take_while(|&lba| {
+            let at = lba as usize * 512;
+            data[at..at + 512] == prog.expected_sector(lba)
+        })
+        .count() as u64
+}
+
+#[test]
+fn a_live_nbd_export_is_a_point_in_time_with_its_bitmap_frozen() {
+    if !kvm_available("dirty_run_nbd_live") {
+        return;
+    }
+    require_tools(&["nasm", "nbdinfo", "qemu-img"]);
+    let dir = scratch("dirty_run_nbd_live");
+    let prog = Int13Program {
+        sectors: 48 * 2048,
+        verify: false,
+        ..Default::default()
+    };
+    let vhdx = program_disk(&dir, &prog);
+    let sock = tempfile::tempdir().unwrap();
+    let qmp_path = sock.path().join("vm.sock");
+    let nbd_path = sock.path().join("nbd.sock");
+    let disk = format!("{},controller=ahci,id=sys", s(&vhdx));
+    let mut vm = Running::start(
+        REHOST,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--disk",
+            &disk,
+            "--qmp",
+            s(&qmp_path),
+        ],
+    );
+    let mut q = Qmp::connect(&qmp_path, true);
+    q.ok(
+        "block-dirty-bitmap-add",
+        Some(serde_json::json!({"node": "sys", "name": "b1"})),
+    );
+    let e = qmp_error(
+        &mut q,
+        "nbd-server-add",
+        serde_json::json!({"device": "sys"}),
+    );
+    assert_eq!(e, "NBD server not running");
+    let addr = serde_json::json!({"type": "unix", "data": {"path": s(&nbd_path)}});
+    q.ok(
+        "nbd-server-start",
+        Some(serde_json::json!({ "addr": addr })),
+    );
+    let e = qmp_error(
+        &mut q,
+        "nbd-server-start",
+        serde_json::json!({ "addr": addr }),
+    );
+    assert_eq!(e, "NBD server already running");
+    let e = qmp_error(
+        &mut q,
+        "nbd-server-add",
+        serde_json::json!({"device": "sys", "bitmap": "nope"}),
+    );
+    assert!(e.contains("'nope'"), "{e}");
+    assert!(
+        vm.wait_for("int13: write start", 1, Duration::from_secs(60)),
+        "{}",
+        vm.stdout()
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    q.ok(
+        "nbd-server-add",
+        Some(serde_json::json!({"device": "sys", "name": "backup", "bitmap": "b1"})),
+    );
+    let uri = format!("nbd+unix:///backup?socket={}", s(&nbd_path));
+    // Copy the export while the guest goes on writing.
+    let copy = dir.join("point-in-time.raw");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &uri, s(&copy)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "qemu-img convert: {out:?}");
+    let dirty = nbd_map(&uri, "qemu:dirty-bitmap:b1");
+    let e = qmp_error(
+        &mut q,
+        "nbd-server-remove",
+        serde_json::json!({"name": "nope"}),
+    );
+    assert!(e.contains("does not exist"), "{e}");
+    q.ok(
+        "nbd-server-remove",
+        Some(serde_json::json!({"name": "backup"})),
+    );
+    q.ok("nbd-server-stop", None);
+    assert!(!nbd_path.exists(), "nbd-server-stop left its socket");
+    let status = vm.wait(Duration::from_secs(300));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", vm.stderr());
+
+    // The copy is one moment of the guest's sequential writes: a prefix of
+    // its sectors and nothing after it.
+    let snap = std::fs::read(&copy).unwrap();
+    let k = written_prefix(&snap, &prog);
+    let tail = (prog.start_lba + k) as usize * 512;
+    assert!(
+        snap[tail..].iter().all(|&b| b == 0),
+        "the export holds data past its moment's last sector ({k} sectors)"
+    );
+    let flat = dir.join("final.raw");
+    rehost_disk(REHOST, &["convert", "-O", "raw", s(&vhdx), s(&flat)]);
+    let last = written_prefix(&std::fs::read(&flat).unwrap(), &prog);
+    assert!(k > 0, "the export was taken before the guest wrote");
+    assert!(
+        last > k,
+        "the guest wrote nothing after the export was taken ({k} of {last}); the test proves nothing"
+    );
+    // The frozen bitmap is exactly the granules written up to that moment.
+    let start = prog.start_lba * 512;
+    let end = (start + k * 512).div_ceil(65536) * 65536;
+    let dirty_ranges: Vec<(u64, u64)> = dirty
+        .iter()
+        .filter(|e| e.2 & 1 == 1)
+        .map(|e| (e.0, e.1))
+        .collect();
+    assert_eq!(dirty_ranges, vec![(start, end - start)], "{dirty:?}");
+    eprintln!("dirty_run_nbd_live: export at {k} sectors, guest went on to {last}");
+    rehost_disk(REHOST, &["check", s(&vhdx)]);
+}

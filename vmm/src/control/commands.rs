@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::protocol::{Args, QmpError, Request};
 use super::state::{HostRequest, RunState, VmControl};
+use crate::nbd::{Export, ListenAddr, NbdServer, RemoveMode, ServerOptions};
 use crate::serial::ComSpec;
 use crate::storage::{drive_name, DriveKind};
 
@@ -31,6 +32,10 @@ pub const COMMANDS: &[&str] = &[
     "block-dirty-bitmap-add",
     "block-dirty-bitmap-remove",
     "block-dirty-bitmap-clear",
+    "nbd-server-start",
+    "nbd-server-add",
+    "nbd-server-remove",
+    "nbd-server-stop",
 ];
 
 /// How long `stop` waits for the vCPUs to leave the guest.
@@ -162,6 +167,63 @@ pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
                 t.clear_bitmap(name).map(|_| ())
             };
             done.map_err(|e| QmpError::generic(e.to_string()))?;
+            Ok(json!({}))
+        }
+        "nbd-server-start" => {
+            let a = Args::new(
+                &req.arguments,
+                &["addr", "tls-creds", "tls-authz", "max-connections"],
+            )?;
+            if a.opt_str("tls-creds")?.is_some() || a.opt_str("tls-authz")?.is_some() {
+                return Err(QmpError::generic(
+                    "rehost's NBD server has no TLS: use a unix socket (mode 0600, same user only) or loopback",
+                ));
+            }
+            let max = a.opt_u64("max-connections")?;
+            let addr = req
+                .arguments
+                .get("addr")
+                .ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
+            nbd_start(ctl, addr, max)
+        }
+        "nbd-server-add" => {
+            let a = Args::new(
+                &req.arguments,
+                &[
+                    "device",
+                    "name",
+                    "description",
+                    "writable",
+                    "bitmap",
+                    "x-overlay-dir",
+                ],
+            )?;
+            nbd_add(ctl, &a)
+        }
+        "nbd-server-remove" => {
+            let a = Args::new(&req.arguments, &["name", "mode"])?;
+            let mode = match a.opt_str("mode")? {
+                None | Some("safe") => RemoveMode::Safe,
+                Some("hard") => RemoveMode::Hard,
+                Some(m) => {
+                    return Err(QmpError::generic(format!(
+                        "Parameter 'mode' does not accept value '{m}'"
+                    )))
+                }
+            };
+            let name = a.str("name")?;
+            with_nbd(ctl, |s| s.remove_export(name, mode))?;
+            Ok(json!({}))
+        }
+        "nbd-server-stop" => {
+            no_args(&[])?;
+            let server = ctl
+                .nbd
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or_else(|| QmpError::generic("NBD server not running"))?;
+            server.stop();
             Ok(json!({}))
         }
         "qmp_capabilities" => Err(QmpError::not_found(
@@ -376,6 +438,132 @@ fn tracker_of(ctl: &VmControl, node: &str) -> Result<(Arc<DirtyTracker>, String)
             "Node '{name}' is read-only: dirty bitmaps track writable disks only"
         ))),
     }
+}
+
+/// QEMU's `SocketAddressLegacy` (`{"type": "unix", "data": {"path"}}`,
+/// `{"type": "inet", "data": {"host", "port"}}`) or the flat
+/// `SocketAddress` (the same members without `data`).
+fn socket_addr(addr: &Value) -> Result<ListenAddr, QmpError> {
+    let bad = |why: &str| QmpError::generic(format!("Invalid parameter 'addr': {why}"));
+    let obj = addr.as_object().ok_or_else(|| bad("expected an object"))?;
+    let kind = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("'type' (unix or inet) is missing"))?;
+    let data = match obj.get("data") {
+        Some(d) => d
+            .as_object()
+            .ok_or_else(|| bad("'data' must be an object"))?,
+        None => obj,
+    };
+    let text = |k: &str| -> Result<String, QmpError> {
+        match data.get(k) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            _ => Err(bad(&format!("'{k}' is missing"))),
+        }
+    };
+    let spec = match kind {
+        "unix" => format!("unix:{}", text("path")?),
+        "inet" => format!("tcp:{}:{}", text("host")?, text("port")?),
+        other => return Err(bad(&format!("type '{other}' is not served (unix or inet)"))),
+    };
+    spec.parse()
+        .map_err(|e: crate::nbd::NbdError| QmpError::generic(e.to_string()))
+}
+
+fn nbd_start(ctl: &VmControl, addr: &Value, max: Option<u64>) -> Result<Value, QmpError> {
+    let addr = socket_addr(addr)?;
+    let mut nbd = ctl.nbd.lock().unwrap_or_else(|e| e.into_inner());
+    if nbd.is_some() {
+        return Err(QmpError::generic("NBD server already running"));
+    }
+    let mut options = ServerOptions::default();
+    // QEMU's 0 is "unlimited"; rehost keeps its bound.
+    if let Some(m) = max.filter(|&m| m > 0) {
+        options.max_clients = (m as usize).min(options.max_clients);
+    }
+    let server = NbdServer::start(&addr, options).map_err(|e| QmpError::generic(e.to_string()))?;
+    *nbd = Some(server);
+    Ok(json!({}))
+}
+
+fn with_nbd<T>(
+    ctl: &VmControl,
+    f: impl FnOnce(&NbdServer) -> Result<T, crate::nbd::NbdError>,
+) -> Result<T, QmpError> {
+    let nbd = ctl.nbd.lock().unwrap_or_else(|e| e.into_inner());
+    let server = nbd
+        .as_ref()
+        .ok_or_else(|| QmpError::generic("NBD server not running"))?;
+    f(server).map_err(|e| QmpError::generic(e.to_string()))
+}
+
+/// `nbd-server-add`: a read-only export is a point-in-time view of the
+/// disk as of this command (the guest keeps writing; old data is copied
+/// aside first) with `bitmap` frozen at the same moment; a writable one
+/// serves the live disk, its writes tracked by the disk's bitmaps.
+fn nbd_add(ctl: &VmControl, a: &Args) -> Result<Value, QmpError> {
+    let device = a.str("device")?;
+    let name = a.opt_str("name")?.unwrap_or(device);
+    let writable = a.opt_bool("writable")?.unwrap_or(false);
+    let bitmap = a.opt_str("bitmap")?;
+    let (tracker, _) = tracker_of(ctl, device)?;
+    let image = {
+        let drives = ctl.drives();
+        drives
+            .iter()
+            .find(|d| {
+                d.config
+                    .tracker
+                    .as_ref()
+                    .is_some_and(|t| Arc::ptr_eq(t, &tracker))
+            })
+            .and_then(|d| d.config.image.clone())
+            .ok_or_else(|| QmpError::generic(format!("Device '{device}' has no medium")))?
+    };
+    if let Some(b) = bitmap {
+        if !tracker.bitmaps().iter().any(|i| i.name == b) {
+            return Err(QmpError::generic(format!("Bitmap '{b}' is not found")));
+        }
+    }
+    with_nbd(ctl, |_| Ok(()))?;
+    let bitmaps: Vec<&str> = bitmap.into_iter().collect();
+    let source: Arc<dyn crate::nbd::ExportSource> = if writable {
+        Arc::new(
+            crate::nbd::image::ImageSource::new(
+                image,
+                Some(tracker),
+                bitmaps.iter().map(|b| b.to_string()).collect(),
+                false,
+            )
+            .map_err(|e| QmpError::generic(e.to_string()))?,
+        )
+    } else {
+        let dir = match a.opt_str("x-overlay-dir")? {
+            Some(d) => std::path::PathBuf::from(d),
+            None => image
+                .info()
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(|| ".".into()),
+        };
+        let view = tracker
+            .point_in_time(&bitmaps, &dir)
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+        Arc::new(
+            crate::nbd::image::PointInTimeSource::new(view, image.as_ref())
+                .map_err(|e| QmpError::generic(e.to_string()))?,
+        )
+    };
+    let mut export = Export::new(name, source).read_only(!writable);
+    if let Some(d) = a.opt_str("description")? {
+        export = export.description(d);
+    }
+    with_nbd(ctl, |s| s.add_export(export))?;
+    Ok(json!({}))
 }
 
 /// The drive called `name`, which must be a CD-ROM.

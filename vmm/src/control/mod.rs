@@ -44,6 +44,10 @@
 //! | `block-dirty-bitmap-add` | `node` (a drive's name or `node-name`), `name`, `granularity` (bytes, a power of two from 4 KiB to 16 MiB; default 64 KiB), `persistent` (accepted; every rehost bitmap persists), `disabled` (only `false`) | `{}`; the bitmap starts clean and records every later write of the guest, in the image's sidecar (`IMAGE.rehost-bitmaps`, created now if the image had none) |
 //! | `block-dirty-bitmap-remove` | `node`, `name` | `{}` |
 //! | `block-dirty-bitmap-clear` | `node`, `name` | `{}`; every granule clean, a new generation |
+//! | `nbd-server-start` | `addr`: QEMU's `{"type": "unix", "data": {"path"}}` or `{"type": "inet", "data": {"host", "port"}}` (or the same without `data`), `max-connections` (at most 64; 0 means 64); `tls-creds`/`tls-authz` are refused (no TLS: a unix socket is mode 0600 and serves the same user only) | `{}`; the NBD server of `rehost disk serve` (module `nbd`) listens |
+//! | `nbd-server-add` | `device` (a writable disk), `name` (default: `device`), `description`, `writable` (default false), `bitmap`, rehost's `x-overlay-dir` | `{}`. Read-only: a point-in-time view of the disk as of this command while the guest keeps writing (old data is copied aside before each change, into an unnamed file in `x-overlay-dir`, default the image's directory), with `bitmap` frozen at the same moment as `qemu:dirty-bitmap:NAME`. Writable: the live disk, its writes tracked |
+//! | `nbd-server-remove` | `name`, `mode` (`safe`: refused while clients are connected; `hard`: disconnects them) | `{}` |
+//! | `nbd-server-stop` | | `{}`; every client is closed, the socket file removed |
 //! | `query-chardev` | | one object per COM port: `label` (`com1`..`com4`), `filename` (its SPEC, e.g. `unix:/tmp/c1,server=on`), `frontend-open`, and rehost's `connected` |
 //!
 //! `query-block` entries have QEMU's members `device` and `qdev` (the
@@ -63,6 +67,25 @@
 //! `resync-required`). Every writable disk can carry bitmaps: they are
 //! added offline with `rehost disk bitmap add` or live with
 //! `block-dirty-bitmap-add`; a CD-ROM or a `readonly=on` disk cannot.
+//!
+//! ## An incremental backup while the guest runs
+//!
+//! Bitmap `b1` counts the changes since the last backup. Add `b2` first, so
+//! no write falls between two backups, then export the moment with `b1`
+//! frozen, copy its dirty blocks (`nbdinfo --map=qemu:dirty-bitmap:b1`, or
+//! any NBD backup tool), and retire `b1`:
+//!
+//! ```text
+//! block-dirty-bitmap-add {"node": "sys", "name": "b2"}
+//! nbd-server-start {"addr": {"type": "unix", "data": {"path": "/run/vm/nbd.sock"}}}
+//! nbd-server-add {"device": "sys", "name": "backup", "bitmap": "b1"}
+//!   ... copy nbd+unix:///backup?socket=/run/vm/nbd.sock ...
+//! nbd-server-remove {"name": "backup"}
+//! block-dirty-bitmap-remove {"node": "sys", "name": "b1"}
+//! ```
+//!
+//! Writes between the two first commands are in both bitmaps: copied twice,
+//! never missed.
 //!
 //! ## Events
 //!

@@ -155,6 +155,8 @@ pub struct VmControl {
     events: EventQueue,
     /// Events are queued only when a control socket exists.
     events_enabled: AtomicBool,
+    /// The NBD server of `nbd-server-start`, if running.
+    pub nbd: Mutex<Option<crate::nbd::NbdServer>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -184,6 +186,7 @@ impl VmControl {
                 wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             },
             events_enabled: AtomicBool::new(false),
+            nbd: Mutex::new(None),
         }))
     }
 
@@ -246,6 +249,10 @@ impl VmControl {
     /// Lets go of every image (at exit: closing is what marks a VHDX's
     /// log empty).
     pub fn close_drives(&self) {
+        // The NBD exports hold the images too: stop serving first.
+        if let Some(server) = lock(&self.nbd).take() {
+            server.stop();
+        }
         lock(&self.drives).clear();
     }
 
