@@ -582,3 +582,120 @@ pub(crate) mod sim {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sim::Sim;
+    use super::*;
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    /// A sidecar-style replacement: the new file is written and fsynced,
+    /// renamed over the old one, and the directory synced only if `sync`.
+    fn replace(d: &Path, sync: bool) {
+        let tmp = d.join("f.tmp");
+        let f = create_truncated(&tmp).unwrap();
+        f.write_all_at(b"new", 0).unwrap();
+        f.sync_all().unwrap();
+        rename(&tmp, &d.join("f")).unwrap();
+        if sync {
+            sync_dir(d).unwrap();
+        }
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_rename_without_a_directory_sync_may_be_lost() {
+        let d = dir();
+        std::fs::write(d.path().join("f"), b"old").unwrap();
+        let sim = Sim::start(None);
+        replace(d.path(), false);
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"new");
+        sim.power_loss(|_| false);
+        // Neither the rename nor the creation of the new file happened.
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"old");
+        assert_eq!(names(d.path()), ["f"]);
+
+        let sim = Sim::start(None);
+        replace(d.path(), false);
+        sim.power_loss(|_| true);
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"new");
+        assert_eq!(names(d.path()), ["f"]);
+    }
+
+    #[test]
+    fn a_synced_directory_keeps_its_rename() {
+        let d = dir();
+        std::fs::write(d.path().join("f"), b"old").unwrap();
+        let sim = Sim::start(None);
+        replace(d.path(), true);
+        sim.power_loss(|_| false);
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"new");
+        assert_eq!(names(d.path()), ["f"]);
+    }
+
+    #[test]
+    fn unsynced_pieces_are_kept_as_chosen_and_synced_ones_always() {
+        let d = dir();
+        let path = d.path().join("img");
+        std::fs::write(&path, vec![1u8; 8192]).unwrap();
+        let f = HostFile::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let sim = Sim::start(None);
+        f.write_all_at(&[2u8; 4096], 0).unwrap();
+        f.sync_data().unwrap();
+        // Two pieces and an extension of the file, then the power fails
+        // keeping only the second piece.
+        f.write_all_at(&[3u8; 8192], 0).unwrap();
+        f.write_all_at(&[4u8; 4096], 8192).unwrap();
+        let mut i = 0;
+        let n = sim.power_loss(|_| {
+            i += 1;
+            i == 2
+        });
+        assert_eq!(n, 4, "two pieces, one size change, one piece");
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), 8192);
+        assert!(got[..4096].iter().all(|&b| b == 2), "synced data lost");
+        assert!(got[4096..].iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn after_the_crash_point_every_operation_fails() {
+        let d = dir();
+        let path = d.path().join("img");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let f = HostFile::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let sim = Sim::start(Some(2));
+        f.write_all_at(b"a", 0).unwrap();
+        f.sync_data().unwrap();
+        assert!(!sim.crashed());
+        assert!(f.write_all_at(b"b", 1).is_err());
+        assert!(sim.crashed());
+        assert!(f.sync_data().is_err());
+        assert!(rename(&path, &d.path().join("x")).is_err());
+        sim.kill();
+        assert_eq!(&std::fs::read(&path).unwrap()[..2], b"a\0");
+    }
+}

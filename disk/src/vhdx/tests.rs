@@ -921,13 +921,20 @@ fn crash_at_every_file_operation_of_differencing_writes() {
         Op::Flush,
         Op::Write(7 << 20, pattern(6, 4096)),
     ];
+    // Built once, copied for every crash (the child finds its parent by
+    // relative path and identifies it by its DataWriteGuid).
+    let template = tmp();
+    let parent = make(template.path(), "p.vhdx", 8 << 20, 1 << 20, 512);
+    let p = rw(&parent);
+    p.write_at(0, &pattern(99, 8 << 20)).unwrap();
+    drop(p);
+    make_child(&parent, "c.vhdx", Some(1 << 20));
     let states = crash_everywhere(
         |d| {
-            let parent = make(d, "p.vhdx", 8 << 20, 1 << 20, 512);
-            let p = rw(&parent);
-            p.write_at(0, &pattern(99, 8 << 20)).unwrap();
-            drop(p);
-            make_child(&parent, "c.vhdx", Some(1 << 20))
+            for name in ["p.vhdx", "c.vhdx"] {
+                std::fs::copy(template.path().join(name), d.join(name)).unwrap();
+            }
+            d.join("c.vhdx")
         },
         &workload,
     );
