@@ -629,6 +629,9 @@ mod crash_everywhere {
                 if b.state == BitmapState::ResyncRequired {
                     assert_eq!(b.dirty_bytes, SIZE, "{ctx}");
                     cov.resync += 1;
+                    if cov.resync == 1 {
+                        println!("first resync-required: {ctx}: {:?}", t.problem());
+                    }
                 } else {
                     let base = bases.get(&b.generation).unwrap_or_else(|| {
                         panic!("{ctx}: tracking with a generation never created")
