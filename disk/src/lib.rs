@@ -8,8 +8,11 @@
 use std::path::{Path, PathBuf};
 
 pub mod bench;
+#[cfg(test)]
+mod crashtest;
 mod detect;
 pub mod dirty;
+pub(crate) mod hostfile;
 pub mod ops;
 pub mod raw;
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! A raw image: the file's bytes are the disk's bytes.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
+use crate::hostfile::HostFile;
 use crate::{
     check_request, BlockDevice, BlockError, BlockGeometry, DiskImage, ImageFormat, ImageInfo,
     Problem, Result, Subformat, SECTOR_SIZE,
@@ -11,7 +11,7 @@ use crate::{
 
 #[derive(Debug)]
 pub struct RawFile {
-    file: File,
+    file: HostFile,
     path: PathBuf,
     geometry: BlockGeometry,
 }
@@ -36,7 +36,7 @@ impl RawFile {
             })?
             .len();
         Ok(RawFile {
-            file,
+            file: HostFile::new(file),
             path: path.to_owned(),
             geometry: BlockGeometry {
                 // A trailing partial sector is not addressable.

@@ -96,14 +96,14 @@
 pub mod point_in_time;
 pub mod sidecar_spec;
 
-use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 pub use point_in_time::PointInTime;
 
+use crate::hostfile::{self, HostFile};
 use crate::{check_request, BlockDevice, BlockError, BlockGeometry, DiskImage, Result};
 use sidecar_spec::{
     AlSlot, ImageStamp, SidecarError, StateRecord, StoredBitmap, AL_MAX_EXTENTS, AL_SLOT_SIZE,
@@ -551,7 +551,7 @@ struct State {
     al_sequence: u64,
     state_id: u128,
     /// The sidecar, open for log updates (None until it exists).
-    file: Option<File>,
+    file: Option<HostFile>,
     /// Set by the test hook that simulates a crash: nothing more is
     /// written.
     crashed: bool,
@@ -559,8 +559,6 @@ struct State {
     changed: bool,
     /// The image stamp the sidecar holds.
     last_stamp: Option<ImageStamp>,
-    #[cfg(test)]
-    crash_countdown: Option<u64>,
 }
 
 /// The dirty-tracking block layer. Wraps any block device; see the module
@@ -669,8 +667,6 @@ impl DirtyTracker {
                 crashed: false,
                 changed: true,
                 last_stamp: None,
-                #[cfg(test)]
-                crash_countdown: None,
             }),
             problem: decoded.problem,
             recovered: decoded.recovered,
@@ -868,28 +864,17 @@ impl DirtyTracker {
             s.push(".tmp");
             PathBuf::from(s)
         };
-        self.tick(&mut st)?;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| self.io_err(0, e))?;
+        let f = hostfile::create_truncated(&tmp).map_err(|e| self.io_err(0, e))?;
         f.write_all_at(&bytes, 0).map_err(|e| self.io_err(0, e))?;
-        self.tick(&mut st)?;
         f.sync_all().map_err(|e| self.io_err(0, e))?;
-        self.tick(&mut st)?;
-        std::fs::rename(&tmp, &self.sidecar).map_err(|e| self.io_err(0, e))?;
+        hostfile::rename(&tmp, &self.sidecar).map_err(|e| self.io_err(0, e))?;
         if let Some(dir) = self.sidecar.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
             } else {
                 dir
             };
-            if let Ok(d) = File::open(dir) {
-                d.sync_all().map_err(|e| self.io_err(0, e))?;
-            }
+            hostfile::sync_dir(dir).map_err(|e| self.io_err(0, e))?;
         }
         st.file = Some(f);
         st.changed = false;
@@ -901,40 +886,12 @@ impl DirtyTracker {
     }
 
     #[cfg(test)]
-    fn tick(&self, st: &mut State) -> Result<()> {
-        match &mut st.crash_countdown {
-            Some(0) => {
-                st.crashed = true;
-                Err(self.io_err(0, std::io::Error::other("injected crash (test)")))
-            }
-            Some(n) => {
-                *n -= 1;
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    #[cfg(not(test))]
-    fn tick(&self, _st: &mut State) -> Result<()> {
-        Ok(())
-    }
-
-    /// Test hook: the process dies now; nothing more reaches the sidecar.
-    #[cfg(test)]
     pub(crate) fn crash(self) {
         self.lock().crashed = true;
         drop(self);
     }
 
     /// Test hook: crash after this many more sidecar file operations.
-    #[cfg(test)]
-    pub(crate) fn crash_after(&self, ops: u64) {
-        self.lock().crash_countdown = Some(ops);
-    }
-
-    /// Records `range` as about to be written. The caller holds the gate
-    /// shared. `Ok(false)`: the activity log is full; persist and retry.
     fn record(&self, range: Range<u64>) -> Result<bool> {
         let mut st = self.lock();
         if st.bitmaps.is_empty() {
@@ -977,7 +934,6 @@ impl DirtyTracker {
                 extents: al.clone(),
             };
             let at = (slot.sequence % 2) * AL_SLOT_SIZE as u64;
-            self.tick(&mut st)?;
             let Some(f) = st.file.as_ref() else {
                 return Err(self.io_err(0, std::io::Error::other("sidecar is not open")));
             };

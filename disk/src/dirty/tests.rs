@@ -1,9 +1,12 @@
 use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use proptest::prelude::*;
 
 use super::*;
+use crate::hostfile::sim::Sim;
 use crate::raw::RawFile;
 
 const DISK: u64 = 4 << 20;
@@ -271,7 +274,7 @@ fn a_crash_at_every_sidecar_operation_never_loses_a_write() {
         let s = scratch();
         let t = open(&s.image, &small_al());
         t.add_bitmap("b", 4096).unwrap();
-        t.crash_after(n);
+        let sim = Sim::start(Some(n));
         let mut written = BTreeSet::new();
         let mut crashed = false;
         for i in 0..12u64 {
@@ -287,11 +290,13 @@ fn a_crash_at_every_sidecar_operation_never_loses_a_write() {
             }
         }
         if crashed {
-            t.crash();
+            sim.crash_now();
+            drop(t);
         } else if t.close().is_err() {
             // Died while closing.
             crashed = true;
         }
+        sim.kill();
         let t = open(&s.image, &small_al());
         let d = dirty_blocks(&t, "b");
         assert!(written.is_subset(&d), "crash after {n} ops lost writes");
@@ -494,4 +499,189 @@ fn a_vhdx_written_elsewhere_needs_a_resync_even_with_its_mtime_put_back() {
     let info = inspect(&img, DISK).unwrap().unwrap();
     assert_eq!(info.bitmaps[0].state, BitmapState::ResyncRequired);
     assert_eq!(info.bitmaps[0].dirty_bytes, DISK);
+}
+
+/// The tracker over raw, VHD and VHDX images with a crash at every file
+/// operation of the image and of the sidecar, in the three ways of
+/// [`Crash`].
+mod crash_everywhere {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use super::super::*;
+    use crate::crashtest::{flat, open, pattern, tmp};
+    use crate::hostfile::sim::{Crash, Sim};
+    use crate::{CreateOptions, ImageFormat, Subformat};
+
+    const SIZE: u64 = 8 << 20;
+    const GRANULE: u64 = 4096;
+
+    enum Op {
+        Write(u64, usize),
+        Flush,
+        Clear,
+    }
+
+    /// Writes spread over more activity-log extents than the log holds (so
+    /// it fills and persists), a clear, writes across an extent boundary,
+    /// and writes left unflushed at the end.
+    fn workload() -> Vec<Op> {
+        vec![
+            Op::Write(0, 4096),
+            Op::Write((1 << 20) + 8192, 8192),
+            Op::Flush,
+            Op::Write(2 << 20, 4096),
+            Op::Write(3 << 20, 4096),
+            Op::Write(4 << 20, 4096),
+            Op::Clear,
+            Op::Write(5 << 20, 1024),
+            Op::Flush,
+            Op::Write((64 << 10) - 512, 1024),
+            Op::Write(6 << 20, 4096),
+        ]
+    }
+
+    fn opts() -> TrackerOptions {
+        TrackerOptions {
+            al_capacity: 3,
+            al_extent_size: 64 << 10,
+        }
+    }
+
+    fn tracker(image: &Path) -> DirtyTracker {
+        let d: Arc<dyn DiskImage> = Arc::from(open(image, false));
+        DirtyTracker::open_image(d, &opts()).unwrap()
+    }
+
+    fn image(dir: &Path, format: ImageFormat, subformat: Subformat) -> PathBuf {
+        let path = dir.join(format!("d.{}", format.name()));
+        crate::create(
+            &path,
+            &CreateOptions {
+                format,
+                subformat,
+                size: SIZE,
+                block_size: Some(1 << 20),
+                parent: None,
+            },
+        )
+        .unwrap();
+        path
+    }
+
+    #[derive(Debug, Default)]
+    struct Coverage {
+        states: u64,
+        resync: u64,
+        /// Largest share of the disk marked dirty without differing from
+        /// the content at the last clear.
+        max_over: f64,
+    }
+
+    fn run(make: impl Fn(&Path) -> PathBuf) -> Coverage {
+        let mut cov = Coverage::default();
+        let mut n = 0u64;
+        'points: loop {
+            for (mode, seed) in Crash::at_point(n) {
+                let dir = tmp();
+                let path = make(dir.path());
+                let t = tracker(&path);
+                t.add_bitmap("b", GRANULE).unwrap();
+                // The content at each generation's clear.
+                let mut model = flat(&t);
+                let mut bases: HashMap<u128, Vec<u8>> = HashMap::new();
+                bases.insert(t.bitmaps()[0].generation, model.clone());
+                let sim = Sim::start(Some(n));
+                for (i, op) in workload().iter().enumerate() {
+                    let r = match op {
+                        Op::Write(off, len) => {
+                            let data = pattern(i as u64 + 1, *len);
+                            let r = t.write_at(*off, &data);
+                            model[*off as usize..*off as usize + len].copy_from_slice(&data);
+                            r
+                        }
+                        Op::Flush => t.flush(),
+                        Op::Clear => {
+                            let r = t.clear_bitmap("b").map(|_| ());
+                            // The new generation is in memory even when
+                            // persisting it failed.
+                            bases.insert(t.bitmaps()[0].generation, model.clone());
+                            r
+                        }
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                let crashed = sim.crashed();
+                let ctx = format!("{}: crash at file operation {n} ({mode:?})", path.display());
+                mode.end(sim, seed, t);
+                cov.states += 1;
+
+                let img = open(&path, false);
+                assert_eq!(img.check().unwrap(), vec![], "{ctx}");
+                let d: Arc<dyn DiskImage> = Arc::from(img);
+                let t = DirtyTracker::open_image(d, &opts())
+                    .unwrap_or_else(|e| panic!("{ctx}: reopening the tracker: {e}"));
+                let b = t.bitmaps().into_iter().find(|b| b.name == "b");
+                let b = b.unwrap_or_else(|| panic!("{ctx}: the bitmap is gone"));
+                if b.state == BitmapState::ResyncRequired {
+                    assert_eq!(b.dirty_bytes, SIZE, "{ctx}");
+                    cov.resync += 1;
+                    if cov.resync == 1 {
+                        println!("first resync-required: {ctx}: {:?}", t.problem());
+                    }
+                } else {
+                    let base = bases.get(&b.generation).unwrap_or_else(|| {
+                        panic!("{ctx}: tracking with a generation never created")
+                    });
+                    let now = flat(&t);
+                    let dirty = super::dirty_blocks(&t, "b");
+                    let mut over = 0u64;
+                    for g in 0..SIZE / GRANULE {
+                        let r = (g * GRANULE) as usize..((g + 1) * GRANULE) as usize;
+                        let differs = now[r.clone()] != base[r];
+                        assert!(
+                            !differs || dirty.contains(&g),
+                            "{ctx}: granule {g} changed since the last clear but is not dirty"
+                        );
+                        if !differs && dirty.contains(&g) {
+                            over += 1;
+                        }
+                    }
+                    let share = (over * GRANULE) as f64 / SIZE as f64;
+                    cov.max_over = cov.max_over.max(share);
+                }
+                drop(t);
+                if !crashed {
+                    break 'points;
+                }
+            }
+            n += 1;
+        }
+        assert!(n > 10, "the workload performed only {n} file operations");
+        println!(
+            "{} crash states, {} resync-required, largest over-report {:.2} % of the disk",
+            cov.states,
+            cov.resync,
+            cov.max_over * 100.0
+        );
+        cov
+    }
+
+    #[test]
+    fn raw() {
+        run(|d| image(d, ImageFormat::Raw, Subformat::Fixed));
+    }
+
+    #[test]
+    fn vhd_dynamic() {
+        run(|d| image(d, ImageFormat::Vhd, Subformat::Dynamic));
+    }
+
+    #[test]
+    fn vhdx_dynamic() {
+        run(|d| image(d, ImageFormat::Vhdx, Subformat::Dynamic));
+    }
 }

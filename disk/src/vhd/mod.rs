@@ -6,9 +6,10 @@
 //! Metadata is written back, never ahead of the data it describes:
 //!
 //! 1. Allocating a block first writes a copy of the footer just past the
-//!    new block, so the file always ends with a valid footer, then the
-//!    block's data goes where the old footer was. The BAT entry and the
-//!    sector bitmap change only in memory.
+//!    new block, so the file ends with a valid footer once a process is
+//!    killed, and the block's initial sector bitmap; then the block's data
+//!    goes where the old footer was. The BAT entry and later bitmap
+//!    changes stay in memory.
 //! 2. `flush` makes the data stable (`fdatasync`), then writes the dirty
 //!    sector bitmaps and BAT sectors, then `fdatasync`s again.
 //!
@@ -17,6 +18,13 @@
 //! file ends with its footer, and every write acknowledged before the last
 //! completed flush is reachable. Space allocated after the last flush and
 //! lost in a crash is unreferenced; the next allocation truncates it away.
+//!
+//! A power cut can also keep a new length of the file without the footer
+//! written at its end: the file then ends in unreferenced space that is no
+//! footer. The footer copy at offset 0 stands in for it (`check` accepts
+//! a damaged tail only past every referenced block), and the next
+//! allocation puts the footer back behind the last block (synced before
+//! the file shrinks onto it).
 //!
 //! # Size
 //!
@@ -43,6 +51,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::hostfile::HostFile;
 use spec::{DiskType, DynamicHeader, Footer, ParentLocator, PlatformCode, SpecError};
 
 use crate::{
@@ -64,7 +73,7 @@ const MAX_LOCATOR_LEN: u32 = 64 * 1024;
 #[derive(Debug)]
 pub struct VhdImage {
     path: PathBuf,
-    file: File,
+    file: HostFile,
     read_only: bool,
     footer: Footer,
     geometry: BlockGeometry,
@@ -298,7 +307,7 @@ impl VhdImage {
         }
         Ok(VhdImage {
             path: path.to_owned(),
-            file,
+            file: HostFile::new(file),
             read_only,
             geometry: BlockGeometry {
                 size,
@@ -348,7 +357,7 @@ impl VhdImage {
         }
         let entry = meta.bat[block as usize];
         let at = u64::from(entry) * SECTOR;
-        let bits = read_exact(&self.file, &self.path, at, sparse.bitmap_size)?;
+        let bits = read_exact(self.file.file(), &self.path, at, sparse.bitmap_size)?;
         let used = (sparse.block_size / SECTOR).div_ceil(8) as usize;
         let full = bits[..used.min(bits.len())].iter().all(|&b| b == 0xff);
         meta.bitmaps.insert(
@@ -454,6 +463,9 @@ impl VhdImage {
             self.file
                 .write_all_at(&footer, meta.next_free)
                 .map_err(|e| self.io(meta.next_free, e))?;
+            // Durable before the file shrinks onto it: a power loss must
+            // not keep the new length with the old bytes at its end.
+            self.file.sync_data().map_err(|e| self.io(0, e))?;
             self.file
                 .set_len(meta.next_free + SECTOR)
                 .map_err(|e| self.io(meta.next_free, e))?;
@@ -477,8 +489,6 @@ impl VhdImage {
             .map_err(|e| self.io(new_end, e))?;
         meta.file_len = meta.file_len.max(new_end + SECTOR);
         meta.next_free = new_end;
-        meta.bat[block as usize] = entry;
-        meta.dirty_bat_sectors.insert(u64::from(block) * 4 / SECTOR);
         let bitmap = if sparse.parent.is_some() {
             Bitmap::Bits(vec![0u8; sparse.bitmap_size as usize].into_boxed_slice())
         } else {
@@ -486,6 +496,21 @@ impl VhdImage {
             // written, so every sector is present.
             Bitmap::Full
         };
+        // The block's bitmap as it starts goes to the file with the data,
+        // so the first sync of the next flush makes it durable before the
+        // BAT entry is written. A power loss may keep that flush's BAT
+        // sector without its bitmap sectors; the block then reads as it
+        // did before the flush (through to the parent), never through
+        // whatever bytes the bitmap's place held before (the old footer).
+        let initial = match &bitmap {
+            Bitmap::Bits(bits) => bits.to_vec(),
+            Bitmap::Full => vec![0xff; sparse.bitmap_size as usize],
+        };
+        self.file
+            .write_all_at(&initial, pos)
+            .map_err(|e| self.io(pos, e))?;
+        meta.bat[block as usize] = entry;
+        meta.dirty_bat_sectors.insert(u64::from(block) * 4 / SECTOR);
         meta.bitmaps.insert(block, bitmap);
         meta.dirty_bitmaps.insert(block);
         Ok(entry)
@@ -613,20 +638,19 @@ impl VhdImage {
         };
         let len = self.file.metadata().map_err(|e| self.io(0, e))?.len();
         let footer_at = len.saturating_sub(spec::FOOTER_SIZE as u64);
-        let (footer, _, tail_err) = match read_footer(&self.file, path) {
+        let (footer, _, tail_err) = match read_footer(self.file.file(), path) {
             Ok(x) => x,
             Err(e) => {
                 problem("VHD footer", footer_at, e.to_string());
                 return Ok(problems);
             }
         };
-        if let Some(e) = tail_err {
-            problem(
-                "VHD footer",
+        let tail_err = tail_err.map(|e| {
+            (
                 footer_at,
                 format!("the footer at the end of the file is damaged ({e}); the copy at offset 0 is intact"),
-            );
-        }
+            )
+        });
         if footer.features & spec::FEATURE_RESERVED == 0 {
             problem(
                 "VHD footer",
@@ -647,7 +671,7 @@ impl VhdImage {
             }
             return Ok(problems);
         }
-        let head = read_exact(&self.file, path, 0, spec::FOOTER_SIZE as u64)?;
+        let head = read_exact(self.file.file(), path, 0, spec::FOOTER_SIZE as u64)?;
         match Footer::parse(&head) {
             Ok(copy) if copy.to_bytes() != footer.to_bytes() => problem(
                 "VHD footer copy",
@@ -661,7 +685,7 @@ impl VhdImage {
             return Ok(problems);
         };
         let hdr_bytes = read_exact(
-            &self.file,
+            self.file.file(),
             path,
             sparse.header_offset,
             spec::DYNAMIC_HEADER_SIZE as u64,
@@ -670,6 +694,9 @@ impl VhdImage {
             Ok(h) => h,
             Err(e) => {
                 problem(e.structure, sparse.header_offset + e.field_offset, e.reason);
+                if let Some((at, reason)) = tail_err {
+                    problem("VHD footer", at, reason);
+                }
                 return Ok(problems);
             }
         };
@@ -692,16 +719,31 @@ impl VhdImage {
                 header.table_offset,
                 format!("the table ends at {table_end}, past the end of the file ({len})"),
             );
+            if let Some((at, reason)) = tail_err {
+                problem("VHD footer", at, reason);
+            }
             return Ok(problems);
         }
         let bat = spec::parse_bat(&read_exact(
-            &self.file,
+            self.file.file(),
             path,
             header.table_offset,
             entries * 4,
         )?)
         .unwrap_or_default();
-        let (bat_problems, _) = validate_bat(sparse.header_offset, &header, &bat, footer_at);
+        let (bat_problems, next_free) =
+            validate_bat(sparse.header_offset, &header, &bat, footer_at);
+        // A tail past every block the table references is space allocated
+        // after the last flush and lost in a crash: a power loss can keep
+        // the file's new length without the footer written at its end. The
+        // footer copy at offset 0 stands in, and the next read-write open
+        // puts the footer back behind the last block. Any other damaged
+        // tail is a problem.
+        if let Some((at, reason)) = tail_err {
+            if at <= next_free {
+                problem("VHD footer", at, reason);
+            }
+        }
         for (entry_at, reason) in bat_problems {
             problem("VHD block allocation table", entry_at, reason);
         }

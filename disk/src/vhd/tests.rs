@@ -726,3 +726,72 @@ fn garbage_never_panics() {
     // The check above must have had devices to look at.
     assert!(opened > 20, "only {opened} damaged images opened");
 }
+
+// ---- crash safety --------------------------------------------------------
+
+mod crash {
+    use std::path::{Path, PathBuf};
+
+    use crate::crashtest::{blocks_workload, crash_everywhere, open, pattern, Op};
+    use crate::{CreateOptions, ImageFormat, Subformat};
+
+    fn make(dir: &Path, name: &str, subformat: Subformat) -> PathBuf {
+        let path = dir.join(name);
+        crate::create(
+            &path,
+            &CreateOptions {
+                format: ImageFormat::Vhd,
+                subformat,
+                size: 8 << 20,
+                block_size: Some(1 << 20),
+                parent: None,
+            },
+        )
+        .unwrap();
+        path
+    }
+
+    fn workload() -> Vec<Op> {
+        blocks_workload(Op::Write((3 << 20) + 4096, pattern(7, 512)))
+    }
+
+    #[test]
+    fn crash_at_every_file_operation_of_fixed_writes() {
+        let states = crash_everywhere(|d| make(d, "f.vhd", Subformat::Fixed), &workload());
+        println!("{states} crash states");
+    }
+
+    #[test]
+    fn crash_at_every_file_operation_of_dynamic_writes() {
+        let states = crash_everywhere(|d| make(d, "d.vhd", Subformat::Dynamic), &workload());
+        println!("{states} crash states");
+    }
+
+    #[test]
+    fn crash_at_every_file_operation_of_differencing_writes() {
+        let states = crash_everywhere(
+            |d| {
+                let parent = make(d, "p.vhd", Subformat::Dynamic);
+                let p = open(&parent, false);
+                p.write_at(0, &pattern(99, 8 << 20)).unwrap();
+                p.flush().unwrap();
+                drop(p);
+                let child = d.join("c.vhd");
+                crate::create(
+                    &child,
+                    &CreateOptions {
+                        format: ImageFormat::Vhd,
+                        subformat: Subformat::Differencing,
+                        size: 0,
+                        block_size: Some(1 << 20),
+                        parent: Some(parent),
+                    },
+                )
+                .unwrap();
+                child
+            },
+            &workload(),
+        );
+        println!("{states} crash states");
+    }
+}

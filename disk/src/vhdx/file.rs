@@ -1,11 +1,10 @@
 //! The host file under a VHDX image, seen through the log replay overlay
 //! when the image is opened read-only.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::log::Overlay;
+use crate::hostfile::HostFile;
 use crate::{BlockError, Result};
 
 /// A corruption error naming the file, the structure, its offset and why.
@@ -25,7 +24,7 @@ pub(crate) fn corrupt(
 
 #[derive(Debug)]
 pub(crate) struct Backing {
-    pub file: File,
+    pub file: HostFile,
     pub path: PathBuf,
     /// The replayed log of a read-only open (empty otherwise).
     pub overlay: Overlay,
@@ -37,29 +36,6 @@ pub(crate) struct Backing {
     /// fsync, so the file's new extent map (the hole reading as zeros) is
     /// stable before any metadata that relies on it.
     punched: bool,
-    /// Test hook: the number of writes, truncations and flushes left before
-    /// every further one fails, as if the process had been killed there.
-    #[cfg(test)]
-    pub crash_countdown: Option<u64>,
-    /// Test hook: writes and size changes since the last flush, in 4 KiB
-    /// pieces, so a power loss can be simulated by keeping only some.
-    #[cfg(test)]
-    pub unsynced: Vec<Unsynced>,
-}
-
-/// One change not yet flushed (test builds only).
-#[cfg(test)]
-#[derive(Debug)]
-pub(crate) enum Unsynced {
-    Write {
-        offset: u64,
-        old: Vec<u8>,
-        new: Vec<u8>,
-    },
-    Len {
-        old: u64,
-        new: u64,
-    },
 }
 
 impl Backing {
@@ -82,16 +58,12 @@ impl Backing {
             })?
             .len();
         Ok(Backing {
-            file,
+            file: HostFile::new(file),
             path: path.to_owned(),
             overlay: Overlay::default(),
             len,
             writable,
             punched: false,
-            #[cfg(test)]
-            crash_countdown: None,
-            #[cfg(test)]
-            unsynced: Vec::new(),
         })
     }
 
@@ -171,76 +143,12 @@ impl Backing {
         Ok(buf)
     }
 
-    #[cfg(test)]
-    fn tick(&mut self) -> Result<()> {
-        match &mut self.crash_countdown {
-            Some(0) => Err(self.io_err(0, std::io::Error::other("injected crash (test)"))),
-            Some(n) => {
-                *n -= 1;
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    #[cfg(not(test))]
-    fn tick(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    #[cfg(test)]
-    fn record_write(&mut self, offset: u64, buf: &[u8]) {
-        let mut at = 0usize;
-        while at < buf.len() {
-            let off = offset + at as u64;
-            let n = ((4096 - off % 4096) as usize).min(buf.len() - at);
-            let mut old = vec![0u8; n];
-            let _ = self.file.read_at(&mut old, off);
-            self.unsynced.push(Unsynced::Write {
-                offset: off,
-                old,
-                new: buf[at..at + n].to_vec(),
-            });
-            at += n;
-        }
-    }
-
-    /// Test hook: a power loss. Every change since the last flush is undone,
-    /// then those for which `keep(i)` is true are redone in order (the
-    /// storage may have persisted any subset of them, 4 KiB at a time).
-    #[cfg(test)]
-    pub fn power_loss(&mut self, mut keep: impl FnMut(usize) -> bool) {
-        let changes = std::mem::take(&mut self.unsynced);
-        for c in changes.iter().rev() {
-            match c {
-                Unsynced::Write { offset, old, .. } => {
-                    self.file.write_all_at(old, *offset).unwrap();
-                }
-                Unsynced::Len { old, .. } => self.file.set_len(*old).unwrap(),
-            }
-        }
-        for (i, c) in changes.iter().enumerate() {
-            if !keep(i) {
-                continue;
-            }
-            match c {
-                Unsynced::Write { offset, new, .. } => {
-                    self.file.write_all_at(new, *offset).unwrap();
-                }
-                Unsynced::Len { new, .. } => self.file.set_len(*new).unwrap(),
-            }
-        }
-    }
-
     pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
-        self.tick()?;
         if !self.writable {
             return Err(BlockError::ReadOnly {
                 path: self.path.clone(),
             });
         }
-        #[cfg(test)]
-        self.record_write(offset, buf);
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| self.io_err(offset, e))?;
@@ -249,16 +157,10 @@ impl Backing {
     }
 
     pub fn set_len(&mut self, len: u64) -> Result<()> {
-        self.tick()?;
         if !self.writable {
             return Err(BlockError::ReadOnly {
                 path: self.path.clone(),
             });
-        }
-        #[cfg(test)]
-        {
-            let old = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-            self.unsynced.push(Unsynced::Len { old, new: len });
         }
         self.file.set_len(len).map_err(|e| self.io_err(len, e))?;
         self.len = len;
@@ -268,29 +170,20 @@ impl Backing {
     /// Deallocates `len` bytes at `offset` (they read as zeros afterwards)
     /// without changing the file's length.
     pub fn punch_hole(&mut self, offset: u64, len: u64) -> Result<()> {
-        use vmm_sys_util::fallocate::{fallocate, FallocateMode};
-        self.tick()?;
         if !self.writable {
             return Err(BlockError::ReadOnly {
                 path: self.path.clone(),
             });
         }
-        #[cfg(test)]
-        {
-            let n = len.min(self.len.saturating_sub(offset));
-            self.record_write(offset, &vec![0u8; n as usize]);
-        }
         self.punched = true;
-        fallocate(&self.file, FallocateMode::PunchHole, true, offset, len)
-            .map_err(|e| self.io_err(offset, e.into()))
+        self.file
+            .punch_hole(offset, len)
+            .map_err(|e| self.io_err(offset, e))
     }
 
     /// fdatasync: data and the file size reach stable storage (a full
     /// fsync after a hole was punched, so the hole is stable too).
     pub fn sync(&mut self) -> Result<()> {
-        self.tick()?;
-        #[cfg(test)]
-        self.unsynced.clear();
         if self.punched {
             self.file.sync_all().map_err(|e| self.io_err(0, e))?;
             self.punched = false;

@@ -936,22 +936,6 @@ impl VhdxImage {
         self.lock().closed = true;
     }
 
-    /// Test hook: let `n` more file operations succeed, then fail every
-    /// later one (a simulated crash at that point).
-    #[cfg(test)]
-    pub(crate) fn crash_after(&self, n: Option<u64>) {
-        self.lock().backing.crash_countdown = n;
-    }
-
-    /// Test hook: a power loss now. Of the changes since the last flush,
-    /// only those for which `keep(i)` is true reach the file.
-    #[cfg(test)]
-    pub(crate) fn power_loss(self, keep: impl FnMut(usize) -> bool) {
-        let mut st = self.lock();
-        st.backing.power_loss(keep);
-        st.closed = true;
-    }
-
     /// The creator string of the file type identifier (diagnostic only).
     pub fn creator(&self) -> &str {
         &self.layout.creator

@@ -9,14 +9,9 @@ use std::path::{Path, PathBuf};
 use super::create::{create_image, NewImage};
 use super::spec::*;
 use super::*;
+use crate::crashtest::{blocks_workload, crash_everywhere, flat, pattern, tmp, Op};
+use crate::hostfile::sim::{Crash, Sim};
 use crate::{BlockDevice, BlockError, CreateOptions, DiskImage, OpenOptions};
-
-/// Scratch space, on tmpfs when it has room: crashes here are simulated in
-/// the process (the backing's test hooks), so real stable storage is not
-/// needed, and the crash tests' many fsyncs cost nothing there.
-fn tmp() -> tempfile::TempDir {
-    crate::scratch::tmpfs_dir(1 << 30).unwrap_or_else(|| tempfile::tempdir().unwrap())
-}
 
 fn make(dir: &Path, name: &str, size: u64, block_size: u32, lss: u32) -> PathBuf {
     let path = dir.join(name);
@@ -102,18 +97,6 @@ fn read(d: &dyn BlockDevice, offset: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
     d.read_at(offset, &mut b).unwrap();
     b
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn headers_on_disk(path: &Path) -> [SpecResult<Header>; 2] {
@@ -917,138 +900,11 @@ fn a_file_without_a_log_opens_read_only_only() {
 
 // ---- crash safety --------------------------------------------------------
 
-/// How a crash ends a session.
-#[derive(Debug, Clone, Copy)]
-enum Crash {
-    /// The process dies: everything written so far persists.
-    Kill,
-    /// The power fails: nothing written since the last flush persists...
-    LoseAll,
-    /// ...or an arbitrary subset of it (in 4 KiB pieces), chosen from `n`.
-    LoseSome,
-}
-
-impl Crash {
-    const ALL: [Crash; 3] = [Crash::Kill, Crash::LoseAll, Crash::LoseSome];
-
-    fn apply(self, disk: VhdxImage, n: u64) {
-        match self {
-            Crash::Kill => disk.abandon(),
-            Crash::LoseAll => disk.power_loss(|_| false),
-            Crash::LoseSome => {
-                let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                disk.power_loss(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x & 1 == 1
-                })
-            }
-        }
-    }
-}
-
-/// Runs `workload` on a fresh image and stops it at its `n`-th file
-/// operation, for every `n`: as if the process were killed there (every
-/// write issued so far persists) or the power failed (only what was flushed
-/// persists, plus none, or an arbitrary subset in 4 KiB pieces, of what was
-/// written since). After each crash the image must open, pass `check`, hold
-/// every write acknowledged before the last completed flush, and hold for
-/// every other sector either its flushed content or something written to it
-/// since.
-fn crash_everywhere(make_image: impl Fn(&Path) -> PathBuf, workload: &[Op]) {
-    let mut n = 0u64;
-    'points: loop {
-        for mode in Crash::ALL {
-            let dir = tmp();
-            let path = make_image(dir.path());
-            let base = flat(&ro(&path));
-            let disk = rw(&path);
-            disk.crash_after(Some(n));
-            let mut durable = base.clone();
-            let mut since: Vec<(u64, Vec<u8>)> = Vec::new();
-            let mut crashed = false;
-            for op in workload {
-                let r = match op {
-                    Op::Write(off, data) => {
-                        since.push((*off, data.clone()));
-                        disk.write_at(*off, data)
-                    }
-                    Op::Flush => disk.flush().map(|_| {
-                        for (off, data) in since.drain(..) {
-                            durable[off as usize..off as usize + data.len()].copy_from_slice(&data);
-                        }
-                    }),
-                    Op::Discard(off, len) => {
-                        since.push((*off, vec![0; *len as usize]));
-                        disk.discard(*off, *len)
-                    }
-                };
-                if r.is_err() {
-                    crashed = true;
-                    break;
-                }
-            }
-            let ctx = format!("crash at file operation {n} ({mode:?})");
-            mode.apply(disk, n);
-            let after = ro(&path);
-            assert_eq!(after.check().unwrap(), vec![], "{ctx}");
-            let got = flat(&after);
-            drop(after);
-            let sector = 512usize;
-            for s in 0..got.len() / sector {
-                let r = s * sector..(s + 1) * sector;
-                if got[r.clone()] == durable[r.clone()] {
-                    continue;
-                }
-                let ok = since.iter().any(|(off, data)| {
-                    let (o, e) = (*off as usize, *off as usize + data.len());
-                    o <= r.start && r.end <= e && data[r.start - o..r.end - o] == got[r.clone()]
-                });
-                assert!(
-                    ok,
-                    "{ctx}: sector {s} holds neither its flushed data nor data written since"
-                );
-            }
-            // The file stays usable read-write.
-            let again = rw(&path);
-            again.write_at(0, &[0xEE; 512]).unwrap();
-            drop(again);
-            assert_eq!(ro(&path).check().unwrap(), vec![], "{ctx}, then reopened");
-            if !crashed {
-                break 'points;
-            }
-        }
-        n += 1;
-    }
-    assert!(n > 10, "the workload performed only {n} file operations");
-}
-
-enum Op {
-    Write(u64, Vec<u8>),
-    Flush,
-    Discard(u64, u64),
-}
-
-fn flat(d: &dyn BlockDevice) -> Vec<u8> {
-    read(d, 0, d.geometry().size as usize)
-}
-
 #[test]
 fn crash_at_every_file_operation_of_dynamic_writes() {
-    let workload = vec![
-        Op::Write(0, pattern(1, 4096)),
-        Op::Write(3 << 20, pattern(2, 8192)),
-        Op::Flush,
-        Op::Write((1 << 20) - 512, pattern(3, 1024)),
-        Op::Write(4096, pattern(4, 512)),
-        Op::Flush,
-        Op::Discard(3 << 20, 1 << 20),
-        Op::Write(6 << 20, pattern(5, 4096)),
-        Op::Flush,
-        Op::Write(7 << 20, pattern(6, 4096)),
-    ];
-    crash_everywhere(|d| make(d, "c.vhdx", 8 << 20, 1 << 20, 512), &workload);
+    let workload = blocks_workload(Op::Discard(3 << 20, 1 << 20));
+    let states = crash_everywhere(|d| make(d, "c.vhdx", 8 << 20, 1 << 20, 512), &workload);
+    println!("{states} crash states");
 }
 
 #[test]
@@ -1065,16 +921,24 @@ fn crash_at_every_file_operation_of_differencing_writes() {
         Op::Flush,
         Op::Write(7 << 20, pattern(6, 4096)),
     ];
-    crash_everywhere(
+    // Built once, copied for every crash (the child finds its parent by
+    // relative path and identifies it by its DataWriteGuid).
+    let template = tmp();
+    let parent = make(template.path(), "p.vhdx", 8 << 20, 1 << 20, 512);
+    let p = rw(&parent);
+    p.write_at(0, &pattern(99, 8 << 20)).unwrap();
+    drop(p);
+    make_child(&parent, "c.vhdx", Some(1 << 20));
+    let states = crash_everywhere(
         |d| {
-            let parent = make(d, "p.vhdx", 8 << 20, 1 << 20, 512);
-            let p = rw(&parent);
-            p.write_at(0, &pattern(99, 8 << 20)).unwrap();
-            drop(p);
-            make_child(&parent, "c.vhdx", Some(1 << 20))
+            for name in ["p.vhdx", "c.vhdx"] {
+                std::fs::copy(template.path().join(name), d.join(name)).unwrap();
+            }
+            d.join("c.vhdx")
         },
         &workload,
     );
+    println!("{states} crash states");
 }
 
 #[test]
@@ -1688,14 +1552,14 @@ fn crash_at_every_file_operation_of_emptying_after_commit() {
     let mut n = 0u64;
     let mut relinked = 0;
     'points: loop {
-        for mode in Crash::ALL {
+        for (mode, seed) in Crash::at_point(n) {
             let dir = tmp();
             let (parent, child, want) = child_with_data(dir.path());
             let c = rw(&child);
             merge_into_parent(&c, &parent);
-            c.crash_after(Some(n));
+            let sim = Sim::start(Some(n));
             let done = c.empty_after_commit().is_ok();
-            mode.apply(c, n);
+            mode.end(sim, seed, c);
             let ctx = format!("crash at file operation {n} ({mode:?})");
             match open(&child, true) {
                 // Before the new link is stable the child still names the
