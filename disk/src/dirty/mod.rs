@@ -352,6 +352,19 @@ fn stamp_of(path: &Path) -> Result<ImageStamp> {
     })
 }
 
+/// Whether the image still holds the data it held when `stored` was
+/// taken. A VHDX is judged by its size and DataWriteGuid alone: every
+/// VHDX writer (rehost, Hyper-V, QEMU) changes the DataWriteGuid before
+/// its first data write of a session, while merely opening one for
+/// writing rewrites its headers, and so its modification time, with the
+/// data untouched (after a crash, that would force a needless resync).
+fn same_image_state(stored: &ImageStamp, current: &ImageStamp) -> bool {
+    match (stored.data_write_guid, current.data_write_guid) {
+        (Some(a), Some(b)) => a == b && stored.file_size == current.file_size,
+        _ => stored == current,
+    }
+}
+
 /// The decoded sidecar with every rule applied.
 struct Decoded {
     bitmaps: Vec<Bitmap>,
@@ -476,7 +489,7 @@ fn decode(
     }
     // Cleanly persisted: the image must not have changed since.
     match (state.stamp, current) {
-        (Some(s), Some(c)) if s == c => {}
+        (Some(s), Some(c)) if same_image_state(&s, &c) => {}
         (s, c) => all_resync(
             &mut d,
             format!(
