@@ -694,3 +694,88 @@ proptest! {
         }
     }
 }
+
+/// Not a timed test: export/apply throughput on a 1 GiB raw image with 10 %
+/// of its 64 KiB granules dirty (half of them random bytes, half
+/// compressible), and a full export/apply of the same image. Run it with
+/// `cargo test --release -p rehost-disk --lib delta_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn delta_throughput() {
+    let size: u64 = 1 << 30;
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/delta-bench");
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::tempdir_in(&base).unwrap();
+    let create = |name: &str| {
+        let p = d.path().join(name);
+        crate::create(
+            &p,
+            &CreateOptions {
+                format: ImageFormat::Raw,
+                subformat: Subformat::Fixed,
+                size,
+                block_size: None,
+                parent: None,
+            },
+        )
+        .unwrap();
+        p
+    };
+    let src = create("src.raw");
+    let replica = create("replica.raw");
+    add_bitmap(&src, "b", 64 << 10);
+    let timed = |what: &str, bytes: u64, f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        f();
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "{what}: {bytes} bytes in {s:.3} s = {:.1} MiB/s",
+            bytes as f64 / (1 << 20) as f64 / s
+        );
+    };
+    let full = d.path().join("full.rhd");
+    timed("full export (1 GiB, empty)", size, &mut || {
+        export_to(&src, &full, &full_with(Some("b"), true));
+    });
+    timed("full apply (1 GiB, empty)", size, &mut || {
+        apply(&full, &replica, &mut |_, _| {}).unwrap();
+    });
+    // 10 % of the granules, spread by a fixed pseudo-random walk.
+    let granule = 64u64 << 10;
+    let count = size / granule / 10;
+    let mut picked = std::collections::BTreeSet::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    while (picked.len() as u64) < count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        picked.insert(x % (size / granule));
+    }
+    let writes: Vec<(u64, Vec<u8>)> = picked
+        .iter()
+        .map(|&g| (g * granule, pattern(g, granule as usize, g % 2 == 0)))
+        .collect();
+    write(&src, &writes);
+    let dirty = count * granule;
+    let inc = d.path().join("inc.rhd");
+    let mut report = None;
+    timed("incremental export (10 % dirty)", dirty, &mut || {
+        report = Some(export_to(&src, &inc, &incremental("b", true)));
+    });
+    let r = report.unwrap();
+    println!(
+        "stream {} bytes for {} dirty bytes ({:.3} of them); data compression ratio {:.2}; {} records ({} zstd, {} raw, {} zero)",
+        r.counts.stream_bytes,
+        r.extent_bytes,
+        r.counts.stream_bytes as f64 / r.extent_bytes as f64,
+        r.counts.data_bytes as f64 / r.counts.stored_bytes as f64,
+        r.counts.records(),
+        r.counts.zstd_records,
+        r.counts.raw_records,
+        r.counts.zero_records
+    );
+    timed("incremental apply (10 % dirty)", dirty, &mut || {
+        apply(&inc, &replica, &mut |_, _| {}).unwrap();
+    });
+    assert!(same(&src, &replica));
+}
