@@ -803,7 +803,7 @@ fn delta_cmd(cmd: DeltaCommand) -> anyhow::Result<u8> {
                     c.zero_bytes,
                     generation(r.generation),
                     secs,
-                    rate(c.data_bytes, secs)
+                    rate(c.data_bytes + c.zero_bytes, secs)
                 );
             }
             Ok(0)
