@@ -291,3 +291,88 @@ fn a_pending_journal_blocks_other_openers_until_recovered() {
     let out = apply(&d, &p.replica);
     assert!(out.contains("already applied"), "{out}");
 }
+
+/// `cp -p`: the copy keeps the modification time a replica record names.
+fn copy_keeping_mtime(from: &Path, to: &Path) {
+    let s = std::process::Command::new("cp")
+        .arg("-p")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(s.success(), "cp -p {} {}", from.display(), to.display());
+}
+
+/// `rehost disk delta apply` killed (SIGKILL) at moments spread over its
+/// run: the target is then the old image, the new one, or refused until the
+/// journal is rolled forward; running the same apply again always ends with
+/// the new image.
+#[test]
+fn apply_killed_at_any_moment_finishes_on_rerun() {
+    let Some(p) = seeded(ImageFormat::Raw, false) else {
+        return;
+    };
+    let old = p.dir.path().join("old.raw");
+    let old_record = p.dir.path().join("old.raw.rehost-replica");
+    for (from, to) in [
+        (p.replica.clone(), old.clone()),
+        (
+            PathBuf::from(format!("{}.rehost-replica", p.replica.display())),
+            old_record.clone(),
+        ),
+    ] {
+        copy_keeping_mtime(&from, &to);
+    }
+    bench_write(&p.src, "seq-write", "16M", "11");
+    bench_write(&p.src, "rand-write-4k", "2M", "12");
+    let d = p.dir.path().join("d.rhd");
+    export(&[&"--bitmap", &"repl", &"--clear", &p.src, &d]);
+    let mut outcomes = [0u32; 3];
+    for i in 0..24u64 {
+        let target = p.dir.path().join(format!("t{i}.raw"));
+        for (from, to) in [
+            (old.clone(), target.clone()),
+            (
+                old_record.clone(),
+                PathBuf::from(format!("{}.rehost-replica", target.display())),
+            ),
+        ] {
+            copy_keeping_mtime(&from, &to);
+        }
+        let mut child = std::process::Command::new(REHOST)
+            .args(["disk", "delta", "apply"])
+            .arg(&d)
+            .arg(&target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(i * 8));
+        let _ = child.kill();
+        let _ = child.wait();
+        let journal = PathBuf::from(format!("{}.rehost-delta-journal", target.display()));
+        if journal.exists() {
+            let (code, _, err) = rehost(&[&"disk", &"compare", &p.src, &target]);
+            assert_eq!(code, 2, "{err}");
+            assert!(err.contains("delta recover"), "{err}");
+            outcomes[1] += 1;
+        } else {
+            let new = rehost(&[&"disk", &"compare", &p.src, &target]).0 == 0;
+            let was = rehost(&[&"disk", &"compare", &old, &target]).0 == 0;
+            assert!(new || was, "kill {i}: neither old nor new");
+            outcomes[if new { 2 } else { 0 }] += 1;
+        }
+        apply(&d, &target);
+        assert_equal(
+            Some(ImageFormat::Raw),
+            &p.src,
+            &target,
+            &format!("kill {i}"),
+        );
+        let _ = std::fs::remove_file(&target);
+    }
+    eprintln!(
+        "killed apply: {} old, {} journal pending, {} new",
+        outcomes[0], outcomes[1], outcomes[2]
+    );
+}
