@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub mod bench;
 #[cfg(test)]
 mod crashtest;
+pub mod delta;
 mod detect;
 pub mod dirty;
 pub(crate) mod hostfile;
@@ -72,6 +73,11 @@ pub enum BlockError {
         format: ImageFormat,
         reason: String,
     },
+    /// A `rehost disk delta apply` into this image was interrupted: its
+    /// journal must be rolled forward before anything reads or writes the
+    /// image, which is half-way between two states.
+    #[error("{path}: an interrupted delta apply left its journal {journal}; run `rehost disk delta recover {path}` (or the same `rehost disk delta apply` again) to finish it before using the image")]
+    DeltaApplyPending { path: PathBuf, journal: PathBuf },
 }
 
 pub use detect::detect_format;
@@ -261,16 +267,41 @@ pub struct CreateOptions {
 
 /// Opens a disk image, detecting its format from the file's own bytes, and
 /// the whole chain of parents below it (read-only).
+///
+/// An image with a pending delta-apply journal (an interrupted `rehost disk
+/// delta apply`) is refused with [`BlockError::DeltaApplyPending`], and so
+/// is a chain with such an image in it.
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Box<dyn DiskImage>> {
     let mut visited = Vec::new();
-    open_in_chain(path, options, &mut visited)
+    open_in_chain(path, options, &mut visited, true)
+}
+
+/// [`open`] without the pending-journal check for `path` itself (its
+/// parents are still checked): for the delta applier that finishes the
+/// journal.
+pub(crate) fn open_for_delta_apply(
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<Box<dyn DiskImage>> {
+    let mut visited = Vec::new();
+    open_in_chain(path, options, &mut visited, false)
 }
 
 fn open_in_chain(
     path: &Path,
     options: &OpenOptions,
     visited: &mut Vec<PathBuf>,
+    check_journal: bool,
 ) -> Result<Box<dyn DiskImage>> {
+    if check_journal {
+        let journal = delta::journal_path(path);
+        if journal.exists() {
+            return Err(BlockError::DeltaApplyPending {
+                path: path.to_owned(),
+                journal,
+            });
+        }
+    }
     let canonical = std::fs::canonicalize(path).map_err(|source| BlockError::Io {
         path: path.to_owned(),
         offset: 0,
@@ -304,6 +335,7 @@ fn open_in_chain(
                 format: None,
             },
             &mut visited.clone(),
+            true,
         )
     };
     let format = match options.format {

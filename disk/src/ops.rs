@@ -53,7 +53,7 @@ pub fn chain_allocated_extents(image: &dyn DiskImage) -> Result<Vec<Range<u64>>>
 
 /// Splits ranges into pieces of at most [`CHUNK`] bytes, aligned to
 /// [`CHUNK`] so that they match image blocks.
-fn chunks(ranges: &[Range<u64>]) -> impl Iterator<Item = Range<u64>> + '_ {
+pub(crate) fn chunks(ranges: &[Range<u64>]) -> impl Iterator<Item = Range<u64>> + '_ {
     ranges.iter().flat_map(|r| {
         let mut pos = r.start;
         std::iter::from_fn(move || {
@@ -71,7 +71,7 @@ fn chunks(ranges: &[Range<u64>]) -> impl Iterator<Item = Range<u64>> + '_ {
 /// Whether every byte is zero: compared against zeros with `memcmp`, which
 /// is fast in every build (allocated but never written blocks make convert
 /// scan a lot of zeros).
-fn is_zero(buf: &[u8]) -> bool {
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
     static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     buf.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }

@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
+use rehost_disk::delta;
 use rehost_disk::dirty::{self, BitmapInfo, DirtyTracker, TrackerOptions};
 use rehost_disk::{
     bench, ops, BlockError, CreateOptions, DiskImage, ImageFormat, ImageInfo, OpenOptions, Problem,
@@ -164,12 +165,122 @@ pub enum BitmapCommand {
     },
 }
 
+const DELTA_HELP: &str = "\
+A delta stream holds the blocks of a disk that changed since a dirty
+bitmap's generation (or, with --full, every block), each record with a
+CRC-32C and zstd-compressed (raw when that does not pay), zero stretches as
+zero records, and a trailer over the whole stream. The byte layout is
+documented in the rehost-disk crate (module delta).
+
+Generations: an incremental stream starts from its bitmap's generation.
+With --clear the bitmap is cleared once the stream is on disk and the
+stream moves the replica to the bitmap's new generation; without --clear
+the stream is cumulative (the replica stays at the same generation and
+takes any later cumulative stream of that bitmap). A --full stream is taken
+by any target of the right size: it seeds a replica.
+
+A replica records the generation it holds in TARGET.rehost-replica.
+Typical use:
+  rehost disk bitmap add disk.vhdx repl
+  rehost disk delta export --full --bitmap repl --clear disk.vhdx seed.rhd
+  rehost disk delta apply seed.rhd replica.vhdx
+  ... the disk is used ...
+  rehost disk delta export --bitmap repl --clear disk.vhdx d1.rhd
+  rehost disk delta apply d1.rhd replica.vhdx";
+
+const DELTA_EXPORT_HELP: &str = "\
+OUT is written as OUT.tmp, synced, then put in place; an existing OUT is
+never overwritten. A bitmap in the resync-required state refuses an
+incremental export: export with --full (and --clear) instead. The image is
+only read, through its whole parent chain; nobody may write it meanwhile.
+A progress bar is drawn on stderr when it is a terminal.";
+
+const DELTA_APPLY_HELP: &str = "\
+The whole stream is verified first (every checksum, bound and the
+trailer); a truncated or damaged stream, one for another disk size, or an
+incremental stream whose source generation is not the one TARGET holds
+(or whose TARGET was written since its last apply) is refused with the
+reason and TARGET is left untouched. The stream is then copied into a
+journal next to TARGET (TARGET.rehost-delta-journal) before TARGET is
+written, so a crash leaves TARGET as it was or lets the next apply (or
+`rehost disk delta recover`) finish the job; until then rehost refuses to
+open TARGET. TARGET's dirty bitmaps record every block written. Applying
+the same stream twice does nothing the second time.
+
+Exit codes: 0 applied (or already applied), 1 refused or failed.";
+
+const DELTA_INFO_EXIT: &str = "\
+Exit codes:
+  0  the stream verifies
+  1  the file cannot be read or its header is damaged
+  2  the header reads but the stream does not verify (the reason is shown)";
+
+#[derive(Debug, Subcommand)]
+pub enum DeltaCommand {
+    /// Write the blocks changed since a bitmap's generation (or, with
+    /// --full, every allocated block) into a delta stream file.
+    #[command(after_help = DELTA_EXPORT_HELP)]
+    Export {
+        /// The dirty bitmap whose changed blocks are exported; with
+        /// --full, the bitmap whose generation the stream carries as its
+        /// target generation.
+        #[arg(long, value_name = "NAME")]
+        bitmap: Option<String>,
+        /// Clear the bitmap (a new generation, which becomes the stream's
+        /// target generation) once the stream is safely on disk.
+        #[arg(long, requires = "bitmap")]
+        clear: bool,
+        /// Export every allocated block (and the rest of the disk as zero
+        /// records), with no source generation: seeds a replica.
+        #[arg(long)]
+        full: bool,
+        /// The image to export from (opened read-only).
+        image: PathBuf,
+        /// The stream file to write; must not exist.
+        out: PathBuf,
+    },
+    /// Apply a delta stream to a replica image, all or nothing.
+    #[command(after_help = DELTA_APPLY_HELP)]
+    Apply {
+        /// The stream file.
+        delta: PathBuf,
+        /// The replica image (raw, VHD, VHDX or a differencing child).
+        target: PathBuf,
+    },
+    /// Finish an interrupted `delta apply` on TARGET (rolls its journal
+    /// forward); does nothing when none is pending.
+    Recover {
+        /// The replica image.
+        target: PathBuf,
+    },
+    /// Show a stream's header, record counts, sizes, compression ratio and
+    /// whether the whole stream verifies.
+    #[command(after_help = DELTA_INFO_EXIT)]
+    Info {
+        /// Print JSON: {"path", "version", "full", "disk_size",
+        /// "granularity", "source_generation", "target_generation" (32 hex
+        /// digits or null), "stream_id", "created", "image": {"format",
+        /// "file_size", "data_write_guid"}, "records", "raw_records",
+        /// "zstd_records", "zero_records", "data_bytes", "stored_bytes",
+        /// "zero_bytes", "stream_bytes", "compression_ratio", "verified",
+        /// "error"}.
+        #[arg(long)]
+        json: bool,
+        /// The stream file.
+        delta: PathBuf,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
     /// Manage the image's dirty bitmaps (which blocks changed since each
     /// bitmap was added or cleared).
     #[command(subcommand, after_help = BITMAP_HELP)]
     Bitmap(BitmapCommand),
+    /// Export, apply and inspect delta streams (the changed blocks of a
+    /// disk, for replicas and incremental backups).
+    #[command(subcommand, after_help = DELTA_HELP)]
+    Delta(DeltaCommand),
     /// Create a new image (raw, VHD or VHDX; fixed, dynamic or differencing).
     #[command(after_help = SIZE_HELP)]
     Create {
@@ -356,6 +467,7 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
         DiskCommand::Check { json, path } => check(&path, json),
         DiskCommand::Bitmap(cmd) => bitmap(cmd),
         DiskCommand::Serve(args) => crate::disk_serve::serve(args),
+        DiskCommand::Delta(cmd) => delta_cmd(cmd),
         DiskCommand::Convert {
             output_format,
             subformat,
@@ -610,6 +722,223 @@ fn bitmap(cmd: BitmapCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn generation(g: Option<u128>) -> String {
+    g.map(|g| format!("{g:032x}"))
+        .unwrap_or_else(|| "none".into())
+}
+
+fn rate(bytes: u64, secs: f64) -> String {
+    format!(
+        "{:.1} MiB/s",
+        bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
+    )
+}
+
+fn delta_cmd(cmd: DeltaCommand) -> anyhow::Result<u8> {
+    match cmd {
+        DeltaCommand::Export {
+            bitmap,
+            clear,
+            full,
+            image,
+            out,
+        } => {
+            let started = std::time::Instant::now();
+            let mut bar = ProgressBar::new("exporting");
+            let r = delta::export(
+                &image,
+                &out,
+                &delta::ExportOptions {
+                    bitmap,
+                    clear,
+                    full,
+                },
+                &mut |d, t| bar.show(d, t),
+            );
+            bar.finish();
+            let r = r?;
+            let secs = started.elapsed().as_secs_f64();
+            let c = &r.counts;
+            println!(
+                "{}: {} records ({} data bytes in {} zstd + {} raw records, stored as {} bytes; {} zero bytes in {} zero records), {} stream bytes for {} {} bytes; source generation {}, target generation {}; {:.3} s, {}",
+                out.display(),
+                c.records(),
+                c.data_bytes,
+                c.zstd_records,
+                c.raw_records,
+                c.stored_bytes,
+                c.zero_bytes,
+                c.zero_records,
+                c.stream_bytes,
+                r.extent_bytes,
+                if full { "allocated" } else { "dirty" },
+                generation(r.header.source_generation),
+                generation(r.header.target_generation),
+                secs,
+                rate(r.extent_bytes, secs)
+            );
+            Ok(0)
+        }
+        DeltaCommand::Apply { delta: d, target } => {
+            let started = std::time::Instant::now();
+            let mut bar = ProgressBar::new("applying");
+            let r = delta::apply(&d, &target, &mut |x, t| bar.show(x, t));
+            bar.finish();
+            let r = r?;
+            let secs = started.elapsed().as_secs_f64();
+            if let Some(c) = &r.recovered {
+                println!(
+                    "{}: finished an interrupted apply first ({} records)",
+                    target.display(),
+                    c.records()
+                );
+            }
+            if r.already_applied {
+                println!(
+                    "{}: {} was already applied; nothing to do (generation {})",
+                    target.display(),
+                    d.display(),
+                    generation(r.generation)
+                );
+            } else {
+                let c = &r.counts;
+                println!(
+                    "{}: applied {}: {} records, {} data bytes, {} zero bytes; now at generation {}; {:.3} s, {}",
+                    target.display(),
+                    d.display(),
+                    c.records(),
+                    c.data_bytes,
+                    c.zero_bytes,
+                    generation(r.generation),
+                    secs,
+                    rate(c.data_bytes + c.zero_bytes, secs)
+                );
+            }
+            Ok(0)
+        }
+        DeltaCommand::Recover { target } => {
+            let mut bar = ProgressBar::new("recovering");
+            let r = delta::recover(&target, &mut |x, t| bar.show(x, t));
+            bar.finish();
+            match r? {
+                Some(c) => println!(
+                    "{}: interrupted apply finished ({} records)",
+                    target.display(),
+                    c.records()
+                ),
+                None => println!("{}: no interrupted apply", target.display()),
+            }
+            Ok(0)
+        }
+        DeltaCommand::Info { json, delta: d } => {
+            let i = delta::info(&d)?;
+            print_delta_info(&d, &i, json);
+            Ok(if i.verified.is_ok() { 0 } else { 2 })
+        }
+    }
+}
+
+fn print_delta_info(path: &Path, i: &delta::StreamInfo, json: bool) {
+    let h = &i.header;
+    let c = &i.counts;
+    let ratio = if c.stored_bytes > 0 {
+        c.data_bytes as f64 / c.stored_bytes as f64
+    } else {
+        1.0
+    };
+    let format = match h.identity.format {
+        delta::stream_spec::FORMAT_VHD => "vhd",
+        delta::stream_spec::FORMAT_VHDX => "vhdx",
+        _ => "raw",
+    };
+    let guid: String = h
+        .identity
+        .data_write_guid
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let gen_json = |g: Option<u128>| {
+        g.map(|g| format!("\"{g:032x}\""))
+            .unwrap_or_else(|| "null".into())
+    };
+    if json {
+        println!(
+            "{{\"path\":{},\"version\":{},\"full\":{},\"disk_size\":{},\"granularity\":{},\"source_generation\":{},\"target_generation\":{},\"stream_id\":\"{:032x}\",\"created\":\"{}.{:09}\",\"image\":{{\"format\":\"{format}\",\"file_size\":{},\"data_write_guid\":\"{guid}\"}},\"records\":{},\"raw_records\":{},\"zstd_records\":{},\"zero_records\":{},\"data_bytes\":{},\"stored_bytes\":{},\"zero_bytes\":{},\"stream_bytes\":{},\"compression_ratio\":{ratio:.3},\"verified\":{},\"error\":{}}}",
+            js(&path.display().to_string()),
+            delta::stream_spec::VERSION,
+            h.source_generation.is_none(),
+            h.disk_size,
+            h.granularity,
+            gen_json(h.source_generation),
+            gen_json(h.target_generation),
+            h.stream_id,
+            h.created_sec,
+            h.created_nsec,
+            h.identity.file_size,
+            c.records(),
+            c.raw_records,
+            c.zstd_records,
+            c.zero_records,
+            c.data_bytes,
+            c.stored_bytes,
+            c.zero_bytes,
+            c.stream_bytes,
+            i.verified.is_ok(),
+            i.verified
+                .as_ref()
+                .err()
+                .map(|e| js(e))
+                .unwrap_or_else(|| "null".into())
+        );
+        return;
+    }
+    println!("stream: {}", path.display());
+    println!("version: {}", delta::stream_spec::VERSION);
+    println!(
+        "kind: {}",
+        if h.source_generation.is_none() {
+            "full"
+        } else {
+            "incremental"
+        }
+    );
+    println!("disk size: {} ({} bytes)", human(h.disk_size), h.disk_size);
+    println!("granularity: {}", h.granularity);
+    println!("source generation: {}", generation(h.source_generation));
+    println!("target generation: {}", generation(h.target_generation));
+    println!("stream id: {:032x}", h.stream_id);
+    println!(
+        "created: {}.{:09} (Unix time)",
+        h.created_sec, h.created_nsec
+    );
+    println!(
+        "exported image: {format}, file size {}{}",
+        h.identity.file_size,
+        if h.identity.data_write_guid != [0; 16] {
+            format!(", DataWriteGuid {guid}")
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "records: {} ({} zstd, {} raw, {} zero)",
+        c.records(),
+        c.zstd_records,
+        c.raw_records,
+        c.zero_records
+    );
+    println!(
+        "data bytes: {} (stored as {}, compression ratio {ratio:.2})",
+        c.data_bytes, c.stored_bytes
+    );
+    println!("zero bytes: {}", c.zero_bytes);
+    println!("stream bytes: {}", c.stream_bytes);
+    match &i.verified {
+        Ok(()) => println!("verified: yes"),
+        Err(e) => println!("verified: no: {e}"),
+    }
 }
 
 fn bitmap_json(b: &BitmapInfo, extents: Option<&[std::ops::Range<u64>]>) -> String {

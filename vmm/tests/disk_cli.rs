@@ -429,9 +429,26 @@ fn errors_are_one_line_and_name_the_file() {
 #[test]
 fn every_subcommand_documents_its_options() {
     for sub in [
-        "create", "info", "check", "convert", "compare", "commit", "bench", "serve",
+        "create",
+        "info",
+        "check",
+        "convert",
+        "compare",
+        "commit",
+        "bench",
+        "serve",
+        "delta export",
+        "delta apply",
+        "delta recover",
+        "delta info",
     ] {
-        let out = rehost_ok(&[&"disk", &sub, &"--help"]);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"disk"];
+        let words: Vec<&str> = sub.split(' ').collect();
+        for w in &words {
+            args.push(w);
+        }
+        args.push(&"--help");
+        let out = rehost_ok(&args);
         assert!(out.contains("Usage: rehost disk"), "{sub}: {out}");
         // Every option line carries a description (option lines are
         // indented by at most 6 columns; wrapped text by more).

@@ -296,7 +296,7 @@ impl Bitmap {
 
 /// A random 128-bit id from the kernel's generator; falls back to time
 /// and address entropy when getrandom is unavailable.
-fn random_u128() -> u128 {
+pub(crate) fn random_u128() -> u128 {
     let mut b = [0u8; 16];
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -332,7 +332,7 @@ fn sidecar_err(path: &Path, e: SidecarError) -> BlockError {
     }
 }
 
-fn stamp_of(path: &Path) -> Result<ImageStamp> {
+pub(crate) fn stamp_of(path: &Path) -> Result<ImageStamp> {
     let m = std::fs::metadata(path).map_err(|source| BlockError::Io {
         path: path.to_owned(),
         offset: 0,
@@ -795,6 +795,14 @@ impl DirtyTracker {
     /// Marks every granule of a bitmap clean, with a new generation (the
     /// consumer has a full copy as of now).
     pub fn clear_bitmap(&self, name: &str) -> Result<BitmapInfo> {
+        self.clear_bitmap_to(name, random_u128())
+    }
+
+    /// [`DirtyTracker::clear_bitmap`] with the new generation chosen by the
+    /// caller: `delta export --clear` writes it into the stream as the
+    /// target generation before the stream is made durable and the bitmap
+    /// cleared.
+    pub fn clear_bitmap_to(&self, name: &str, generation: u128) -> Result<BitmapInfo> {
         let info = {
             let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
             let mut st = self.lock();
@@ -806,7 +814,7 @@ impl DirtyTracker {
                 .ok_or_else(|| self.no_such(name))?;
             b.words.fill(0);
             b.state = BitmapState::Tracking;
-            b.generation = random_u128();
+            b.generation = generation;
             let info = b.info(size);
             st.changed = true;
             info

@@ -115,17 +115,17 @@ pub struct AlSlot {
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn le32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
     let mut x = [0u8; 4];
     x.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(x)
 }
-fn le64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)
 }
-fn le128(b: &[u8], at: usize) -> u128 {
+pub(crate) fn le128(b: &[u8], at: usize) -> u128 {
     let mut x = [0u8; 16];
     x.copy_from_slice(&b[at..at + 16]);
     u128::from_le_bytes(x)
