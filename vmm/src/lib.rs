@@ -12,6 +12,7 @@ pub mod memory;
 pub mod serial;
 pub mod signals;
 pub mod storage;
+pub mod usb;
 pub mod vcpu;
 
 use anyhow::Context;
