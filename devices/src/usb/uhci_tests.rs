@@ -524,3 +524,75 @@ fn looping_schedules_end_the_frame_and_bad_pointers_halt() {
     assert_ne!(r.r16(spec::USBSTS) & spec::STS_HCPE, 0);
     assert!(!r.uhci.running());
 }
+
+/// A device that answers later, from the test: a backend across a
+/// network would.
+struct Slow {
+    waiting: Arc<std::sync::Mutex<Vec<(super::Transfer, super::Completer)>>>,
+}
+
+impl super::UsbDevice for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn speed(&self, max: super::Speed) -> super::Speed {
+        max
+    }
+    fn reset(&mut self, _speed: super::Speed) {}
+    fn submit(&mut self, t: super::Transfer, done: super::Completer) {
+        self.waiting.lock().unwrap().push((t, done));
+    }
+}
+
+#[test]
+fn transfers_that_complete_later_keep_their_td_active_until_then() {
+    let mut r = Rig::new();
+    let waiting = Arc::new(std::sync::Mutex::new(Vec::new()));
+    r.uhci
+        .attach(
+            2,
+            Box::new(Slow {
+                waiting: waiting.clone(),
+            }),
+        )
+        .unwrap();
+    r.start();
+    r.enable_port(2);
+    r.next_td = TDS;
+    let td = r.td(
+        Rig::ACTIVE | spec::TD_IOC,
+        td_token(ch9::PID_IN, 0, 3, false, 16),
+        BUF,
+    );
+    r.run_queue(&[td], 5);
+    // Submitted once, not answered: the TD stays active, no NAK storm of
+    // resubmissions.
+    assert_eq!(waiting.lock().unwrap().len(), 1);
+    assert_ne!(r.ctrl(td) & spec::TD_STATUS_ACTIVE, 0);
+    let (t, done) = waiting.lock().unwrap().pop().unwrap();
+    assert_eq!((t.endpoint, t.length), (3, 16));
+    // The answer comes from another thread.
+    std::thread::spawn(move || done.data_in(b"late answer".to_vec()))
+        .join()
+        .unwrap();
+    r.uhci.run_frame();
+    let c = r.ctrl(td);
+    assert_eq!(c & spec::TD_STATUS_ACTIVE, 0);
+    assert_eq!(((c + 1) & spec::TD_ACTLEN_MASK) as usize, 11);
+    let mut got = [0u8; 11];
+    r.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(&got, b"late answer");
+    assert_ne!(r.r16(spec::USBSTS) & spec::STS_USBINT, 0);
+    // A transfer in flight when the device is unplugged ends in an error
+    // on the guest's next frame.
+    r.next_td = TDS;
+    let td = r.td(Rig::ACTIVE, td_token(ch9::PID_IN, 0, 3, false, 16), BUF);
+    r.run_queue(&[td], 2);
+    assert_ne!(r.ctrl(td) & spec::TD_STATUS_ACTIVE, 0);
+    r.uhci.detach(2).unwrap();
+    drop(waiting.lock().unwrap().pop());
+    r.uhci.run_frame();
+    let c = r.ctrl(td);
+    assert_eq!(c & spec::TD_STATUS_ACTIVE, 0);
+    assert_ne!(c & spec::TD_STATUS_CRC_TIMEOUT, 0);
+}
