@@ -242,6 +242,9 @@ impl Wake {
 /// older ones are skipped, as a real controller's frames pass unseen.
 const MAX_CATCH_UP: u64 = 8;
 
+/// The pause before walking a busy frame again.
+const REWALK_PAUSE: Duration = Duration::from_micros(50);
+
 fn frame_timer(uhci: Arc<Mutex<Uhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
     let frame = Duration::from_millis(1);
     let mut epoch: Option<(Instant, u64)> = None;
@@ -255,14 +258,22 @@ fn frame_timer(uhci: Arc<Mutex<Uhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
         let (start, done) = epoch.get_or_insert((Instant::now(), 0));
         let due = (start.elapsed().as_micros() / 1000) as u64 + 1;
         let n = due.saturating_sub(*done).min(MAX_CATCH_UP);
+        let mut progress = false;
         {
             let mut u = uhci.lock().unwrap_or_else(|e| e.into_inner());
             for _ in 0..n {
-                u.run_frame();
+                progress |= u.run_frame();
             }
         }
         *done = due;
         let next = *start + frame * (*done as u32);
+        // While TDs complete, the guest is likely queueing more: go round
+        // the frame again after a short pause instead of waiting for the
+        // next one. An idle schedule costs one wake-up per frame.
+        while progress && Instant::now() + REWALK_PAUSE * 2 < next {
+            std::thread::sleep(REWALK_PAUSE);
+            progress = uhci.lock().unwrap_or_else(|e| e.into_inner()).walk_again();
+        }
         if let Some(d) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
         }

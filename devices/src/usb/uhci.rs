@@ -271,23 +271,32 @@ impl Uhci {
 
     /// Runs one frame: walks the frame list entry of the current frame
     /// number, then advances it. Does nothing while stopped.
-    pub fn run_frame(&mut self) {
-        if !self.running() {
-            return;
-        }
-        if self.cs.command() & COMMAND_BUS_MASTER == 0 {
-            // Without bus mastering the controller cannot fetch anything.
-            self.advance_frame();
-            return;
-        }
-        let entry = u64::from(self.flbase) + u64::from(self.frnum % spec::FRAME_LIST_ENTRIES) * 4;
-        let Some(link) = self.read_u32(entry) else {
-            return;
-        };
-        self.walk(link);
+    pub fn run_frame(&mut self) -> bool {
+        let progress = self.walk_frame(self.frnum);
         if self.running() {
             self.advance_frame();
         }
+        progress
+    }
+
+    /// Walks the frame that just ran once more, as a controller with
+    /// full-speed bandwidth reclamation goes round its bulk queues again
+    /// while frame time is left: TDs the guest queued since are done
+    /// within the same frame. True when any TD completed.
+    pub fn walk_again(&mut self) -> bool {
+        self.walk_frame(self.frnum.wrapping_sub(1) & spec::FRNUM_MASK)
+    }
+
+    fn walk_frame(&mut self, frame: u16) -> bool {
+        if !self.running() || self.cs.command() & COMMAND_BUS_MASTER == 0 {
+            // Without bus mastering the controller cannot fetch anything.
+            return false;
+        }
+        let entry = u64::from(self.flbase) + u64::from(frame % spec::FRAME_LIST_ENTRIES) * 4;
+        let Some(link) = self.read_u32(entry) else {
+            return false;
+        };
+        self.walk(link)
     }
 
     fn advance_frame(&mut self) {
@@ -295,12 +304,13 @@ impl Uhci {
         self.update_irq();
     }
 
-    fn walk(&mut self, first: u32) {
+    fn walk(&mut self, first: u32) -> bool {
         let mut link = first;
         // Elements seen since the last TD completed: coming back to one
         // means the rest of the frame would find nothing new.
         let mut seen: HashSet<u32> = HashSet::new();
         let mut budget = MAX_ELEMENTS;
+        let mut progress = false;
         while link & spec::LINK_TERMINATE == 0 {
             if budget == 0 {
                 break;
@@ -312,26 +322,33 @@ impl Uhci {
             }
             if link & spec::LINK_QH != 0 {
                 let Some(head) = self.read_u32(u64::from(addr) + spec::QH_LINK) else {
-                    return;
+                    return progress;
                 };
                 match self.run_queue(addr, &mut budget) {
-                    None => return,
-                    Some(true) => seen.clear(),
+                    None => return progress,
+                    Some(true) => {
+                        progress = true;
+                        seen.clear()
+                    }
                     Some(false) => {}
                 }
                 link = head;
             } else {
                 let Some(next) = self.read_u32(u64::from(addr) + spec::TD_LINK) else {
-                    return;
+                    return progress;
                 };
                 match self.run_td(addr) {
-                    TdOutcome::Halted => return,
-                    TdOutcome::Completed | TdOutcome::Short => seen.clear(),
+                    TdOutcome::Halted => return progress,
+                    TdOutcome::Completed | TdOutcome::Short => {
+                        progress = true;
+                        seen.clear()
+                    }
                     _ => {}
                 }
                 link = next;
             }
         }
+        progress
     }
 
     /// Runs the TDs of the queue head at `qh` (3.4.2): each completed TD
