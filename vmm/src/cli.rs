@@ -131,8 +131,8 @@ pub struct RunArgs {
     #[arg(long = "cdrom", value_name = "PATH[,controller=ide|ahci][,id=NAME]")]
     pub cdroms: Vec<String>,
     /// What the firmware boots first: `disk` (IDE/AHCI disks), `cdrom`,
-    /// or `usb` (the USB disks given with --usb). The firmware's boot menu
-    /// (F12 / Esc) lists every bootable device.
+    /// or `usb` (the USB disks given with --usb); the others follow in the
+    /// firmware's boot order.
     #[arg(long, value_enum, default_value = "disk")]
     pub boot: crate::storage::BootDevice,
     /// The USB host controller the --usb devices hang off; present when
