@@ -169,6 +169,13 @@ pub fn open_usb(
                 if opened.contains(&canonical) {
                     bail!("--usb {text}: the same image is attached twice");
                 }
+                if !*read_only && rehost_disk::dirty::sidecar_path(path).exists() {
+                    // Writes through USB do not go through a dirty tracker
+                    // yet: the bitmaps would silently miss them.
+                    bail!(
+                        "--usb {text}: the image has dirty bitmaps, which USB disks do not keep up to date yet; attach it with readonly=on or as --disk"
+                    );
+                }
                 opened.push(canonical);
                 let image = rehost_disk::open(
                     path,
@@ -436,5 +443,11 @@ mod tests {
         let err = open_usb(None, &[disk], &[std::fs::canonicalize(&p).unwrap()]).unwrap_err();
         assert!(format!("{err:#}").contains("attached twice"), "{err:#}");
         assert!(open_usb(None, &[], &[]).unwrap().is_none());
+        // An image with dirty bitmaps is refused for writing.
+        std::fs::write(rehost_disk::dirty::sidecar_path(&p), b"").unwrap();
+        let err = open_usb(None, &[format!("disk:{}", p.display())], &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("dirty bitmaps"), "{err:#}");
+        let ro = format!("disk:{},readonly=on", p.display());
+        assert!(open_usb(None, &[ro], &[]).is_ok());
     }
 }
