@@ -11,6 +11,7 @@ pub mod legacy;
 pub mod pci;
 pub mod serial;
 pub mod storage;
+pub mod usb;
 
 /// Guest memory as devices see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -106,6 +106,118 @@ impl Int13Program {
     }
 }
 
+/// Deterministic file content: a linear congruential generator from
+/// `seed`.
+pub fn lcg_data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Checks that `image` (read through its chain with `rehost disk convert`
+/// of the binary `bin`) is `disk_bytes` long and holds the program at LBA
+/// 0, the program's data in its range, and zeros everywhere else.
+pub fn assert_int13_content(
+    bin: &str,
+    image: &Path,
+    prog: &Int13Program,
+    dir: &Path,
+    disk_bytes: u64,
+) {
+    let flat = dir.join("flat.raw");
+    let _ = std::fs::remove_file(&flat);
+    rehost_disk(
+        bin,
+        &[
+            "convert",
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            flat.to_str().unwrap(),
+        ],
+    );
+    let data = std::fs::read(&flat).unwrap();
+    assert_eq!(data.len() as u64, disk_bytes);
+    let code = prog.build();
+    assert_eq!(&data[..code.len()], &code[..], "the program at LBA 0");
+    let end = prog.start_lba + prog.sectors;
+    for lba in prog.start_lba..end {
+        let at = lba as usize * 512;
+        assert!(
+            data[at..at + 512] == prog.expected_sector(lba),
+            "sector {lba} differs from what the guest wrote"
+        );
+    }
+    assert!(
+        data[code.len()..prog.start_lba as usize * 512]
+            .iter()
+            .chain(&data[end as usize * 512..])
+            .all(|&b| b == 0),
+        "bytes outside the written range changed"
+    );
+}
+
+/// Runs the INT 13h exerciser on a differencing VHDX child (over a VHDX
+/// parent) of a `disk_bytes` disk, attached with the options `attach`
+/// gives for the child's path: it must write and read back `sectors`
+/// sectors, SeaBIOS must log `driver_line`, the parent must not change
+/// and the child must hold exactly the guest's bytes.
+pub fn int13_on_child(
+    bin: &str,
+    test: &str,
+    sectors: u64,
+    disk_bytes: u64,
+    driver_line: &str,
+    attach: impl Fn(&str) -> Vec<String>,
+) {
+    if !crate::kvm_available(test) {
+        return;
+    }
+    require_tools(&["nasm"]);
+    let dir = scratch(test);
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let prog = Int13Program {
+        sectors,
+        ..Default::default()
+    };
+    let raw = dir.join("base.raw");
+    prog.raw_disk(&raw, disk_bytes);
+    let parent = dir.join("parent.vhdx");
+    rehost_disk(bin, &["convert", "-O", "vhdx", &s(&raw), &s(&parent)]);
+    let parent_sha = sha256(&parent);
+    let child = dir.join("child.vhdx");
+    rehost_disk(bin, &["create", "--parent", &s(&parent), &s(&child)]);
+    let fw_log = dir.join("firmware.log");
+    let mut args: Vec<String> = ["run", "--memory", "64M", "--firmware-log"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.push(s(&fw_log));
+    args.extend(attach(&s(&child)));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = crate::run(bin, &args, std::time::Duration::from_secs(900));
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(!out.contains("FAIL"), "{out}");
+    assert!(
+        out.contains(&format!("int13: ok sectors={:08x}", prog.sectors)),
+        "{out}"
+    );
+    let fw = std::fs::read_to_string(&fw_log).unwrap();
+    assert!(
+        fw.contains(driver_line),
+        "SeaBIOS did not use {driver_line:?}: {fw}"
+    );
+    assert_eq!(sha256(&parent), parent_sha, "the parent changed");
+    let info = rehost_disk(bin, &["info", &s(&child)]);
+    assert!(info.contains("differencing"), "{info}");
+    rehost_disk(bin, &["check", &s(&child)]);
+    assert_int13_content(bin, &child, &prog, &dir, disk_bytes);
+}
+
 /// Builds a GRUB disk (raw) whose ext2 partition holds `grub_cfg` as
 /// /boot/grub/grub.cfg and `files` at its root.
 pub fn grub_disk(out: &Path, grub_cfg: &str, files: &[&Path]) {

@@ -7,24 +7,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rehost_tests::storage::{grub_disk, rehost_disk, require_tools, scratch, sha256};
+use rehost_tests::storage::{grub_disk, lcg_data, rehost_disk, require_tools, scratch, sha256};
 use rehost_tests::{kvm_available, run};
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Deterministic file content (a linear congruential generator).
-fn data(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..len)
-        .map(|_| {
-            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn grub_native_driver(test: &str, controller: &str, module: &str, device: &str, fw_line: &str) {
@@ -34,7 +23,7 @@ fn grub_native_driver(test: &str, controller: &str, module: &str, device: &str, 
     require_tools(&["grub-mkimage", "sfdisk", "mke2fs", "perl"]);
     let dir = scratch(test);
     let file = dir.join("data.bin");
-    std::fs::write(&file, data(40_000)).unwrap();
+    std::fs::write(&file, lcg_data(40_000, 0x1234_5678)).unwrap();
     let expected = sha256(&file);
     let cfg = format!(
         "serial --unit=0 --speed=115200

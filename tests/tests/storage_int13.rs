@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rehost_tests::storage::{rehost_disk, require_tools, scratch, sha256, Int13Program};
+use rehost_tests::storage::{int13_on_child, require_tools, scratch, sha256, Int13Program};
 use rehost_tests::{kvm_available, run};
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
@@ -18,81 +18,10 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Checks that `image` (read through its chain) holds the program at LBA 0,
-/// the program's data in its range, and zeros everywhere else.
-fn assert_content(image: &Path, prog: &Int13Program, dir: &Path) {
-    let flat = dir.join("flat.raw");
-    let _ = std::fs::remove_file(&flat);
-    rehost_disk(REHOST, &["convert", "-O", "raw", s(image), s(&flat)]);
-    let data = std::fs::read(&flat).unwrap();
-    assert_eq!(data.len() as u64, DISK_BYTES);
-    let code = prog.build();
-    assert_eq!(&data[..code.len()], &code[..], "the program at LBA 0");
-    let end = prog.start_lba + prog.sectors;
-    for lba in prog.start_lba..end {
-        let at = lba as usize * 512;
-        assert!(
-            data[at..at + 512] == prog.expected_sector(lba),
-            "sector {lba} differs from what the guest wrote"
-        );
-    }
-    assert!(
-        data[code.len()..prog.start_lba as usize * 512]
-            .iter()
-            .chain(&data[end as usize * 512..])
-            .all(|&b| b == 0),
-        "bytes outside the written range changed"
-    );
-}
-
 fn int13_on_differencing_vhdx(test: &str, controller: &str, mib: u64, driver_line: &str) {
-    if !kvm_available(test) {
-        return;
-    }
-    require_tools(&["nasm"]);
-    let dir = scratch(test);
-    let prog = Int13Program {
-        sectors: mib * 2048,
-        ..Default::default()
-    };
-    let raw = dir.join("base.raw");
-    prog.raw_disk(&raw, DISK_BYTES);
-    let parent = dir.join("parent.vhdx");
-    rehost_disk(REHOST, &["convert", "-O", "vhdx", s(&raw), s(&parent)]);
-    let parent_sha = sha256(&parent);
-    let child = dir.join("child.vhdx");
-    rehost_disk(REHOST, &["create", "--parent", s(&parent), s(&child)]);
-    let fw_log = dir.join("firmware.log");
-    let disk = format!("{},controller={controller}", s(&child));
-    let (code, out, err) = run(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--firmware-log",
-            s(&fw_log),
-            "--disk",
-            &disk,
-        ],
-        Duration::from_secs(900),
-    );
-    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
-    assert!(!out.contains("FAIL"), "{out}");
-    assert!(
-        out.contains(&format!("int13: ok sectors={:08x}", prog.sectors)),
-        "{out}"
-    );
-    let fw = std::fs::read_to_string(&fw_log).unwrap();
-    assert!(
-        fw.contains(driver_line),
-        "SeaBIOS did not use {driver_line:?}: {fw}"
-    );
-    assert_eq!(sha256(&parent), parent_sha, "the parent changed");
-    let info = rehost_disk(REHOST, &["info", s(&child)]);
-    assert!(info.contains("differencing"), "{info}");
-    rehost_disk(REHOST, &["check", s(&child)]);
-    assert_content(&child, &prog, &dir);
+    int13_on_child(REHOST, test, mib * 2048, DISK_BYTES, driver_line, |child| {
+        vec!["--disk".into(), format!("{child},controller={controller}")]
+    });
 }
 
 #[test]

@@ -130,9 +130,29 @@ pub struct RunArgs {
     /// changed at run time through the control socket (--qmp).
     #[arg(long = "cdrom", value_name = "PATH[,controller=ide|ahci][,id=NAME]")]
     pub cdroms: Vec<String>,
-    /// What the firmware boots first.
+    /// What the firmware boots first: `disk` (IDE/AHCI disks), `cdrom`,
+    /// or `usb` (the USB disks given with --usb); the others follow in the
+    /// firmware's boot order.
     #[arg(long, value_enum, default_value = "disk")]
     pub boot: crate::storage::BootDevice,
+    /// The USB host controller the --usb devices hang off; present when
+    /// given or when any --usb device is. `uhci`: the PIIX3 USB function
+    /// (8086:7020) at 00:01.2 with two full-speed root ports, driven by
+    /// SeaBIOS (Debian's bios.bin and bios-256k.bin alike), GRUB's `uhci`
+    /// module and every Windows since 2000.
+    #[arg(long = "usb-controller", value_enum, value_name = "KIND")]
+    pub usb_controller: Option<crate::usb::UsbController>,
+    /// A USB device on the --usb-controller (default uhci), repeatable:
+    /// `disk:PATH` is a USB mass-storage disk (bulk-only transport, SCSI)
+    /// on a raw, VHD or VHDX image (differencing children too), with
+    /// `readonly=on` to refuse guest writes; `keyboard` is a HID boot
+    /// keyboard. `port=N` picks the root port (1 or 2); otherwise devices
+    /// take the free ports in order.
+    #[arg(
+        long = "usb",
+        value_name = "disk:PATH[,readonly=on][,port=N] | keyboard[,port=N]"
+    )]
+    pub usb: Vec<String>,
     /// Create a QMP-compatible control socket at PATH (a Unix socket,
     /// mode 0600): power, media and status commands and events, for
     /// `rehost qmp`, QEMU's `qemu.qmp` library or `socat`. rehost refuses

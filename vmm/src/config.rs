@@ -39,6 +39,8 @@ pub struct MachineConfig {
     /// Disks and CD-ROMs, opened, with their controller slots.
     pub drives: Vec<crate::storage::DriveConfig>,
     pub boot: crate::storage::BootDevice,
+    /// The USB controller and its devices, if any.
+    pub usb: Option<crate::usb::UsbConfig>,
     /// The control socket's path (`--qmp`).
     pub qmp: Option<PathBuf>,
 }
@@ -113,6 +115,15 @@ impl MachineConfig {
         }
         crate::serial::settle_specs(&mut com_ports);
         let drives = crate::storage::open_drives(&args.disks, &args.cdroms)?;
+        let in_use: Vec<PathBuf> = drives
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(&d.spec.path).ok())
+            .collect();
+        let usb = crate::usb::open_usb(args.usb_controller, &args.usb, &in_use)?;
+        let usb_disks = usb.as_ref().map(crate::usb::boot_order).unwrap_or_default();
+        if args.boot == crate::storage::BootDevice::Usb && usb_disks.is_empty() {
+            bail!("--boot usb: no USB disk is given (--usb disk:PATH)");
+        }
         Ok(Self {
             layout,
             cpus: args.cpus,
@@ -124,6 +135,7 @@ impl MachineConfig {
             no_reboot: args.no_reboot,
             drives,
             boot: args.boot,
+            usb,
             qmp: args.qmp.clone(),
         })
     }

@@ -14,6 +14,7 @@ pub mod nbd;
 pub mod serial;
 pub mod signals;
 pub mod storage;
+pub mod usb;
 pub mod vcpu;
 
 use anyhow::Context;

@@ -86,6 +86,7 @@ pub struct Machine {
     report_wake: Arc<EventFd>,
     events: Arc<MachineEvents>,
     storage: crate::storage::Attached,
+    usb: Option<crate::usb::AttachedUsb>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     _vm: Arc<VmFd>,
@@ -224,6 +225,10 @@ impl Machine {
             &router,
             Arc::new(crate::storage::KvmMsi { vm: vm.clone() }),
         )?;
+        let usb = match &cfg.usb {
+            Some(u) => Some(crate::usb::attach(u, &ram.mem, &mut pci, &router)?),
+            None => None,
+        };
         let pci: SharedDevice = Arc::new(Mutex::new(pci));
         io_bus.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, pci)?;
         mmio_bus.insert(
@@ -289,7 +294,19 @@ impl Machine {
             layout: cfg.layout,
             cpus: cfg.cpus,
             serial_console_port: com_resources.first().map(|&(port, _)| port),
-            boot_order: crate::storage::boot_order(&drives, cfg.boot),
+            boot_order: {
+                let drives = crate::storage::boot_order(&drives, cfg.boot);
+                let usb = cfg
+                    .usb
+                    .as_ref()
+                    .map(crate::usb::boot_order)
+                    .unwrap_or_default();
+                if cfg.boot == crate::storage::BootDevice::Usb {
+                    usb.into_iter().chain(drives).collect()
+                } else {
+                    drives.into_iter().chain(usb).collect()
+                }
+            },
         });
         for (key, data) in content.items {
             fw_cfg.add_item(key, data)?;
@@ -391,6 +408,7 @@ impl Machine {
             report_wake,
             events,
             storage,
+            usb,
             io_bus,
             mmio_bus,
             _vm: vm,
@@ -446,6 +464,10 @@ impl Machine {
         ctl.set_machine(None);
         vcpu::stop_all(&self.stop, std::mem::take(&mut self.threads));
         self.storage.flush();
+        if let Some(u) = self.usb.as_mut() {
+            u.stop();
+            u.flush();
+        }
         // Break the PCI root <-> bus cycle so every device, and every disk
         // image the devices hold, is dropped with this machine.
         self.io_bus.clear();

@@ -62,6 +62,8 @@ pub enum BootDevice {
     #[default]
     Disk,
     Cdrom,
+    /// The USB disks (`--usb disk:PATH`), then the other disks.
+    Usb,
 }
 
 /// One `--disk` or `--cdrom` option, parsed.
@@ -112,7 +114,7 @@ pub fn drive_name(d: &DriveConfig) -> String {
 }
 
 /// Splits `PATH[,key=value]...`, where `,,` is a literal comma.
-fn split_options(s: &str) -> Vec<String> {
+pub(crate) fn split_options(s: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -338,7 +340,7 @@ pub fn firmware_path(drive: &DriveConfig) -> String {
 /// in controller order.
 pub fn boot_order(drives: &[DriveConfig], boot: BootDevice) -> Vec<String> {
     let first = match boot {
-        BootDevice::Disk => DriveKind::Disk,
+        BootDevice::Disk | BootDevice::Usb => DriveKind::Disk,
         BootDevice::Cdrom => DriveKind::Cdrom,
     };
     let mut sorted: Vec<&DriveConfig> = drives.iter().collect();
