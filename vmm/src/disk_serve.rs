@@ -135,11 +135,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let flushed = source.flush();
     drop(source);
     drop(image);
-    if let Some(t) = tracker {
-        match Arc::try_unwrap(t) {
-            Ok(t) => t.close()?,
-            Err(_) => anyhow::bail!("internal error: the dirty tracker is still in use"),
-        }
+    match tracker.map(Arc::try_unwrap) {
+        // Read-only: nothing was written, and the sidecar stays as it was
+        // (closing would rewrite it).
+        Some(Ok(t)) if !args.read_only => t.close()?,
+        Some(Ok(t)) => drop(t),
+        Some(Err(_)) => anyhow::bail!("internal error: the dirty tracker is still in use"),
+        None => {}
     }
     flushed?;
     eprintln!(

@@ -470,6 +470,8 @@ fn read_only_export_refuses_writes() {
     }
     let img = image_with_bitmap(dir.path(), ImageFormat::Vhdx);
     let before = sha256_file(&img);
+    let sidecar = rehost_disk::dirty::sidecar_path(&img);
+    let sidecar_before = sha256_file(&sidecar);
     let s = Served::unix(dir.path(), &["--read-only", "--bitmap", "b"], &img, None);
     let out = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write -P 1 0 4096", &s.uri])
@@ -496,6 +498,11 @@ fn read_only_export_refuses_writes() {
     assert!(!read.contains("fail"), "{read}");
     s.stop();
     assert_eq!(sha256_file(&img), before, "the image is unchanged");
+    assert_eq!(
+        sha256_file(&sidecar),
+        sidecar_before,
+        "the sidecar is unchanged"
+    );
 }
 
 /// A hand-made NBD client: fixed newstyle, structured replies, NBD_OPT_GO.

@@ -19,14 +19,7 @@ use rehost::nbd::{serve_bytes, Export, MemorySource, ServerOptions};
 const SIZE: usize = 256 * 1024;
 
 fn option(out: &mut Vec<u8>, option: u32, data: &[u8]) {
-    out.extend_from_slice(
-        &OptionHeader {
-            option,
-            length: data.len() as u32,
-        }
-        .to_bytes(),
-    );
-    out.extend_from_slice(data);
+    out.extend_from_slice(&p::option_request(option, data));
 }
 
 fn handshake() -> Vec<u8> {
@@ -71,11 +64,7 @@ fuzz_target!(|data: &[u8]| {
         max_payload: 64 * 1024,
         idle_timeout: Duration::from_secs(1),
     };
-    let out = serve_bytes(
-        &input,
-        vec![Export::new("d", source.clone())],
-        options,
-    );
+    let out = serve_bytes(&input, vec![Export::new("d", source.clone())], options);
     assert_eq!(&out[..8], b"NBDMAGIC");
     if ro {
         assert!(source.contents() == seed, "a read-only export changed");

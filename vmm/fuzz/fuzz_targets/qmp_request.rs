@@ -30,7 +30,10 @@ fuzz_target!(|input: &[u8]| {
         assert!(m.len() <= protocol::MAX_MESSAGE + 1);
         if let Ok(req) = protocol::parse_request(m) {
             // Argument readers never panic on any value shape.
-            if let Ok(a) = Args::new(&req.arguments, &["id", "device", "force", "filename", "enable"]) {
+            if let Ok(a) = Args::new(
+                &req.arguments,
+                &["id", "device", "force", "filename", "enable"],
+            ) {
                 let _ = a.opt_str("id");
                 let _ = a.str("device");
                 let _ = a.opt_bool("force");
@@ -53,7 +56,9 @@ fuzz_target!(|input: &[u8]| {
             panic!("appended command not framed")
         };
         assert_eq!(
-            protocol::parse_request(m).expect("appended command parses").execute,
+            protocol::parse_request(m)
+                .expect("appended command parses")
+                .execute,
             "query-status"
         );
     }

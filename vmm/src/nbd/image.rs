@@ -115,6 +115,11 @@ impl ExportSource for ImageSource {
     }
 
     fn flush(&self) -> Result<()> {
+        if self.read_only {
+            // Nothing was written through this source; a tracker's flush
+            // would rewrite the sidecar of an image opened read-only.
+            return Ok(());
+        }
         self.device().flush()
     }
 

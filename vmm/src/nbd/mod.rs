@@ -66,7 +66,10 @@
 //!   `docs/interop/nbd.rst`).
 //! - No TLS (NBD_OPT_STARTTLS gets `NBD_REP_ERR_UNSUP`) and so no
 //!   authentication: rely on the unix socket's permissions or loopback.
-//! - CAN_MULTI_CONN is not advertised.
+//! - CAN_MULTI_CONN is advertised: every connection to an export reaches
+//!   the same [`ExportSource`] object, so a completed write is seen by all
+//!   and a flush on one covers the writes made on the others. A source
+//!   that cannot promise this must not be shared by several exports.
 
 pub mod image;
 pub mod protocol;

@@ -36,6 +36,7 @@ pub const TFLAG_SEND_FUA: u16 = 1 << 3;
 pub const TFLAG_SEND_TRIM: u16 = 1 << 5;
 pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
 pub const TFLAG_SEND_DF: u16 = 1 << 7;
+pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
 // Option types ("Option types").
 pub const OPT_EXPORT_NAME: u32 = 1;
@@ -194,6 +195,18 @@ impl OptionHeader {
         b[12..16].copy_from_slice(&self.length.to_be_bytes());
         b
     }
+}
+
+/// One option request: header and data (what a client sends).
+pub fn option_request(option: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = OptionHeader {
+        option,
+        length: data.len() as u32,
+    }
+    .to_bytes()
+    .to_vec();
+    b.extend_from_slice(data);
+    b
 }
 
 /// One option reply: magic, option, reply type, length, data ("Option

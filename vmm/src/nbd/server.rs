@@ -1,6 +1,7 @@
 //! The listening side: sockets, the accept thread, one thread per client,
 //! runtime export changes and stopping.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -9,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,7 @@ pub struct NbdServer {
     addr: ListenAddr,
     stop: Arc<EventFd>,
     accept: Option<JoinHandle<()>>,
+    pool: Arc<Pool>,
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -366,16 +368,18 @@ impl NbdServer {
         );
         let shared = Arc::new(Shared::new(options));
         let workers = Arc::new(Mutex::new(Vec::new()));
-        let (sh, st, wk) = (shared.clone(), stop.clone(), workers.clone());
+        let pool = Arc::new(Pool::new());
+        let (sh, pl, st, wk) = (shared.clone(), pool.clone(), stop.clone(), workers.clone());
         let accept = std::thread::Builder::new()
             .name("rehost-nbd".into())
-            .spawn(move || accept_loop(listener, &sh, &st, &wk))
+            .spawn(move || accept_loop(listener, &sh, &pl, &st, &wk))
             .map_err(|e| sock_err("cannot spawn the accept thread", e))?;
         Ok(NbdServer {
             shared,
             addr,
             stop,
             accept: Some(accept),
+            pool,
             workers,
         })
     }
@@ -503,6 +507,7 @@ impl NbdServer {
                 close();
             }
         }
+        self.pool.wake_all();
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         for w in workers {
             let _ = w.join();
@@ -555,6 +560,7 @@ fn accept_one(listener: &Listener) -> io::Result<Sock> {
 fn accept_loop(
     listener: Listener,
     shared: &Arc<Shared>,
+    pool: &Arc<Pool>,
     stop: &EventFd,
     workers: &Mutex<Vec<JoinHandle<()>>>,
 ) {
@@ -625,10 +631,22 @@ fn accept_loop(
                 },
             );
             drop(clients);
-            let sh = shared.clone();
+            // An idle worker takes the client; otherwise a new one. A
+            // woken thread is scheduled sooner than a new one, which
+            // matters for short clients (nbdinfo) on a busy host.
+            let mut q = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+            if q.idle > 0 {
+                q.idle -= 1;
+                q.jobs.push_back((sock, id));
+                drop(q);
+                pool.ready.notify_one();
+                continue;
+            }
+            drop(q);
+            let (sh, pl) = (shared.clone(), pool.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("rehost-nbd-{id}"))
-                .spawn(move || client(sock, sh, id));
+                .spawn(move || worker(sock, id, &sh, &pl));
             match spawned {
                 Ok(h) => workers.lock().unwrap_or_else(|e| e.into_inner()).push(h),
                 Err(e) => {
@@ -641,6 +659,70 @@ fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// Client threads waiting for their next client.
+pub(crate) struct Pool {
+    state: Mutex<PoolState>,
+    ready: Condvar,
+}
+
+struct PoolState {
+    /// Clients handed to an idle worker and not yet taken.
+    jobs: VecDeque<(Sock, u64)>,
+    /// Workers waiting, less the jobs already promised to them.
+    idle: usize,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Pool {
+            state: Mutex::new(PoolState {
+                jobs: VecDeque::new(),
+                idle: 0,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// Wakes every waiting worker (to notice a stop).
+    fn wake_all(&self) {
+        let _g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.ready.notify_all();
+    }
+}
+
+/// How long a worker without a client waits before it ends.
+const WORKER_LINGER: Duration = Duration::from_secs(30);
+
+/// Serves a client, then waits for the next one until none comes for
+/// [`WORKER_LINGER`] or the server stops.
+fn worker(first: Sock, first_id: u64, shared: &Arc<Shared>, pool: &Pool) {
+    let mut job = Some((first, first_id));
+    while let Some((sock, id)) = job.take() {
+        client(sock, shared.clone(), id);
+        let mut st = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.idle += 1;
+        job = loop {
+            if let Some(j) = st.jobs.pop_front() {
+                // The accept thread took this worker off `idle`.
+                break Some(j);
+            }
+            if shared.stopping.load(Ordering::SeqCst) {
+                st.idle -= 1;
+                break None;
+            }
+            let (g, t) = pool
+                .ready
+                .wait_timeout(st, WORKER_LINGER)
+                .unwrap_or_else(|e| e.into_inner());
+            st = g;
+            if t.timed_out() && st.jobs.is_empty() {
+                st.idle -= 1;
+                break None;
+            }
+        };
     }
 }
 

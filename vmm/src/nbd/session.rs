@@ -295,6 +295,7 @@ impl<P: Peer> Session<'_, P> {
                     self.contexts.clear();
                 }
                 let e = &entry.export;
+                self.attach(&e.name);
                 let reply = p::export_name_reply(
                     e.source.size(),
                     self.transmission_flags(e),
@@ -353,8 +354,28 @@ impl<P: Peer> Session<'_, P> {
         }
     }
 
+    /// Records which export this client uses, before the reply that lets
+    /// it start (so a safe removal racing with it sees it).
+    fn attach(&self, name: &str) {
+        let mut c = self
+            .shared
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = c.get_mut(&self.id) {
+            slot.export = Some(name.to_owned());
+        }
+    }
+
     fn transmission_flags(&self, e: &Export) -> u16 {
-        let mut f = p::TFLAG_HAS_FLAGS | p::TFLAG_SEND_FLUSH | p::TFLAG_SEND_FUA | p::TFLAG_SEND_DF;
+        // Every connection of an export goes to the same source object,
+        // so a write is visible to all at once and a flush on one covers
+        // the writes of all: multi-conn is safe to advertise.
+        let mut f = p::TFLAG_HAS_FLAGS
+            | p::TFLAG_SEND_FLUSH
+            | p::TFLAG_SEND_FUA
+            | p::TFLAG_SEND_DF
+            | p::TFLAG_CAN_MULTI_CONN;
         if e.is_read_only() {
             f |= p::TFLAG_READ_ONLY;
         } else {
@@ -390,6 +411,9 @@ impl<P: Peer> Session<'_, P> {
                 _ => continue,
             };
             self.reply_opt(option, p::REP_INFO, &info)?;
+        }
+        if option == p::OPT_GO {
+            self.attach(&e.name);
         }
         self.reply_opt(option, p::REP_ACK, &[])?;
         self.flush()?;
@@ -461,11 +485,6 @@ impl<P: Peer> Session<'_, P> {
     }
 
     fn transmission(&mut self, entry: &ExportEntry) -> Result<(), End> {
-        if let Ok(mut c) = self.shared.clients.lock() {
-            if let Some(slot) = c.get_mut(&self.id) {
-                slot.export = Some(entry.export.name.clone());
-            }
-        }
         loop {
             self.peer.set_waiting(true);
             let mut hdr = [0u8; Request::SIZE];
@@ -474,7 +493,11 @@ impl<P: Peer> Session<'_, P> {
             r?;
             let req = Request::parse(&hdr).map_err(|e| End::Protocol(e.to_string()))?;
             if req.kind == p::CMD_DISC {
-                let _ = entry.export.source.flush();
+                // Not required by the protocol, but a client that leaves
+                // without a flush still finds its writes durable.
+                if !entry.export.is_read_only() {
+                    let _ = entry.export.source.flush();
+                }
                 return Ok(());
             }
             self.request(entry, &req)?;
@@ -797,4 +820,140 @@ fn write_unaligned(entry: &ExportEntry, offset: u64, data: &[u8]) -> Result<(), 
     tmp[from..from + data.len()].copy_from_slice(data);
     src.write_at(start, &tmp)
         .map_err(|e| Failure::block(e, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nbd::protocol::ChunkHeader;
+    use crate::nbd::{ExportSource, MemorySource};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Descriptors tile the range exactly and flag each byte as the
+        /// marked ranges say.
+        #[test]
+        fn descriptors_match_a_byte_model(
+            start in 0u64..64,
+            len in 1u64..256,
+            marks in proptest::collection::vec((0u64..400, 0u64..40), 0..8),
+            one: bool,
+        ) {
+            let range = start..start + len;
+            let marked: Vec<Range<u64>> = marks.iter().map(|&(s, l)| s..s + l).collect();
+            let d = descriptors(range.clone(), &marked, 1, 2, one);
+            prop_assert!(!d.is_empty());
+            if one {
+                prop_assert_eq!(d.len(), 1);
+            } else {
+                prop_assert_eq!(d.iter().map(|x| u64::from(x.length)).sum::<u64>(), len);
+            }
+            let mut at = start;
+            for x in &d {
+                prop_assert!(x.length > 0);
+                for b in at..at + u64::from(x.length) {
+                    let inside = marked.iter().any(|m| m.contains(&b));
+                    prop_assert_eq!(x.flags, if inside { 1 } else { 2 });
+                }
+                at += u64::from(x.length);
+            }
+            for w in d.windows(2) {
+                prop_assert_ne!(w[0].flags, w[1].flags, "adjacent equal descriptors merged");
+            }
+        }
+    }
+
+    fn opt(out: &mut Vec<u8>, option: u32, data: &[u8]) {
+        out.extend_from_slice(&p::option_request(option, data));
+    }
+
+    /// Skips the option replies of one option; returns their types.
+    fn skip_replies(b: &mut &[u8]) -> Vec<u32> {
+        let mut types = Vec::new();
+        loop {
+            let kind = u32::from_be_bytes(b[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize;
+            *b = &b[20 + len..];
+            types.push(kind);
+            if kind == p::REP_ACK || kind & (1 << 31) != 0 {
+                return types;
+            }
+        }
+    }
+
+    #[test]
+    fn block_status_with_req_one_and_both_contexts() {
+        let src = Arc::new(MemorySource::new(vec![0; 1 << 20]));
+        src.add_bitmap("b");
+        src.write_at(256 << 10, &[1; 512]).unwrap();
+        let mut input = 3u32.to_be_bytes().to_vec();
+        opt(&mut input, p::OPT_STRUCTURED_REPLY, &[]);
+        let list = MetaContextRequest {
+            export: "d".into(),
+            queries: vec![],
+        };
+        opt(&mut input, p::OPT_LIST_META_CONTEXT, &list.to_bytes());
+        let set = MetaContextRequest {
+            export: "d".into(),
+            queries: vec![
+                "qemu:dirty-bitmap:b".into(),
+                "base:allocation".into(),
+                "nope:x".into(),
+            ],
+        };
+        opt(&mut input, p::OPT_SET_META_CONTEXT, &set.to_bytes());
+        let go = GoRequest {
+            name: "d".into(),
+            infos: vec![],
+        };
+        opt(&mut input, p::OPT_GO, &go.to_bytes());
+        for flags in [0, p::CMD_FLAG_REQ_ONE] {
+            let r = Request {
+                flags,
+                kind: p::CMD_BLOCK_STATUS,
+                cookie: 9,
+                offset: 0,
+                length: 1 << 20,
+            };
+            input.extend_from_slice(&r.to_bytes());
+        }
+        let out = serve_bytes(
+            &input,
+            vec![Export::new("d", src)],
+            ServerOptions::default(),
+        );
+        let mut b = &out[18..];
+        assert_eq!(skip_replies(&mut b), vec![p::REP_ACK]);
+        // LIST with no query: both contexts.
+        assert_eq!(
+            skip_replies(&mut b),
+            vec![p::REP_META_CONTEXT, p::REP_META_CONTEXT, p::REP_ACK]
+        );
+        assert_eq!(
+            skip_replies(&mut b),
+            vec![p::REP_META_CONTEXT, p::REP_META_CONTEXT, p::REP_ACK]
+        );
+        assert_eq!(*skip_replies(&mut b).last().unwrap(), p::REP_ACK);
+        let mut chunks = Vec::new();
+        while !b.is_empty() {
+            let h = ChunkHeader::parse(b).unwrap();
+            let payload = &b[20..20 + h.length as usize];
+            chunks.push((h, p::parse_block_status_payload(payload).unwrap()));
+            b = &b[20 + h.length as usize..];
+        }
+        assert_eq!(chunks.len(), 4);
+        let d = |length, flags| Descriptor { length, flags };
+        // Context 1 is the bitmap, 2 the allocation (all data here).
+        assert_eq!(chunks[0].1 .0, 1);
+        assert_eq!(
+            chunks[0].1 .1,
+            vec![d(256 << 10, 0), d(64 << 10, 1), d(704 << 10, 0)]
+        );
+        assert_eq!(chunks[0].0.flags, 0);
+        assert_eq!(chunks[1].1, (2, vec![d(1 << 20, 0)]));
+        assert_eq!(chunks[1].0.flags, p::REPLY_FLAG_DONE);
+        // REQ_ONE: one descriptor per context.
+        assert_eq!(chunks[2].1, (1, vec![d(256 << 10, 0)]));
+        assert_eq!(chunks[3].1, (2, vec![d(1 << 20, 0)]));
+    }
 }
