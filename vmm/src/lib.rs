@@ -9,6 +9,7 @@ pub mod host;
 pub mod logging;
 pub mod machine;
 pub mod memory;
+pub mod p2v_cmd;
 pub mod serial;
 pub mod signals;
 pub mod storage;

@@ -428,11 +428,16 @@ fn errors_are_one_line_and_name_the_file() {
 
 #[test]
 fn every_subcommand_documents_its_options() {
-    for sub in [
+    let disk = [
         "create", "info", "check", "convert", "compare", "commit", "bench",
-    ] {
-        let out = rehost_ok(&[&"disk", &sub, &"--help"]);
-        assert!(out.contains("Usage: rehost disk"), "{sub}: {out}");
+    ]
+    .map(|sub| ["disk", sub]);
+    for [cmd, sub] in disk.into_iter().chain([["p2v", "check"]]) {
+        let out = rehost_ok(&[&cmd, &sub, &"--help"]);
+        assert!(
+            out.contains(&format!("Usage: rehost {cmd}")),
+            "{sub}: {out}"
+        );
         // Every option line carries a description (option lines are
         // indented by at most 6 columns; wrapped text by more).
         for line in out.lines() {
