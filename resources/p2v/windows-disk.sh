@@ -46,9 +46,12 @@ trap 'rm -rf "$work"' EXIT
 
 tree=$work/tree
 mkdir -p "$tree/Windows/System32/config" "$tree/Windows/System32/drivers" "$tree/Boot"
-cp "$system" "$tree/Windows/System32/config/SYSTEM"
-[ -z "$log1" ] || cp "$log1" "$tree/Windows/System32/config/SYSTEM.LOG1"
-[ -z "$log2" ] || cp "$log2" "$tree/Windows/System32/config/SYSTEM.LOG2"
+# The hives go in after wimapply (see below), from their own directory.
+config=$work/config
+mkdir -p "$config"
+cp "$system" "$config/SYSTEM"
+[ -z "$log1" ] || cp "$log1" "$config/SYSTEM.LOG1"
+[ -z "$log2" ] || cp "$log2" "$config/SYSTEM.LOG2"
 for d in atapi intelide pciide msahci storahci iaStorV; do
     printf 'MZ driver %s\n' "$d" >"$tree/Windows/System32/drivers/$d.sys"
 done
@@ -80,10 +83,16 @@ truncate -s $((sectors * 512)) "$work/part.img"
 if [ "$fs" = ntfs ]; then
     mkntfs -F -Q -q -p "$hidden" -S 63 -H 255 -s 512 -c 4096 "$work/part.img" >/dev/null 2>&1
     wimcapture "$tree" "$work/tree.wim" --compress=none >/dev/null
-    wimapply "$work/tree.wim" 1 "$work/part.img" >/dev/null 2>&1
+    wimapply "$work/tree.wim" 1 "$work/part.img" >/dev/null
+    # wimlib stores runs of zeros as sparse; Windows' hives are not. ntfscp
+    # writes every byte of a new file.
+    for f in "$config"/*; do
+        ntfscp -q "$work/part.img" "$f" "/Windows/System32/config/$(basename "$f")"
+    done
 else
     mformat -i "$work/part.img" -h 255 -s 63 -H "$hidden" ::
     mcopy -i "$work/part.img" -s "$tree/Windows" ::/
+    mcopy -i "$work/part.img" "$config"/* ::/Windows/System32/config/
 fi
 
 total=$((start + sectors + 2048))

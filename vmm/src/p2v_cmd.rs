@@ -5,6 +5,27 @@ use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
 use rehost_boot::p2v::check::{check_image, Controller};
+use rehost_boot::p2v::fix::fix_image;
+
+const FIX_HELP: &str = "\
+A new differencing image, CHILD, is created over IMAGE (VHDX over a VHDX,
+VHD over a VHD; convert a raw IMAGE first) and the fix is written
+into it alone; IMAGE is only ever opened read-only, so its bytes (and sha256)
+stay the same. Boot CHILD instead of IMAGE, or drop it to undo.
+What is written:
+  * in Windows\\System32\\config\\SYSTEM: the Start value (set to 0) and every
+    StartOverride value (set to 0) of the services the controller's PCI IDs
+    bind to in the current control set, as in-place edits of the existing
+    DWORD values, with the hive's two sequence numbers advanced together and
+    its checksum recomputed as Windows does when it writes a hive out. A
+    dirty hive (last changes still in its logs) is refused.
+  * with --active N: the MBR's active flag on partition N and off elsewhere.
+Then the check runs on CHILD and its verdict is printed.
+
+Exit codes:
+  0  the fix was written and CHILD should boot on the controller
+  1  the fix was written but CHILD still will not boot (see the verdict)
+  2  nothing was written: IMAGE unreadable, or the fix was refused";
 
 const CHECK_HELP: &str = "\
 The image is opened read-only (raw, VHD, VHDX and differencing chains) and
@@ -86,6 +107,31 @@ pub enum P2vCommand {
         /// The disk image (raw, VHD or VHDX, differencing chains too).
         image: PathBuf,
     },
+    /// Enable the storage drivers a controller needs (and optionally mark a
+    /// partition active), written into a new differencing child.
+    #[command(after_help = FIX_HELP)]
+    Fix {
+        /// The controller to make Windows boot on: ide (PIIX3 IDE, PCI
+        /// 8086:7010) or ahci (ICH9 AHCI, PCI 8086:2922).
+        #[arg(long, value_enum)]
+        controller: FixControllerArg,
+        /// Also mark MBR partition N (1 to 4) active and the others not.
+        #[arg(long, value_name = "N")]
+        active: Option<u8>,
+        /// The differencing image to create over IMAGE (same format as
+        /// IMAGE); must not exist.
+        #[arg(long, value_name = "CHILD.vhdx")]
+        out: PathBuf,
+        /// The disk image to fix (only read, never written).
+        image: PathBuf,
+    },
+}
+
+/// The controller `fix` enables the drivers of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FixControllerArg {
+    Ide,
+    Ahci,
 }
 
 /// Runs a p2v subcommand and returns the exit code (0 boots, 1 will not,
@@ -110,5 +156,43 @@ pub fn execute(cmd: P2vCommand) -> anyhow::Result<u8> {
                 Ok(2)
             }
         },
+        P2vCommand::Fix {
+            controller,
+            active,
+            out,
+            image,
+        } => {
+            let controller = match controller {
+                FixControllerArg::Ide => Controller::Ide,
+                FixControllerArg::Ahci => Controller::Ahci,
+            };
+            let outcome = match fix_image(&image, &out, controller, active) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("rehost: {e}");
+                    return Ok(2);
+                }
+            };
+            if outcome.edits.is_empty() {
+                println!(
+                    "nothing needed changing; {} is an empty child",
+                    out.display()
+                );
+            }
+            for e in &outcome.edits {
+                println!("wrote {e}");
+            }
+            println!("re-check of {}:", out.display());
+            match check_image(&out, &[controller]) {
+                Ok(report) => {
+                    print!("{}", report.to_text());
+                    Ok(if report.boots() { 0 } else { 1 })
+                }
+                Err(e) => {
+                    eprintln!("rehost: re-check of {}: {e}", out.display());
+                    Ok(1)
+                }
+            }
+        }
     }
 }

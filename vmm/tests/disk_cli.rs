@@ -432,7 +432,7 @@ fn every_subcommand_documents_its_options() {
         "create", "info", "check", "convert", "compare", "commit", "bench",
     ]
     .map(|sub| ["disk", sub]);
-    for [cmd, sub] in disk.into_iter().chain([["p2v", "check"]]) {
+    for [cmd, sub] in disk.into_iter().chain([["p2v", "check"], ["p2v", "fix"]]) {
         let out = rehost_ok(&[&cmd, &sub, &"--help"]);
         assert!(
             out.contains(&format!("Usage: rehost {cmd}")),

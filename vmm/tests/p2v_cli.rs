@@ -458,3 +458,177 @@ fn p2v_check_documents_its_options() {
     // Every option being described is checked with the disk commands in
     // disk_cli.rs (every_subcommand_documents_its_options).
 }
+
+fn to_vhdx(raw: &Path) -> PathBuf {
+    let vhdx = raw.with_extension("vhdx");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vhdx"])
+        .arg(raw)
+        .arg(&vhdx)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    vhdx
+}
+
+/// The SYSTEM hive as third-party tools see it inside `image`: flattened
+/// with `rehost disk convert`, the partition cut out, the file read with
+/// ntfs-3g's ntfscat.
+fn export_system(image: &Path, dir: &Path, name: &str) -> PathBuf {
+    let flat = dir.join(format!("{name}.flat"));
+    rehost_ok(&[&"disk", &"convert", &"-O", &"raw", &image, &flat]);
+    let part = dir.join(format!("{name}.part"));
+    let st = Command::new("dd")
+        .arg(format!("if={}", flat.display()))
+        .arg(format!("of={}", part.display()))
+        .args(["bs=512", "skip=2048", "count=131072", "status=none"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new("ntfscat")
+        .arg(&part)
+        .arg("/Windows/System32/config/SYSTEM")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let hive = dir.join(format!("{name}.SYSTEM"));
+    std::fs::write(&hive, out.stdout).unwrap();
+    hive
+}
+
+/// `rehost p2v fix --controller C [EXTRA...] IMAGE --out CHILD`.
+fn fix(image: &Path, controller: &str, child: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&"p2v", &"fix", &"--controller", &controller];
+    for e in extra {
+        args.push(e);
+    }
+    args.push(&image);
+    args.push(&"--out");
+    args.push(&child);
+    rehost(&args)
+}
+
+fn reglookup(hive: &Path, path: &str) -> String {
+    let out = Command::new("reglookup")
+        .args(["-H", "-p", path])
+        .arg(hive)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn fix_writes_only_into_the_child_and_changes_the_verdict() {
+    if !have_tools() || !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let d = dir.path();
+    let system = hive(d, "SYSTEM");
+    let vhdx = to_vhdx(&build(d, "win7.raw", &system, &[]));
+    let before = sha256_file(&vhdx);
+    let child = d.join("ahci.vhdx");
+    let (code, out, err) = fix(&vhdx, "ahci", &child, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("wrote ControlSet001\\Services\\msahci\\Start: 3 -> 0\n"),
+        "{out}"
+    );
+    assert!(out.contains("AHCI: boots\n"), "{out}");
+    assert_eq!(sha256_file(&vhdx), before, "the parent changed");
+    assert_eq!(check(&vhdx, &["--controller", "ahci"]).0, 1);
+    assert_eq!(check(&child, &[]).0, 0);
+    // Independent readers see the new value in the child's hive, the old
+    // ones elsewhere, and a clean, checksummed base block.
+    let fixed = export_system(&child, d, "ahci");
+    assert_eq!(
+        hivexget(&fixed, "\\ControlSet001\\Services\\msahci", "Start"),
+        "0"
+    );
+    assert_eq!(
+        hivexget(&fixed, "\\ControlSet001\\Services\\iaStorV", "Start"),
+        "3"
+    );
+    assert_eq!(
+        reglookup(&fixed, "/ControlSet001/Services/msahci/Start"),
+        "/ControlSet001/services/msahci/Start,DWORD,0x00000000,"
+    );
+    let (a, b) = (
+        std::fs::read(&system).unwrap(),
+        std::fs::read(&fixed).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    let changed: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    // Both sequence numbers, the checksum, and the value's data.
+    assert!(
+        changed
+            .iter()
+            .all(|&i| i < 512 || (i >= 4096 && i < a.len())),
+        "{changed:?}"
+    );
+    assert!(changed.len() <= 16, "{changed:?}");
+    let word = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
+    assert_eq!(word(&b, 4), word(&a, 4) + 1);
+    assert_eq!(word(&b, 8), word(&b, 4));
+    let sum = (0..127).fold(0u32, |x, i| x ^ word(&b, i * 4));
+    assert_eq!(word(&b, 508), sum);
+
+    // A StartOverride (added to the clean Windows 7 hive) is set to 0 too.
+    let ov = variant(
+        d,
+        &system,
+        "SYSTEM-atapi-override",
+        "[HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\atapi\\StartOverride]\n\"0\"=dword:00000003\n",
+    );
+    let vhdx = to_vhdx(&build(d, "ov.raw", &ov, &[]));
+    let (code, out) = check(&vhdx, &["--controller", "ide"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("IDE: will stop with 0x7B: atapi StartOverride\\0 = 3 in ControlSet001\n"),
+        "{out}"
+    );
+    let child = d.join("ide.vhdx");
+    let (code, out, err) = fix(&vhdx, "ide", &child, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("IDE: boots\n"), "{out}");
+    let fixed = export_system(&child, d, "ide");
+    assert_eq!(
+        hivexget(
+            &fixed,
+            "\\ControlSet001\\Services\\atapi\\StartOverride",
+            "0"
+        ),
+        "0"
+    );
+
+    // --active on a disk without an active partition.
+    let vhdx = to_vhdx(&build(d, "noactive.raw", &system, &["active=none"]));
+    let child = d.join("active.vhdx");
+    let (code, out, err) = fix(&vhdx, "ide", &child, &["--active", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("wrote MBR: partition 1 marked active"),
+        "{out}"
+    );
+    let (_, j) = check_json(&child, &["--controller", "ide"]);
+    assert_eq!(finding(&j, "active_partition")["ok"], true);
+
+    // Refusals write nothing: a dirty hive, a raw image.
+    let b = hive(d, "SYSTEM_B");
+    let raw = build(d, "b.raw", &b, &[]);
+    let vhdx = to_vhdx(&raw);
+    let child = d.join("dirty.vhdx");
+    let (code, _, err) = fix(&vhdx, "ahci", &child, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the SYSTEM hive is dirty"), "{err}");
+    assert!(!child.exists());
+    let (code, _, err) = fix(&raw, "ahci", &child, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("a raw image cannot have a differencing child"),
+        "{err}"
+    );
+    assert!(!child.exists());
+}

@@ -732,7 +732,7 @@ fn load_hive(vol: &mut NtfsVolume<'_>, name: &'static str) -> Result<(Hive, Find
     }
 }
 
-fn current_control_set(hive: &Hive) -> Result<String, String> {
+pub(crate) fn current_control_set(hive: &Hive) -> Result<String, String> {
     let select = hive
         .open("Select")
         .map_err(|e| e.to_string())?
@@ -756,10 +756,10 @@ fn current_control_set(hive: &Hive) -> Result<String, String> {
 }
 
 /// A service bound to a device: (service, how the binding was found).
-type Binding = (String, String);
+pub(crate) type Binding = (String, String);
 
 /// The services bound to the controller and the database they came from.
-fn bound_services(
+pub(crate) fn bound_services(
     hive: &Hive,
     set: &str,
     controller: Controller,
@@ -911,7 +911,7 @@ fn storage_chain(
         .with("drivers", evidence))
 }
 
-fn start_overrides(key: &Key<'_>) -> Result<Vec<(String, u32)>, HiveError> {
+pub(crate) fn start_overrides(key: &Key<'_>) -> Result<Vec<(String, u32)>, HiveError> {
     let mut out = Vec::new();
     if let Some(ov) = key.subkey("StartOverride")? {
         for v in ov.values()? {

@@ -303,10 +303,9 @@ impl Hive {
         Ok(Some(key))
     }
 
-    /// Overwrites the 4-byte inline data of an existing REG_DWORD value and
-    /// updates the base block as Windows does when it writes a hive out:
-    /// both sequence numbers advanced to the same new value, checksum
-    /// recomputed. Returns the file offsets written (data, base block).
+    /// Overwrites the 4-byte inline data of an existing REG_DWORD value.
+    /// Call [`Hive::bump_sequence`] once after the last edit. Returns the
+    /// file offset written.
     pub fn set_dword_in_place(&mut self, value_cell: u32, new: u32) -> Result<u64, HiveError> {
         let (value_type, size, _) = {
             let v = Value {
@@ -326,12 +325,12 @@ impl Hive {
         }
         let at = BASE_BLOCK_SIZE + value_cell as usize + 4 + VK_DATA_OFFSET;
         self.data[at..at + 4].copy_from_slice(&new.to_le_bytes());
-        self.bump_sequence();
         Ok(at as u64)
     }
 
-    /// Marks the hive as cleanly written after an edit: both sequence
-    /// numbers one past the larger, checksum recomputed.
+    /// Marks the hive as cleanly written after edits, as Windows does when
+    /// it writes a hive out: both sequence numbers one past the larger,
+    /// checksum recomputed.
     pub fn bump_sequence(&mut self) {
         let next = self
             .base

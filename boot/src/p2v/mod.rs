@@ -42,6 +42,7 @@
 
 pub mod bcd;
 pub mod check;
+pub mod fix;
 pub mod hive;
 pub mod hive_log;
 pub mod hive_spec;

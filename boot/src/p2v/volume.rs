@@ -112,6 +112,38 @@ impl<'d> NtfsVolume<'d> {
     /// The unnamed data stream of the file at `path`, `Ok(None)` when the
     /// file does not exist.
     pub fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        self.with_data(path, |attr, reader| {
+            let mut value = attr
+                .value(reader)
+                .map_err(|e| format!("{path}: data attribute value: {e}"))?;
+            let len = value.len();
+            if len > MAX_FILE_READ {
+                return Err(format!(
+                    "{path}: {len} bytes is larger than the {MAX_FILE_READ}-byte limit"
+                ));
+            }
+            let mut out = vec![0u8; len as usize];
+            let mut done = 0;
+            while done < out.len() {
+                let n = value
+                    .read(reader, &mut out[done..])
+                    .map_err(|e| format!("{path}: reading at {done}: {e}"))?;
+                if n == 0 {
+                    return Err(format!("{path}: data ended at {done} of {len} bytes"));
+                }
+                done += n;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Runs `f` on the unnamed $DATA attribute of the file at `path`;
+    /// `Ok(None)` when the file does not exist.
+    fn with_data<R>(
+        &mut self,
+        path: &str,
+        f: impl FnOnce(&ntfs::NtfsAttribute<'_, '_>, &mut PartitionReader<'_>) -> Result<R, String>,
+    ) -> Result<Option<R>, String> {
         let reader = &mut self.reader;
         let Some(file) = lookup(&self.ntfs, reader, path)? else {
             return Ok(None);
@@ -123,27 +155,7 @@ impl<'d> NtfsVolume<'d> {
         let attr = item
             .to_attribute()
             .map_err(|e| format!("{path}: data attribute: {e}"))?;
-        let mut value = attr
-            .value(reader)
-            .map_err(|e| format!("{path}: data attribute value: {e}"))?;
-        let len = value.len();
-        if len > MAX_FILE_READ {
-            return Err(format!(
-                "{path}: {len} bytes is larger than the {MAX_FILE_READ}-byte limit"
-            ));
-        }
-        let mut out = vec![0u8; len as usize];
-        let mut done = 0;
-        while done < out.len() {
-            let n = value
-                .read(reader, &mut out[done..])
-                .map_err(|e| format!("{path}: reading at {done}: {e}"))?;
-            if n == 0 {
-                return Err(format!("{path}: data ended at {done} of {len} bytes"));
-            }
-            done += n;
-        }
-        Ok(Some(out))
+        f(&attr, reader).map(Some)
     }
 }
 
@@ -177,4 +189,52 @@ pub fn lookup<'n>(
         file = next;
     }
     Ok(Some(file))
+}
+
+/// Where a file's bytes lie on the volume: (offset in the file, offset in
+/// the volume, length).
+pub type Extent = (u64, u64, u64);
+
+impl NtfsVolume<'_> {
+    /// The unnamed data stream's extents, for writing the file in place.
+    /// Refused for resident, compressed, sparse or attribute-list data:
+    /// those cannot be rewritten by offset.
+    pub fn file_extents(&mut self, path: &str) -> Result<Option<(u64, Vec<Extent>)>, String> {
+        self.with_data(path, |attr, reader| {
+            let flags = attr.flags();
+            if flags.contains(ntfs::NtfsAttributeFlags::COMPRESSED)
+                || flags.contains(ntfs::NtfsAttributeFlags::SPARSE)
+            {
+                return Err(format!(
+                    "{path}: compressed or sparse data is not written in place"
+                ));
+            }
+            let value = attr
+                .value(reader)
+                .map_err(|e| format!("{path}: data attribute value: {e}"))?;
+            let len = value.len();
+            let ntfs::attribute_value::NtfsAttributeValue::NonResident(nr) = value else {
+                return Err(format!(
+                    "{path}: resident or attribute-list data is not written in place"
+                ));
+            };
+            let mut extents = Vec::new();
+            let mut file_off = 0u64;
+            for run in nr.data_runs() {
+                let run = run.map_err(|e| format!("{path}: data run: {e}"))?;
+                let size = run.allocated_size();
+                let Some(pos) = run.data_position().value() else {
+                    return Err(format!("{path}: sparse data run at file offset {file_off}"));
+                };
+                if file_off < len {
+                    extents.push((file_off, pos.get(), size.min(len - file_off)));
+                }
+                file_off = file_off.saturating_add(size);
+            }
+            if file_off < len {
+                return Err(format!("{path}: data runs cover {file_off} of {len} bytes"));
+            }
+            Ok((len, extents))
+        })
+    }
 }
