@@ -661,23 +661,255 @@ impl<'h> Value<'h> {
     }
 }
 
+/// Visits up to `limit` keys breadth-first from the root, reading every
+/// name, value and value's data: what the fuzz targets and property tests
+/// drive the reader with. Returns how many keys were visited.
+pub fn walk_for_fuzzing(hive: &Hive, limit: usize) -> usize {
+    let Ok(root) = hive.root() else { return 0 };
+    let mut queue = std::collections::VecDeque::from([root]);
+    let mut seen = 0;
+    while let Some(key) = queue.pop_front() {
+        seen += 1;
+        if seen >= limit {
+            break;
+        }
+        let _ = key.name();
+        if let Ok(values) = key.values() {
+            for v in values {
+                let _ = v.name();
+                if let Ok(d) = v.data() {
+                    let _ = (d.as_dword(), d.as_string(), d.as_multi_string());
+                }
+            }
+        }
+        if let Ok(sub) = key.subkeys() {
+            queue.extend(sub);
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn sample(name: &str) -> Option<Vec<u8>> {
+        let dir = std::env::var_os("REHOST_HIVES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/hives")
+            });
+        let out = std::process::Command::new("xz")
+            .arg("-dc")
+            .arg(dir.join(format!("{name}.xz")))
+            .output()
+            .ok()?;
+        out.status.success().then_some(out.stdout)
+    }
+
+    /// A hand-made hive: base block, one bin, a root key with one subkey
+    /// "Sub" holding a DWORD "Start" = 3 and a 20000-byte big-data value.
+    fn tiny_hive() -> Vec<u8> {
+        let mut bins = vec![0u8; 4096 * 12];
+        bins[..4].copy_from_slice(b"hbin");
+        let bins_len = bins.len() as u32;
+        bins[8..12].copy_from_slice(&bins_len.to_le_bytes());
+        let mut at = 32usize;
+        let mut cell = |bins: &mut Vec<u8>, body: &[u8]| -> u32 {
+            let size = (body.len() + 4).div_ceil(8) * 8;
+            let off = at;
+            bins[off..off + 4].copy_from_slice(&(-(size as i32)).to_le_bytes());
+            bins[off + 4..off + 4 + body.len()].copy_from_slice(body);
+            at += size;
+            off as u32
+        };
+        let nk = |name: &str, subkeys: u32, list: u32, values: u32, vlist: u32| {
+            let mut b = vec![0u8; 76];
+            b[..2].copy_from_slice(b"nk");
+            b[2..4].copy_from_slice(&0x20u16.to_le_bytes());
+            b[20..24].copy_from_slice(&subkeys.to_le_bytes());
+            b[28..32].copy_from_slice(&list.to_le_bytes());
+            b[36..40].copy_from_slice(&values.to_le_bytes());
+            b[40..44].copy_from_slice(&vlist.to_le_bytes());
+            b[72..74].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b
+        };
+        let vk = |name: &str, size: u32, data: u32, ty: u32| {
+            let mut b = vec![0u8; 20];
+            b[..2].copy_from_slice(b"vk");
+            b[2..4].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            b[4..8].copy_from_slice(&size.to_le_bytes());
+            b[8..12].copy_from_slice(&data.to_le_bytes());
+            b[12..16].copy_from_slice(&ty.to_le_bytes());
+            b[16..18].copy_from_slice(&1u16.to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b
+        };
+        let start = cell(&mut bins, &vk("Start", 0x8000_0004, 3, REG_DWORD));
+        let seg1 = cell(&mut bins, &[0xAB; BIG_DATA_THRESHOLD]);
+        let seg2 = cell(&mut bins, &[0xCD; 20000 - BIG_DATA_THRESHOLD]);
+        let mut seglist = Vec::new();
+        seglist.extend_from_slice(&seg1.to_le_bytes());
+        seglist.extend_from_slice(&seg2.to_le_bytes());
+        let seglist = cell(&mut bins, &seglist);
+        let mut db = b"db".to_vec();
+        db.extend_from_slice(&2u16.to_le_bytes());
+        db.extend_from_slice(&seglist.to_le_bytes());
+        let db = cell(&mut bins, &db);
+        let big = cell(&mut bins, &vk("Big", 20000, db, REG_BINARY));
+        let mut vlist = Vec::new();
+        vlist.extend_from_slice(&start.to_le_bytes());
+        vlist.extend_from_slice(&big.to_le_bytes());
+        let vlist = cell(&mut bins, &vlist);
+        let sub = cell(&mut bins, &nk("Sub", 0, u32::MAX, 2, vlist));
+        let mut lf = b"lf".to_vec();
+        lf.extend_from_slice(&1u16.to_le_bytes());
+        lf.extend_from_slice(&sub.to_le_bytes());
+        lf.extend_from_slice(b"Sub\0");
+        let lf = cell(&mut bins, &lf);
+        let root = cell(&mut bins, &nk("ROOT", 1, lf, 0, u32::MAX));
+        let mut base = vec![0u8; BASE_BLOCK_SIZE];
+        base[..4].copy_from_slice(REGF_SIGNATURE);
+        base[4..8].copy_from_slice(&7u32.to_le_bytes());
+        base[8..12].copy_from_slice(&7u32.to_le_bytes());
+        base[20..24].copy_from_slice(&1u32.to_le_bytes());
+        base[24..28].copy_from_slice(&5u32.to_le_bytes());
+        base[36..40].copy_from_slice(&root.to_le_bytes());
+        base[40..44].copy_from_slice(&(bins.len() as u32).to_le_bytes());
+        let sum = base_block_checksum(&base).unwrap();
+        base[508..512].copy_from_slice(&sum.to_le_bytes());
+        base.extend_from_slice(&bins);
+        base
+    }
 
     #[test]
-    fn sample_system_hive() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/p2v-samples/SYSTEM");
-        let Ok(data) = std::fs::read(path) else {
+    fn tiny_hive_reads_and_edits_in_place() {
+        let hive = Hive::parse("tiny", tiny_hive()).unwrap();
+        assert!(hive.base_block().checksum_ok);
+        assert!(!hive.base_block().is_dirty());
+        let sub = hive.open("sub").unwrap().unwrap();
+        assert_eq!(sub.name().unwrap(), "Sub");
+        assert_eq!(sub.dword("START").unwrap(), Some(3));
+        let big = sub.value("Big").unwrap().unwrap().data().unwrap();
+        assert_eq!(big.data.len(), 20000);
+        assert!(big.data[..BIG_DATA_THRESHOLD].iter().all(|&b| b == 0xAB));
+        assert!(big.data[BIG_DATA_THRESHOLD..].iter().all(|&b| b == 0xCD));
+        assert!(hive.open("Sub\\Missing").unwrap().is_none());
+        let cell = sub.value("Start").unwrap().unwrap().cell_offset();
+        let mut edited = hive.clone();
+        edited.set_dword_in_place(cell, 0).unwrap();
+        edited.bump_sequence();
+        let again = Hive::parse("tiny", edited.bytes().to_vec()).unwrap();
+        assert_eq!(
+            again.open("Sub").unwrap().unwrap().dword("Start").unwrap(),
+            Some(0)
+        );
+        let b = again.base_block();
+        assert_eq!((b.primary_sequence, b.secondary_sequence), (8, 8));
+        assert!(b.checksum_ok);
+        // Only inline DWORDs are edited in place.
+        let big_cell = sub.value("Big").unwrap().unwrap().cell_offset();
+        assert!(edited.set_dword_in_place(big_cell, 0).is_err());
+    }
+
+    #[test]
+    fn bad_offsets_are_named() {
+        let mut data = tiny_hive();
+        // Root cell offset past the bins.
+        data[36..40].copy_from_slice(&0x7fff_fff8u32.to_le_bytes());
+        let e = Hive::parse("tiny", data).unwrap_err();
+        assert_eq!(e.structure, "key node");
+        assert!(e.reason.contains("outside the hive bins data"), "{e}");
+        let mut data = tiny_hive();
+        data[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = Hive::parse("tiny", data).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("tiny: base block at file offset 0x28: hive bins data size"),
+            "{e}"
+        );
+        let e = Hive::parse("tiny", b"regf".to_vec()).unwrap_err();
+        assert!(e.reason.contains("fewer than a base block"), "{e}");
+    }
+
+    #[test]
+    fn sample_hives_read_as_the_readme_says() {
+        let Some(data) = sample("SYSTEM") else {
             return;
         };
         let hive = Hive::parse("SYSTEM", data).unwrap();
-        let k = hive
-            .open("ControlSet001\\Services\\msahci")
-            .unwrap()
-            .unwrap();
-        eprintln!("{:?} {:?}", k.name(), k.dword("Start"));
-        let k = hive.open("Select").unwrap().unwrap();
-        eprintln!("{:?}", k.dword("Current"));
+        let b = hive.base_block();
+        assert_eq!((b.primary_sequence, b.secondary_sequence), (13983, 13983));
+        assert_eq!(
+            hive.open("Select")
+                .unwrap()
+                .unwrap()
+                .dword("Current")
+                .unwrap(),
+            Some(1)
+        );
+        let start = |svc: &str| {
+            hive.open(&format!("ControlSet001\\Services\\{svc}"))
+                .unwrap()
+                .and_then(|k| k.dword("Start").unwrap())
+        };
+        assert_eq!(start("atapi"), Some(0));
+        assert_eq!(start("intelide"), Some(0));
+        assert_eq!(start("pciide"), Some(3));
+        assert_eq!(start("msahci"), Some(3));
+        assert_eq!(start("storahci"), None);
+        assert_eq!(start("iaStorV"), Some(3));
+        let b = Hive::parse("B", sample("SYSTEM_B").unwrap()).unwrap();
+        assert!(b.base_block().is_dirty());
+        let logs = vec![
+            ("LOG1".to_string(), sample("SYSTEM_B.LOG1").unwrap()),
+            ("LOG2".to_string(), sample("SYSTEM_B.LOG2").unwrap()),
+        ];
+        let (replayed, r) = crate::p2v::hive_log::replay(&b, &logs).unwrap();
+        assert_eq!(r.pages, 315);
+        assert!(!replayed.base_block().is_dirty());
+        assert!(walk_for_fuzzing(&replayed, 2000) >= 2000);
+        // The damaged hive opens, and walking it meets the named error the
+        // p2v check reports, without panicking.
+        let c = Hive::parse("C", sample("corrupted_system_hive").unwrap()).unwrap();
+        let e = c.open("ControlSet001\\Services\\storahci").unwrap_err();
+        assert_eq!(e.structure, "key node", "{e}");
+        assert!(e.offset >= 4096 && e.offset < 3_444_736, "{e}");
+        assert!(walk_for_fuzzing(&c, usize::MAX) > 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn damaged_hives_never_panic(
+            flips in proptest::collection::vec((0usize..4096 * 13, any::<u8>()), 1..32),
+        ) {
+            let mut data = tiny_hive();
+            for (at, b) in flips {
+                let n = data.len();
+                data[at % n] = b;
+            }
+            if let Ok(h) = Hive::parse("p", data) {
+                walk_for_fuzzing(&h, 1000);
+            }
+        }
+
+        #[test]
+        fn logs_never_panic(log in proptest::collection::vec(any::<u8>(), 0..4096), seq in any::<u32>()) {
+            let hive = Hive::parse("p", tiny_hive()).unwrap();
+            let mut l = tiny_hive()[..512].to_vec();
+            l[28..32].copy_from_slice(&6u32.to_le_bytes());
+            l.extend_from_slice(b"HvLE");
+            l.extend_from_slice(&(512u32).to_le_bytes());
+            l.extend_from_slice(&0u32.to_le_bytes());
+            l.extend_from_slice(&seq.to_le_bytes());
+            l.extend_from_slice(&log);
+            l.resize(l.len().max(1024), 0);
+            if let Ok((h, _)) = crate::p2v::hive_log::replay(&hive, &[("l".into(), l)]) {
+                walk_for_fuzzing(&h, 1000);
+            }
+        }
     }
 }
