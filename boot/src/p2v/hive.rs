@@ -52,6 +52,13 @@ pub(crate) fn le_u32(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+pub(crate) fn le_u64(data: &[u8], at: usize) -> Option<u64> {
+    let b = data.get(at..at.checked_add(8)?)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Some(u64::from_le_bytes(a))
+}
+
 /// The base block checksum: XOR of its first 127 dwords, with 0 and
 /// 0xFFFFFFFF replaced as Windows does.
 pub fn base_block_checksum(block: &[u8]) -> Option<u32> {
@@ -869,6 +876,16 @@ mod tests {
         ];
         let (replayed, r) = crate::p2v::hive_log::replay(&b, &logs).unwrap();
         assert_eq!(r.pages, 315);
+        assert_eq!(
+            (r.entries, r.first_sequence, r.last_sequence),
+            (24, Some(2107), Some(2130))
+        );
+        // A flipped byte in LOG2's first entry fails its hash: only LOG1's
+        // four entries apply.
+        let mut bad = logs.clone();
+        bad[1].1[512 + 4096] ^= 1;
+        let (_, r) = crate::p2v::hive_log::replay(&b, &bad).unwrap();
+        assert_eq!((r.entries, r.last_sequence), (4, Some(2110)));
         assert!(!replayed.base_block().is_dirty());
         assert!(walk_for_fuzzing(&replayed, 2000) >= 2000);
         // The damaged hive opens, and walking it meets the named error the

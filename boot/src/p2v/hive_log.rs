@@ -3,14 +3,47 @@
 //! pages of the hive bins data, applied in sequence-number order on a copy
 //! of the hive. The primary file is never written.
 //!
-//! Entries are checked for signature, size, sequence continuity and that
-//! every page lies inside the entry and inside the hive bins data. The
-//! entries' Marvin32 hashes are not verified (see the module's limits in
-//! the crate documentation); an entry that breaks the sequence ends the
-//! replay.
+//! Entries are checked for signature, size, both Marvin32 hashes (hash 1
+//! over the entry after its 40-byte header, hash 2 over its first 32
+//! bytes), sequence continuity, and that every page lies inside the entry
+//! and inside the hive bins data. The first entry that fails a check ends
+//! the log, as Windows treats it.
 
-use super::hive::{le_u32, parse_base_block, Hive, HiveError};
+use super::hive::{le_u32, le_u64, parse_base_block, Hive, HiveError};
 use super::hive_spec::*;
+
+/// Marvin32, the keyed hash the log entries carry (as published with the
+/// .NET runtime), 64-bit result.
+pub fn marvin32(data: &[u8], seed: u64) -> u64 {
+    fn mix(p0: &mut u32, p1: &mut u32) {
+        *p1 ^= *p0;
+        *p0 = p0.rotate_left(20);
+        *p0 = p0.wrapping_add(*p1);
+        *p1 = p1.rotate_left(9);
+        *p1 ^= *p0;
+        *p0 = p0.rotate_left(27);
+        *p0 = p0.wrapping_add(*p1);
+        *p1 = p1.rotate_left(19);
+    }
+    let mut p0 = seed as u32;
+    let mut p1 = (seed >> 32) as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        p0 = p0.wrapping_add(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        mix(&mut p0, &mut p1);
+    }
+    let tail = chunks.remainder();
+    let last = match *tail {
+        [] => 0x80,
+        [a] => 0x8000 | u32::from(a),
+        [a, b] => 0x80_0000 | u32::from(a) | u32::from(b) << 8,
+        [a, b, c, ..] => 0x8000_0000 | u32::from(a) | u32::from(b) << 8 | u32::from(c) << 16,
+    };
+    p0 = p0.wrapping_add(last);
+    mix(&mut p0, &mut p1);
+    mix(&mut p0, &mut p1);
+    u64::from(p1) << 32 | u64::from(p0)
+}
 
 fn err(log: &str, offset: usize, reason: String) -> HiveError {
     HiveError {
@@ -38,6 +71,13 @@ fn parse_entries<'a>(log: &str, data: &'a [u8]) -> Result<Vec<LogEntry<'a>>, Hiv
             break;
         }
         let entry = &data[at..at + size];
+        let hash1 = le_u64(entry, HVLE_HASH1).unwrap_or(0);
+        let hash2 = le_u64(entry, HVLE_HASH2).unwrap_or(0);
+        if marvin32(&entry[..32], MARVIN_SEED) != hash2
+            || marvin32(&entry[HVLE_HEADER_SIZE..], MARVIN_SEED) != hash1
+        {
+            break;
+        }
         let sequence = le_u32(entry, HVLE_SEQUENCE).unwrap_or(0);
         let bins_size = le_u32(entry, HVLE_BINS_SIZE).unwrap_or(0);
         let count = le_u32(entry, HVLE_DIRTY_COUNT).unwrap_or(0) as usize;

@@ -36,9 +36,9 @@
 //! "reason": TEXT}}, "ahci": {...}}}`. `storage_driver` judges the driver
 //! chain alone, `boots` every finding together.
 //!
-//! Limits: old-format (DIRT) hive logs are not replayed, and the HvLE
-//! entries' Marvin32 hashes are not verified (sequence continuity and
-//! bounds are).
+//! Limits: old-format (DIRT) hive logs (Windows 8 and earlier) are not
+//! replayed: such a dirty hive is judged as it is, flagged as possibly
+//! stale.
 
 pub mod bcd;
 pub mod check;
