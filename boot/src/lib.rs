@@ -8,6 +8,7 @@ pub mod fw_cfg;
 pub mod layout;
 pub mod linux;
 pub mod option_rom;
+pub mod p2v;
 pub mod smbios;
 
 use std::path::PathBuf;

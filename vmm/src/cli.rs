@@ -64,6 +64,10 @@ pub enum Command {
     /// Send one command to a running VM's control socket (`run --qmp`), or
     /// follow its events.
     Qmp(crate::control::client::QmpArgs),
+    /// Check a captured physical machine's disk (P2V) for booting on
+    /// rehost's IDE or AHCI controller.
+    #[command(subcommand)]
+    P2v(crate::p2v_cmd::P2vCommand),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -180,6 +184,7 @@ pub fn execute(cli: Cli) -> u8 {
         Command::Run(args) => crate::run(*args),
         Command::Disk(cmd) => crate::disk_cmd::execute(cmd),
         Command::Qmp(args) => crate::control::client::execute(args),
+        Command::P2v(cmd) => crate::p2v_cmd::execute(cmd),
     };
     match result {
         Ok(code) => code,

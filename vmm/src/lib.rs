@@ -11,6 +11,7 @@ pub mod logging;
 pub mod machine;
 pub mod memory;
 pub mod nbd;
+pub mod p2v_cmd;
 pub mod serial;
 pub mod signals;
 pub mod storage;

@@ -429,27 +429,32 @@ fn errors_are_one_line_and_name_the_file() {
 #[test]
 fn every_subcommand_documents_its_options() {
     for sub in [
-        "create",
-        "info",
-        "check",
-        "convert",
-        "compare",
-        "commit",
-        "bench",
-        "serve",
-        "delta export",
-        "delta apply",
-        "delta recover",
-        "delta info",
+        "disk create",
+        "disk info",
+        "disk check",
+        "disk convert",
+        "disk compare",
+        "disk commit",
+        "disk bench",
+        "disk serve",
+        "disk delta export",
+        "disk delta apply",
+        "disk delta recover",
+        "disk delta info",
+        "p2v check",
+        "p2v fix",
     ] {
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"disk"];
         let words: Vec<&str> = sub.split(' ').collect();
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = Vec::new();
         for w in &words {
             args.push(w);
         }
         args.push(&"--help");
         let out = rehost_ok(&args);
-        assert!(out.contains("Usage: rehost disk"), "{sub}: {out}");
+        assert!(
+            out.contains(&format!("Usage: rehost {}", words[0])),
+            "{sub}: {out}"
+        );
         // Every option line carries a description (option lines are
         // indented by at most 6 columns; wrapped text by more).
         for line in out.lines() {
