@@ -15,10 +15,18 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `REHOST_HIVES` when set, else `shared/samples/hives` beside the
+/// checkout, else the machine-wide `/work/shared/samples/hives` (for a
+/// clone made elsewhere, as CI's).
 fn samples() -> PathBuf {
-    std::env::var_os("REHOST_HIVES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/samples/hives"))
+    if let Some(dir) = std::env::var_os("REHOST_HIVES") {
+        return PathBuf::from(dir);
+    }
+    let beside = repo().join("../shared/samples/hives");
+    if beside.is_dir() {
+        return beside;
+    }
+    PathBuf::from("/work/shared/samples/hives")
 }
 
 /// The tools the disk builder needs; without them the test is skipped
