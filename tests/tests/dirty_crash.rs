@@ -8,7 +8,8 @@
 //!
 //! `REHOST_CRASH_RUNS=N` sets the kills per format and writer (default 2,
 //! to keep CI short; the figures quoted for issue 14 come from N=200).
-//! `REHOST_CRASH_SEED` repeats a campaign's random moments.
+//! `REHOST_CRASH_SEED` repeats a campaign's random moments;
+//! `REHOST_CRASH_FORMATS=vhd,vhdx` limits the formats.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +19,13 @@ use rehost_tests::{kvm_available, Running};
 use serde_json::Value;
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
-const FORMATS: [&str; 3] = ["raw", "vhd", "vhdx"];
+fn formats() -> Vec<String> {
+    std::env::var("REHOST_CRASH_FORMATS")
+        .unwrap_or_else(|_| "raw,vhd,vhdx".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -180,7 +187,8 @@ fn sigkill_of_disk_bench_misses_no_changed_sector() {
             s(&base),
         ],
     );
-    for format in FORMATS {
+    for format in formats() {
+        let format = format.as_str();
         let mut t = Tally::default();
         for i in 0..runs() {
             let (img, before) = tracked_image(&base, format, &dir);
@@ -230,7 +238,8 @@ fn sigkill_of_a_guest_writing_through_int13_misses_no_changed_sector() {
     };
     let base = dir.join("base.raw");
     prog.raw_disk(&base, 64 << 20);
-    for format in FORMATS {
+    for format in formats() {
+        let format = format.as_str();
         let mut t = Tally::default();
         for i in 0..runs() {
             let (img, before) = tracked_image(&base, format, &dir);
