@@ -35,6 +35,28 @@ fn disk_with_bitmap(dir: &Path, prog: &Int13Program) -> std::path::PathBuf {
     vhdx
 }
 
+/// `rehost run` of the given `--disk` values with a control socket at `qmp`.
+fn run_with_qmp(disks: &[&str], qmp: &Path) -> Running {
+    let mut args = vec!["run", "--memory", "64M"];
+    for d in disks {
+        args.push("--disk");
+        args.push(d);
+    }
+    args.push("--qmp");
+    args.push(s(qmp));
+    Running::start(REHOST, &args)
+}
+
+/// A program that writes 24 MiB without reading back: long enough to be
+/// interrupted.
+fn long_writer() -> Int13Program {
+    Int13Program {
+        sectors: 48 * 2048,
+        verify: false,
+        ..Default::default()
+    }
+}
+
 /// `rehost disk bitmap list --json --extents`'s entry for `b1`.
 fn bitmap(image: &Path) -> Value {
     let out = rehost_disk(REHOST, &["bitmap", "list", "--json", "--extents", s(image)]);
@@ -97,27 +119,12 @@ fn sigkill_mid_write_misses_no_written_sector() {
     }
     require_tools(&["nasm"]);
     let dir = scratch("dirty_run_sigkill");
-    let prog = Int13Program {
-        sectors: 48 * 2048,
-        verify: false,
-        ..Default::default()
-    };
+    let prog = long_writer();
     let vhdx = disk_with_bitmap(&dir, &prog);
     let sock = tempfile::tempdir().unwrap();
     let sock_path = sock.path().join("vm.sock");
     let disk = format!("{},controller=ahci", s(&vhdx));
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--disk",
-            &disk,
-            "--qmp",
-            s(&sock_path),
-        ],
-    );
+    let mut vm = run_with_qmp(&[&disk], &sock_path);
     let mut q = Qmp::connect(&sock_path, true);
     assert!(
         vm.wait_for("int13: write start", 1, Duration::from_secs(60)),
@@ -196,20 +203,7 @@ fn a_bitmap_added_live_through_qmp_tracks_the_guest_writes() {
     let sock_path = sock.path().join("vm.sock");
     let disk = format!("{},controller=ahci,id=sys", s(&vhdx));
     let second = format!("{},controller=ahci", s(&other));
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--disk",
-            &disk,
-            "--disk",
-            &second,
-            "--qmp",
-            s(&sock_path),
-        ],
-    );
+    let mut vm = run_with_qmp(&[&disk, &second], &sock_path);
     let mut q = Qmp::connect(&sock_path, true);
     // Bad requests first: each a named error, nothing created.
     let e = qmp_error(
@@ -337,28 +331,13 @@ fn a_live_nbd_export_is_a_point_in_time_with_its_bitmap_frozen() {
     }
     require_tools(&["nasm", "nbdinfo", "qemu-img"]);
     let dir = scratch("dirty_run_nbd_live");
-    let prog = Int13Program {
-        sectors: 48 * 2048,
-        verify: false,
-        ..Default::default()
-    };
+    let prog = long_writer();
     let vhdx = program_disk(&dir, &prog);
     let sock = tempfile::tempdir().unwrap();
     let qmp_path = sock.path().join("vm.sock");
     let nbd_path = sock.path().join("nbd.sock");
     let disk = format!("{},controller=ahci,id=sys", s(&vhdx));
-    let mut vm = Running::start(
-        REHOST,
-        &[
-            "run",
-            "--memory",
-            "64M",
-            "--disk",
-            &disk,
-            "--qmp",
-            s(&qmp_path),
-        ],
-    );
+    let mut vm = run_with_qmp(&[&disk], &qmp_path);
     let mut q = Qmp::connect(&qmp_path, true);
     q.ok(
         "block-dirty-bitmap-add",
