@@ -644,18 +644,22 @@ mod tests {
         assert_eq!(names(d.path()), ["f"]);
     }
 
+    fn open_rw(path: &std::path::Path) -> HostFile {
+        HostFile::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap(),
+        )
+    }
+
     #[test]
     fn unsynced_pieces_are_kept_as_chosen_and_synced_ones_always() {
         let d = dir();
         let path = d.path().join("img");
         std::fs::write(&path, vec![1u8; 8192]).unwrap();
-        let f = HostFile::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap(),
-        );
+        let f = open_rw(&path);
         let sim = Sim::start(None);
         f.write_all_at(&[2u8; 4096], 0).unwrap();
         f.sync_data().unwrap();
@@ -680,13 +684,7 @@ mod tests {
         let d = dir();
         let path = d.path().join("img");
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
-        let f = HostFile::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap(),
-        );
+        let f = open_rw(&path);
         let sim = Sim::start(Some(2));
         f.write_all_at(b"a", 0).unwrap();
         f.sync_data().unwrap();
