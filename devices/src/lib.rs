@@ -5,6 +5,7 @@
 //! the guest driver, without KVM.
 
 pub mod bus;
+pub mod display;
 pub mod events;
 pub mod irq;
 pub mod legacy;
