@@ -114,7 +114,7 @@ use sidecar_spec::{
 pub const DEFAULT_GRANULARITY: u64 = 64 << 10;
 /// Activity-log extents announced together (an aligned group) while the
 /// log has room for them.
-const AL_GROUP: u64 = 16;
+const AL_GROUP: u64 = 64;
 /// The default activity-log extent size.
 pub const DEFAULT_AL_EXTENT_SIZE: u64 = 4 << 20;
 /// The default number of extents the activity log holds.
