@@ -164,6 +164,10 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
     // The last references to the images: a VHDX marks its log empty when
     // it is closed, so other tools open it without a replay.
     ctl.close_drives();
-    storage::close_trackers(cfg.drives);
+    let mut trackers = storage::trackers_of(cfg.drives);
+    if let Some(usb) = cfg.usb {
+        trackers.extend(usb::trackers_of(usb));
+    }
+    storage::close_trackers(trackers);
     Ok(code)
 }

@@ -3,7 +3,7 @@
 //! (00:01.1, always present) and the ICH9 AHCI controller (00:04.0, present
 //! when a drive asks for it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
@@ -195,17 +195,20 @@ pub fn parse_drive(option: &str, kind: DriveKind, text: &str) -> anyhow::Result<
     Ok(spec)
 }
 
-/// Closes the dirty trackers of `drives` once nothing else holds them or
-/// their images: the image is closed first (formats that write on close
-/// have then done so), then the bitmaps are persisted with the image's
-/// final stamp, so the next open finds them current.
-pub fn close_trackers(drives: Vec<DriveConfig>) {
-    let mut trackers = Vec::new();
-    for d in drives {
-        if let Some(t) = d.tracker {
-            trackers.push((d.spec.path, t));
-        }
-    }
+/// The dirty trackers of `drives`, each with its image's path; the rest of
+/// each drive (its other image handle) is dropped.
+pub fn trackers_of(drives: Vec<DriveConfig>) -> Vec<(PathBuf, Arc<DirtyTracker>)> {
+    drives
+        .into_iter()
+        .filter_map(|d| d.tracker.map(|t| (d.spec.path, t)))
+        .collect()
+}
+
+/// Closes dirty trackers once nothing else holds them or their images:
+/// the image is closed first (formats that write on close have then done
+/// so), then the bitmaps are persisted with the image's final stamp, so
+/// the next open finds them current.
+pub fn close_trackers(trackers: Vec<(PathBuf, Arc<DirtyTracker>)>) {
     for (path, t) in trackers {
         match Arc::try_unwrap(t) {
             Ok(t) => {
@@ -219,6 +222,38 @@ pub fn close_trackers(drives: Vec<DriveConfig>) {
             ),
         }
     }
+}
+
+/// An opened guest image and, for a writable disk, its dirty tracker.
+pub type GuestImage = (Arc<dyn DiskImage>, Option<Arc<DirtyTracker>>);
+
+/// Opens a guest's disk image. A writable disk goes through a dirty
+/// tracker, so its bitmaps stay current and bitmaps can be added while the
+/// guest runs (QMP block-dirty-bitmap-add); without bitmaps the tracker
+/// only passes requests on and writes no sidecar. `what` names the option
+/// in errors (`--disk PATH`).
+pub fn open_guest_image(
+    what: &str,
+    path: &Path,
+    read_only: bool,
+    format: Option<ImageFormat>,
+    track: bool,
+) -> anyhow::Result<GuestImage> {
+    let image = rehost_disk::open(path, &OpenOptions { read_only, format })
+        .with_context(|| what.to_owned())?;
+    if image.geometry().size == 0 {
+        bail!("{what}: the image is empty");
+    }
+    let image: Arc<dyn DiskImage> = Arc::from(image);
+    if !track || read_only {
+        return Ok((image, None));
+    }
+    let t = DirtyTracker::open_image(image.clone(), &TrackerOptions::default())
+        .with_context(|| format!("{what}: opening its dirty bitmaps"))?;
+    if let Some(p) = t.problem() {
+        tracing::warn!("{what}: {p}");
+    }
+    Ok((image, Some(Arc::new(t))))
 }
 
 /// Parses and opens every drive, and gives each its controller slot: disks
@@ -265,18 +300,6 @@ pub fn open_drives(disks: &[String], cdroms: &[String]) -> anyhow::Result<Vec<Dr
                 c.slots()
             );
         };
-        let image = rehost_disk::open(
-            &spec.path,
-            &OpenOptions {
-                read_only: spec.read_only,
-                format: spec.format,
-            },
-        )
-        .with_context(|| format!("{option} {}", spec.path.display()))?;
-        let size = image.geometry().size;
-        if size == 0 {
-            bail!("{option} {}: the image is empty", spec.path.display());
-        }
         if let Some(id) = &spec.id {
             if drives
                 .iter()
@@ -285,25 +308,13 @@ pub fn open_drives(disks: &[String], cdroms: &[String]) -> anyhow::Result<Vec<Dr
                 bail!("{option} {}: id={id} is used twice", spec.path.display());
             }
         }
-        let image: Arc<dyn DiskImage> = Arc::from(image);
-        // Every writable disk goes through a tracker, so bitmaps can be
-        // added while the guest runs (QMP block-dirty-bitmap-add); without
-        // bitmaps it only passes requests on and writes no sidecar.
-        let tracker = if kind == DriveKind::Disk && !spec.read_only {
-            let t = DirtyTracker::open_image(image.clone(), &TrackerOptions::default())
-                .with_context(|| {
-                    format!(
-                        "{option} {}: opening its dirty bitmaps",
-                        spec.path.display()
-                    )
-                })?;
-            if let Some(p) = t.problem() {
-                tracing::warn!("{option} {}: {p}", spec.path.display());
-            }
-            Some(Arc::new(t))
-        } else {
-            None
-        };
+        let (image, tracker) = open_guest_image(
+            &format!("{option} {}", spec.path.display()),
+            &spec.path,
+            spec.read_only,
+            spec.format,
+            kind == DriveKind::Disk,
+        )?;
         taken.push((c, slot));
         opened.push(canonical);
         drives.push(DriveConfig {

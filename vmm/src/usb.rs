@@ -20,7 +20,8 @@ use rehost_devices::usb::uhci::Uhci;
 use rehost_devices::usb::uhci_spec;
 use rehost_devices::usb::UsbDevice;
 use rehost_devices::GuestMemory;
-use rehost_disk::{BlockDevice, DiskImage, OpenOptions};
+use rehost_disk::dirty::DirtyTracker;
+use rehost_disk::{BlockDevice, DiskImage};
 
 /// Where the PIIX3 USB function sits: function 2 of the south bridge.
 pub const UHCI_DEVFN: DevFn = DevFn::new(1, 2);
@@ -54,6 +55,8 @@ pub struct UsbDeviceConfig {
     pub spec: UsbDeviceSpec,
     pub port: usize,
     pub image: Option<Arc<dyn DiskImage>>,
+    /// A writable disk's dirty tracker: the guest's writes go through it.
+    pub tracker: Option<Arc<DirtyTracker>>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +163,7 @@ pub fn open_usb(
                 p
             }
         };
-        let image = match &spec {
+        let (image, tracker) = match &spec {
             UsbDeviceSpec::Disk {
                 path, read_only, ..
             } => {
@@ -169,30 +172,24 @@ pub fn open_usb(
                 if opened.contains(&canonical) {
                     bail!("--usb {text}: the same image is attached twice");
                 }
-                if !*read_only && rehost_disk::dirty::sidecar_path(path).exists() {
-                    // Writes through USB do not go through a dirty tracker
-                    // yet: the bitmaps would silently miss them.
-                    bail!(
-                        "--usb {text}: the image has dirty bitmaps, which USB disks do not keep up to date yet; attach it with readonly=on or as --disk"
-                    );
-                }
                 opened.push(canonical);
-                let image = rehost_disk::open(
+                let (image, tracker) = crate::storage::open_guest_image(
+                    &format!("--usb {text}"),
                     path,
-                    &OpenOptions {
-                        read_only: *read_only,
-                        format: None,
-                    },
-                )
-                .with_context(|| format!("--usb {text}"))?;
-                if image.geometry().size == 0 {
-                    bail!("--usb {text}: the image is empty");
-                }
-                Some(Arc::from(image))
+                    *read_only,
+                    None,
+                    true,
+                )?;
+                (Some(image), tracker)
             }
-            UsbDeviceSpec::Keyboard { .. } => None,
+            UsbDeviceSpec::Keyboard { .. } => (None, None),
         };
-        devices.push(UsbDeviceConfig { spec, port, image });
+        devices.push(UsbDeviceConfig {
+            spec,
+            port,
+            image,
+            tracker,
+        });
     }
     Ok(Some(UsbConfig {
         controller: controller.unwrap_or_default(),
@@ -208,6 +205,17 @@ pub fn firmware_path(port: usize) -> String {
         "/pci@i0cf8/usb@{:x},{:x}/storage@{port:x}/channel@0/disk@0,0",
         UHCI_DEVFN.device, UHCI_DEVFN.function
     )
+}
+
+/// The dirty trackers of the USB disks, each with its image's path.
+pub fn trackers_of(cfg: UsbConfig) -> Vec<(PathBuf, Arc<DirtyTracker>)> {
+    cfg.devices
+        .into_iter()
+        .filter_map(|d| match (d.spec, d.tracker) {
+            (UsbDeviceSpec::Disk { path, .. }, Some(t)) => Some((path, t)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Boot order entries of the USB disks.
@@ -348,7 +356,10 @@ pub fn attach(
     for d in &cfg.devices {
         let device: Box<dyn UsbDevice> = match (&d.spec, &d.image) {
             (UsbDeviceSpec::Disk { read_only, .. }, Some(image)) => {
-                let medium: Arc<dyn BlockDevice> = image.clone();
+                let medium: Arc<dyn BlockDevice> = match &d.tracker {
+                    Some(t) => t.clone(),
+                    None => image.clone(),
+                };
                 disks.push(medium.clone());
                 // BOT asks for a serial number of at least 12 hex digits.
                 let serial = format!("{:012X}", 0x5245_4800_0000u64 + d.port as u64);
@@ -443,11 +454,10 @@ mod tests {
         let err = open_usb(None, &[disk], &[std::fs::canonicalize(&p).unwrap()]).unwrap_err();
         assert!(format!("{err:#}").contains("attached twice"), "{err:#}");
         assert!(open_usb(None, &[], &[]).unwrap().is_none());
-        // An image with dirty bitmaps is refused for writing.
-        std::fs::write(rehost_disk::dirty::sidecar_path(&p), b"").unwrap();
-        let err = open_usb(None, &[format!("disk:{}", p.display())], &[]).unwrap_err();
-        assert!(format!("{err:#}").contains("dirty bitmaps"), "{err:#}");
+        // A writable disk goes through a dirty tracker; a read-only one not.
+        assert!(cfg.devices[1].tracker.is_some());
         let ro = format!("disk:{},readonly=on", p.display());
-        assert!(open_usb(None, &[ro], &[]).is_ok());
+        let cfg = open_usb(None, &[ro], &[]).unwrap().unwrap();
+        assert!(cfg.devices[0].tracker.is_none());
     }
 }
