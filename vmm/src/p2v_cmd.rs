@@ -20,6 +20,11 @@ What is written:
     its checksum recomputed as Windows does when it writes a hive out. A
     dirty hive (last changes still in its logs) is refused.
   * with --active N: the MBR's active flag on partition N and off elsewhere.
+  * with --mbr: rehost's own MBR boot code in bytes 0-439 of sector 0 (the
+    disk signature and partition table stay): it loads the active
+    partition's first sector by LBA (INT 13h extensions, else CHS) and jumps
+    to it with the boot drive in DL and DS:SI at the partition's entry, as
+    Windows' and syslinux's MBRs do; `p2v check` then names it rehost.
 Then the check runs on CHILD and its verdict is printed.
 
 Exit codes:
@@ -118,6 +123,11 @@ pub enum P2vCommand {
         /// Also mark MBR partition N (1 to 4) active and the others not.
         #[arg(long, value_name = "N")]
         active: Option<u8>,
+        /// Also replace the MBR boot code (bytes 0-439) with rehost's own,
+        /// which loads the active partition's boot sector; the disk
+        /// signature and partition table are kept.
+        #[arg(long)]
+        mbr: bool,
         /// The differencing image to create over IMAGE (same format as
         /// IMAGE); must not exist.
         #[arg(long, value_name = "CHILD.vhdx")]
@@ -159,6 +169,7 @@ pub fn execute(cmd: P2vCommand) -> anyhow::Result<u8> {
         P2vCommand::Fix {
             controller,
             active,
+            mbr,
             out,
             image,
         } => {
@@ -166,7 +177,7 @@ pub fn execute(cmd: P2vCommand) -> anyhow::Result<u8> {
                 FixControllerArg::Ide => Controller::Ide,
                 FixControllerArg::Ahci => Controller::Ahci,
             };
-            let outcome = match fix_image(&image, &out, controller, active) {
+            let outcome = match fix_image(&image, &out, controller, active, mbr) {
                 Ok(o) => o,
                 Err(e) => {
                     eprintln!("rehost: {e}");

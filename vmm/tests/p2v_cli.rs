@@ -623,6 +623,31 @@ fn fix_writes_only_into_the_child_and_changes_the_verdict() {
     let (_, j) = check_json(&child, &["--controller", "ide"]);
     assert_eq!(finding(&j, "active_partition")["ok"], true);
 
+    // --mbr on a disk whose boot code is all zeros: rehost's MBR goes into
+    // the child, the disk signature and table stay, the parent is untouched.
+    let vhdx = to_vhdx(&build(d, "zerombr.raw", &system, &["mbr=zero"]));
+    let before = sha256_file(&vhdx);
+    let (_, j) = check_json(&vhdx, &["--controller", "ahci"]);
+    assert_eq!(finding(&j, "mbr_boot_code")["ok"], false, "{j}");
+    let child = d.join("mbr.vhdx");
+    let (code, out, err) = fix(&vhdx, "ahci", &child, &["--mbr"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("wrote MBR: boot code replaced by rehost's (was empty (all zeros))\n"),
+        "{out}"
+    );
+    assert!(out.contains("AHCI: boots\n"), "{out}");
+    assert_eq!(sha256_file(&vhdx), before, "the parent changed");
+    let (code, j) = check_json(&child, &["--controller", "ahci"]);
+    assert_eq!(code, 0, "{j}");
+    let mbr = finding(&j, "mbr_boot_code");
+    assert_eq!(mbr["ok"], true, "{j}");
+    assert_eq!(mbr["evidence"]["class"], "rehost", "{j}");
+    let (_, parent) = check_json(&vhdx, &[]);
+    for key in ["partition_table", "active_partition", "bcd"] {
+        assert_eq!(finding(&j, key), finding(&parent, key), "{key}");
+    }
+
     // Refusals write nothing: a dirty hive, a raw image.
     let b = hive(d, "SYSTEM_B");
     let raw = build(d, "b.raw", &b, &[]);

@@ -1,6 +1,7 @@
 //! `rehost p2v fix`: makes the controller's storage drivers start at boot
 //! (Start = 0, every StartOverride value = 0) and optionally marks a
-//! partition active, writing only into a new differencing child of the
+//! partition active and puts rehost's own MBR boot code in place (see
+//! [`super::mbr_code`]), writing only into a new differencing child of the
 //! image. The image the user gave is only ever opened read-only.
 
 use std::path::{Path, PathBuf};
@@ -9,8 +10,11 @@ use rehost_disk::{BlockDevice, CreateOptions, ImageFormat, OpenOptions, Subforma
 
 use super::check::{bound_services, current_control_set, start_overrides, Controller};
 use super::hive::Hive;
+use super::mbr_code::REHOST_MBR_CODE;
 use super::partition::{self, MbrPartition};
-use super::partition_spec::{MBR_ENTRIES, MBR_ENTRY_SIZE, MBR_PARTITION_TABLE, PE_STATUS, SECTOR};
+use super::partition_spec::{
+    MBR_BOOT_CODE_END, MBR_ENTRIES, MBR_ENTRY_SIZE, MBR_PARTITION_TABLE, PE_STATUS, SECTOR,
+};
 use super::volume::NtfsVolume;
 
 const SYSTEM: &str = "Windows\\System32\\config\\SYSTEM";
@@ -45,6 +49,7 @@ pub fn fix_image(
     out: &Path,
     controller: Controller,
     active: Option<u8>,
+    boot_code: bool,
 ) -> Result<FixOutcome, FixError> {
     let refuse = |reason: String| FixError::Refused {
         path: image.to_owned(),
@@ -134,21 +139,33 @@ pub fn fix_image(
         }
         writes.push((part.start_bytes() + vol_off, b.to_vec()));
     }
+    let mut s0 = sector0.clone();
+    if boot_code {
+        s0[..MBR_BOOT_CODE_END].copy_from_slice(&REHOST_MBR_CODE);
+        if s0 != sector0 {
+            outcome.edits.push(format!(
+                "MBR: boot code replaced by rehost's (was {})",
+                partition::classify_boot_code(&sector0).name()
+            ));
+        }
+    }
     if let Some(n) = active {
-        let mut s0 = sector0.clone();
+        if !mbr.partitions.iter().any(|p| p.number == n) {
+            return Err(refuse(format!("--active {n}: partition {n} is empty")));
+        }
+        let before = s0.clone();
         for i in 0..MBR_ENTRIES {
             let at = MBR_PARTITION_TABLE + i * MBR_ENTRY_SIZE + PE_STATUS;
             s0[at] = if i + 1 == n as usize { 0x80 } else { 0 };
         }
-        if !mbr.partitions.iter().any(|p| p.number == n) {
-            return Err(refuse(format!("--active {n}: partition {n} is empty")));
-        }
-        if s0 != sector0 {
+        if s0 != before {
             outcome
                 .edits
                 .push(format!("MBR: partition {n} marked active"));
-            writes.push((0, s0));
         }
+    }
+    if s0 != sector0 {
+        writes.push((0, s0));
     }
     drop(parent);
     // Only now the child: created over the image, written, flushed.

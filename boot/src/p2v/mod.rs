@@ -46,6 +46,7 @@ pub mod fix;
 pub mod hive;
 pub mod hive_log;
 pub mod hive_spec;
+pub mod mbr_code;
 pub mod partition;
 pub mod partition_spec;
 pub mod volume;
