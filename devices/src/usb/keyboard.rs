@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use crate::display::{InputSink, Key};
+
 use super::device::{self, DeviceInfo, DeviceState, EndpointInfo, InterfaceInfo};
 use super::hid_spec as hid;
 use super::usb_spec as ch9;
@@ -38,6 +40,74 @@ impl Keys {
         }
         r
     }
+}
+
+/// HID usages (Keyboard/Keypad page, HID Usage Tables 1.12 section 10) of
+/// the keys with one-byte scan code set 1 make codes, indexed by the code.
+#[rustfmt::skip]
+const USAGE_OF_SET1: [u8; 0x59] = [
+    // 0x00: none, Esc, 1-0, -, =, Backspace, Tab
+    0x00, 0x29, 0x1e, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2d, 0x2e, 0x2a, 0x2b,
+    // 0x10: q w e r t y u i o p [ ] Enter LCtrl a s
+    0x14, 0x1a, 0x08, 0x15, 0x17, 0x1c, 0x18, 0x0c, 0x12, 0x13, 0x2f, 0x30, 0x28, 0xe0, 0x04, 0x16,
+    // 0x20: d f g h j k l ; ' ` LShift \ z x c v
+    0x07, 0x09, 0x0a, 0x0b, 0x0d, 0x0e, 0x0f, 0x33, 0x34, 0x35, 0xe1, 0x31, 0x1d, 0x1b, 0x06, 0x19,
+    // 0x30: b n m , . / RShift KP* LAlt Space Caps F1-F5
+    0x05, 0x11, 0x10, 0x36, 0x37, 0x38, 0xe5, 0x55, 0xe2, 0x2c, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e,
+    // 0x40: F6-F10 NumLock ScrollLock KP7 KP8 KP9 KP- KP4 KP5 KP6 KP+ KP1
+    0x3f, 0x40, 0x41, 0x42, 0x43, 0x53, 0x47, 0x5f, 0x60, 0x61, 0x56, 0x5c, 0x5d, 0x5e, 0x57, 0x59,
+    // 0x50: KP2 KP3 KP0 KP. (0x54, 0x55 none) 102nd key F11 F12
+    0x5a, 0x5b, 0x62, 0x63, 0x00, 0x00, 0x64, 0x44, 0x45,
+];
+
+/// The same for the keys set 1 sends with an 0xE0 prefix.
+const USAGE_OF_SET1_E0: [(u8, u8); 18] = [
+    (0x1c, 0x58), // keypad Enter
+    (0x1d, 0xe4), // right Ctrl
+    (0x35, 0x54), // keypad /
+    (0x37, 0x46), // Print Screen
+    (0x38, 0xe6), // right Alt
+    (0x47, 0x4a), // Home
+    (0x48, 0x52), // Up
+    (0x49, 0x4b), // Page Up
+    (0x4b, 0x50), // Left
+    (0x4d, 0x4f), // Right
+    (0x4f, 0x4d), // End
+    (0x50, 0x51), // Down
+    (0x51, 0x4e), // Page Down
+    (0x52, 0x49), // Insert
+    (0x53, 0x4c), // Delete
+    (0x5b, 0xe3), // left GUI
+    (0x5c, 0xe7), // right GUI
+    (0x5d, 0x65), // Application (menu)
+];
+
+/// The HID usage of a key named by its set 1 scan code, if the boot
+/// keyboard has it.
+pub fn usage_of(key: Key) -> Option<u8> {
+    let code = (key.0 & 0xff) as u8;
+    let usage = match key.0 >> 8 {
+        0 => USAGE_OF_SET1.get(usize::from(code)).copied(),
+        0xe0 => USAGE_OF_SET1_E0
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, u)| *u),
+        0xe1 if code == 0x1d => Some(0x48), // Pause
+        _ => None,
+    };
+    usage.filter(|&u| u != 0)
+}
+
+impl InputSink for KeyboardHandle {
+    fn key(&self, key: Key, down: bool) {
+        match usage_of(key) {
+            Some(usage) => KeyboardHandle::key(self, usage, down),
+            None => tracing::debug!(?key, "USB keyboard: no HID usage for this key"),
+        }
+    }
+
+    /// A keyboard has no pointer.
+    fn pointer(&self, _dx: i32, _dy: i32, _buttons: u8) {}
 }
 
 /// The host's side of a keyboard: presses and releases keys by HID usage.
@@ -244,6 +314,51 @@ impl UsbDevice for UsbKeyboard {
 mod tests {
     use super::*;
     use crate::usb::{CompletionQueue, Setup};
+
+    #[test]
+    fn set1_keys_map_to_their_hid_usages() {
+        // Letters, digits, Enter, modifiers, an extended key and Pause.
+        for (code, usage) in [
+            (0x1e, 0x04),   // a
+            (0x2c, 0x1d),   // z
+            (0x10, 0x14),   // q
+            (0x0b, 0x27),   // 0
+            (0x1c, 0x28),   // Enter
+            (0x39, 0x2c),   // Space
+            (0x2a, 0xe1),   // left Shift
+            (0x58, 0x45),   // F12
+            (0xe01d, 0xe4), // right Ctrl
+            (0xe048, 0x52), // Up
+            (0xe11d, 0x48), // Pause
+        ] {
+            assert_eq!(usage_of(Key(code)), Some(usage), "{code:#x}");
+        }
+        for code in [0x00, 0x54, 0x59, 0xff, 0xe001, 0xe11e, 0x1234] {
+            assert_eq!(usage_of(Key(code)), None, "{code:#x}");
+        }
+        // No two keys share a usage.
+        let mut seen = std::collections::HashSet::new();
+        for code in (0..0x100u16).chain(0xe000..0xe100).chain([0xe11d]) {
+            if let Some(u) = usage_of(Key(code)) {
+                assert!(seen.insert(u), "usage {u:#x} twice ({code:#x})");
+            }
+        }
+        assert_eq!(seen.len(), 0x57 - 1 + 18 + 1);
+    }
+
+    #[test]
+    fn console_keys_become_boot_reports() {
+        let k = KeyboardHandle::default();
+        let sink: &dyn InputSink = &k;
+        sink.key(Key(0x2a), true); // left Shift
+        sink.key(Key(0x1e), true); // a
+        sink.key(Key(0x1e), false);
+        sink.key(Key(0x2a), false);
+        sink.key(Key(0x54), true); // no such key: nothing queued
+        let keys = k.keys.lock().unwrap();
+        let r: Vec<_> = keys.reports.iter().map(|r| (r[0], r[2])).collect();
+        assert_eq!(r, vec![(0x02, 0), (0x02, 0x04), (0x02, 0), (0, 0)]);
+    }
 
     fn go(k: &mut UsbKeyboard, t: Transfer) -> (TransferStatus, Vec<u8>) {
         let q = CompletionQueue::new();
