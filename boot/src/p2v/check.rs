@@ -7,6 +7,7 @@ use rehost_disk::{BlockDevice, OpenOptions};
 use serde_json::{json, Map, Value as Json};
 
 use super::hive::{Hive, HiveError, Key};
+use super::hive_log::LogFormat;
 use super::partition::{self, MbrPartition};
 use super::partition_spec::{SECTOR, TYPE_EXTENDED};
 use super::volume::NtfsVolume;
@@ -678,7 +679,7 @@ fn load_hive(vol: &mut NtfsVolume<'_>, name: &'static str) -> Result<(Hive, Find
         return Ok((hive, f));
     }
     let mut logs = Vec::new();
-    for ext in ["LOG1", "LOG2"] {
+    for ext in ["LOG1", "LOG2", "LOG"] {
         if let Ok(Some(log)) = vol.read_file(&format!("{dir}{name}.{ext}")) {
             logs.push((format!("{name}.{ext}"), log));
         }
@@ -687,37 +688,72 @@ fn load_hive(vol: &mut NtfsVolume<'_>, name: &'static str) -> Result<(Hive, Find
         let f = finding(
             "system_hive",
             true,
-            format!("dirty (sequence numbers {seq}) and its .LOG1/.LOG2 are missing: the verdict may be stale"),
+            format!("dirty (sequence numbers {seq}) and its .LOG1/.LOG2/.LOG are missing: the verdict may be stale"),
         )
         .with("sequence", seq)
         .with("logs", "missing");
         return Ok((hive, f));
     }
+    let present = logs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     match super::hive_log::replay(&hive, &logs) {
         Ok((replayed, r)) if r.entries > 0 => {
             let after = replayed.base_block();
+            let what = match r.format {
+                LogFormat::New => format!(
+                    "replayed {} log entries ({} dirty pages)",
+                    r.entries, r.pages
+                ),
+                LogFormat::Old => format!(
+                    "replayed the old-format log {} ({} dirty 512-byte pages)",
+                    r.used.join(", "),
+                    r.pages
+                ),
+            };
+            let stale = match &r.stopped {
+                Some(why) => format!("; recovery stopped early ({why}): the verdict may be stale"),
+                None => String::new(),
+            };
             let f = finding(
                 "system_hive",
                 true,
                 format!(
-                    "dirty (sequence numbers {seq}); replayed {} log entries ({} dirty pages) in memory: now {} / {}",
-                    r.entries, r.pages, after.primary_sequence, after.secondary_sequence
+                    "dirty (sequence numbers {seq}); {what} in memory: now {} / {}{stale}",
+                    after.primary_sequence, after.secondary_sequence
                 ),
             )
             .with("sequence_before", seq)
+            .with(
+                "log_format",
+                match r.format {
+                    LogFormat::New => "new",
+                    LogFormat::Old => "old",
+                },
+            )
             .with("log_entries_applied", r.entries)
             .with("log_pages_applied", r.pages)
-            .with("log_sequences", format!("{:?}..={:?}", r.first_sequence.unwrap_or(0), r.last_sequence.unwrap_or(0)))
-            .with("logs", logs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+            .with(
+                "log_sequences",
+                format!(
+                    "{:?}..={:?}",
+                    r.first_sequence.unwrap_or(0),
+                    r.last_sequence.unwrap_or(0)
+                ),
+            )
+            .with("logs", present)
+            .with("logs_applied", r.used.clone())
+            .with("stale", r.stopped.is_some());
             Ok((replayed, f))
         }
-        Ok(_) => {
+        Ok((_, r)) => {
+            let why = r.stopped.map(|w| format!(" ({w})")).unwrap_or_default();
             let f = finding(
                 "system_hive",
                 true,
-                format!("dirty (sequence numbers {seq}); its logs hold no entry to apply: the verdict may be stale"),
+                format!("dirty (sequence numbers {seq}); its logs hold no entry to apply{why}: the verdict may be stale"),
             )
-            .with("sequence", seq);
+            .with("sequence", seq)
+            .with("logs", present)
+            .with("stale", true);
             Ok((hive, f))
         }
         Err(e) => {
@@ -726,7 +762,9 @@ fn load_hive(vol: &mut NtfsVolume<'_>, name: &'static str) -> Result<(Hive, Find
                 true,
                 format!("dirty (sequence numbers {seq}); its logs could not be replayed ({e}): the verdict may be stale"),
             )
-            .with("sequence", seq);
+            .with("sequence", seq)
+            .with("logs", present)
+            .with("stale", true);
             Ok((hive, f))
         }
     }
