@@ -7,6 +7,8 @@
 #
 # Usage: windows-disk.sh OUT.raw SYSTEM_HIVE [NAME=VALUE...]
 #   log1=FILE log2=FILE   SYSTEM.LOG1/.LOG2 to put beside the hive
+#   log=FILE              SYSTEM.LOG (the single-log scheme's file)
+#   software=FILE         a SOFTWARE hive for Windows\System32\config
 #   sig=HEX               disk signature (default 1a2b3c4d)
 #   active=1|none|both    active flag(s) (default 1; both adds partition 2)
 #   hidden=N              NTFS hidden-sectors field (default: the start, 2048)
@@ -21,11 +23,13 @@ set -eu
 out=$1
 system=$2
 shift 2
-log1="" log2="" sig=1a2b3c4d active=1 hidden="" mbr=syslinux bcd=match fs=ntfs label=dos
+log1="" log2="" log="" software="" sig=1a2b3c4d active=1 hidden="" mbr=syslinux bcd=match fs=ntfs label=dos
 for kv in "$@"; do
     case $kv in
         log1=*) log1=${kv#log1=} ;;
         log2=*) log2=${kv#log2=} ;;
+        log=*) log=${kv#log=} ;;
+        software=*) software=${kv#software=} ;;
         sig=*) sig=${kv#sig=} ;;
         active=*) active=${kv#active=} ;;
         hidden=*) hidden=${kv#hidden=} ;;
@@ -52,6 +56,8 @@ mkdir -p "$config"
 cp "$system" "$config/SYSTEM"
 [ -z "$log1" ] || cp "$log1" "$config/SYSTEM.LOG1"
 [ -z "$log2" ] || cp "$log2" "$config/SYSTEM.LOG2"
+[ -z "$log" ] || cp "$log" "$config/SYSTEM.LOG"
+[ -z "$software" ] || cp "$software" "$config/SOFTWARE"
 for d in atapi intelide pciide msahci storahci iaStorV; do
     printf 'MZ driver %s\n' "$d" >"$tree/Windows/System32/drivers/$d.sys"
 done

@@ -631,29 +631,52 @@ impl Walk<'_, '_> {
     }
 
     fn version(&mut self, software: Vec<u8>) {
-        let Ok(hive) = Hive::parse("SOFTWARE", software) else {
-            return self.push(finding(
+        const KEY: &str = "Microsoft\\Windows NT\\CurrentVersion";
+        let hive = match Hive::parse("SOFTWARE", software) {
+            Ok(h) => h,
+            Err(e) => {
+                return self.push(finding(
+                    "windows_version",
+                    true,
+                    format!("SOFTWARE hive unreadable ({e}); version unknown"),
+                ))
+            }
+        };
+        let key = match hive.open(KEY) {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                return self.push(finding(
+                    "windows_version",
+                    true,
+                    format!("SOFTWARE has no {KEY} key; version unknown"),
+                ))
+            }
+            Err(e) => {
+                return self.push(finding(
+                    "windows_version",
+                    true,
+                    format!("SOFTWARE hive unreadable ({e}); version unknown"),
+                ))
+            }
+        };
+        let get = |n: &str| key.string(n).ok().flatten().unwrap_or_default();
+        let name = get("ProductName");
+        let version = get("CurrentVersion");
+        let mut build = get("CurrentBuildNumber");
+        if build.is_empty() {
+            build = get("CurrentBuild");
+        }
+        self.push(
+            finding(
                 "windows_version",
                 true,
-                "SOFTWARE hive unreadable; version unknown",
-            ));
-        };
-        let key = hive
-            .open("Microsoft\\Windows NT\\CurrentVersion")
-            .ok()
-            .flatten();
-        let get = |n: &str| {
-            key.and_then(|k| k.string(n).ok().flatten())
-                .unwrap_or_default()
-        };
-        let name = get("ProductName");
-        let build = get("CurrentBuildNumber");
-        self.push(
-            finding("windows_version", true, format!("{name} build {build}"))
-                .with("key", "SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion")
-                .with("ProductName", name.clone())
-                .with("CurrentBuildNumber", build.clone())
-                .with("CurrentVersion", get("CurrentVersion")),
+                format!("{name} (version {version}, build {build})"),
+            )
+            .with("key", format!("SOFTWARE\\{KEY}"))
+            .with("ProductName", name.clone())
+            .with("CurrentVersion", version)
+            .with("CurrentBuildNumber", build)
+            .with("CSDVersion", get("CSDVersion")),
         );
     }
 }

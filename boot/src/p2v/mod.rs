@@ -23,7 +23,10 @@
 //!   format from the .LOG1/.LOG2/.LOG Windows would choose) are replayed in
 //!   memory, and without usable logs, or when recovery stops early, the
 //!   verdict is marked as possibly stale (evidence `stale`: true);
-//! - `windows_version`: ProductName and build from the SOFTWARE hive;
+//! - `windows_version`: ProductName, CurrentVersion and CurrentBuildNumber
+//!   (or CurrentBuild) from `SOFTWARE\Microsoft\Windows NT\CurrentVersion`;
+//!   a missing or unreadable SOFTWARE hive, or one without that key, is
+//!   named ("version unknown") and does not change the verdict;
 //! - `control_set`: `Select\Current`;
 //! - `storage_driver` (one per controller): the services the controller's
 //!   PCI IDs bind to (CriticalDeviceDatabase before Windows 8,
