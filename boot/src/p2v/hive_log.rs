@@ -730,6 +730,36 @@ mod tests {
         assert!(e.reason.contains("hive bins data size 4097"), "{e}");
     }
 
+    /// A log written for a disk with 4096-byte sectors (clustering factor
+    /// 8): a 4096-byte base block, the dirty vector and the pages each from
+    /// a 4096-byte boundary. The same change replays.
+    #[test]
+    fn old_format_log_with_4096_byte_sectors() {
+        let (before, after, seq) = system_change();
+        let small = old_format_log(&before, &after, seq).unwrap();
+        let bitmap = (after.len() - BASE_BLOCK_SIZE) / 4096;
+        let vector = &small[512..512 + 4 + bitmap];
+        let pages = &small[(512 + 4 + bitmap).div_ceil(512) * 512..];
+        let mut log = small[..512].to_vec();
+        log.resize(4096, 0);
+        set_u32(&mut log, BB_CLUSTERING_FACTOR, 8);
+        let sum = base_block_checksum(&log).unwrap();
+        set_u32(&mut log, BB_CHECKSUM, sum);
+        log.extend_from_slice(vector);
+        log.resize(log.len().div_ceil(4096) * 4096, 0);
+        log.extend_from_slice(pages);
+        let primary = dirty(&before, seq);
+        let (h, r) = replay(&primary, &[("SYSTEM.LOG1".into(), log.clone())]).unwrap();
+        assert_eq!((r.pages, msahci_start(&h)), (1, Some(0)));
+        // Read as 512-byte sectors, the dirty vector is looked for at 512,
+        // inside the padded base block: no "DIRT" there.
+        set_u32(&mut log, BB_CLUSTERING_FACTOR, 1);
+        let sum = base_block_checksum(&log).unwrap();
+        set_u32(&mut log, BB_CHECKSUM, sum);
+        let e = replay(&primary, &[("SYSTEM.LOG1".into(), log)]).unwrap_err();
+        assert_eq!(e.structure, "dirty vector", "{e}");
+    }
+
     #[test]
     fn old_format_log_choice_follows_windows_8() {
         let (before, after, seq) = system_change();
