@@ -7,6 +7,8 @@
 #
 # Usage: windows-disk.sh OUT.raw SYSTEM_HIVE [NAME=VALUE...]
 #   log1=FILE log2=FILE   SYSTEM.LOG1/.LOG2 to put beside the hive
+#   log=FILE              SYSTEM.LOG (the single-log scheme's file)
+#   software=FILE         a SOFTWARE hive for Windows\System32\config
 #   sig=HEX               disk signature (default 1a2b3c4d)
 #   active=1|none|both    active flag(s) (default 1; both adds partition 2)
 #   hidden=N              NTFS hidden-sectors field (default: the start, 2048)
@@ -15,17 +17,21 @@
 #                         disk signature, or no BOOTMGR/BCD at all (NTLDR)
 #   fs=ntfs|fat           file system of partition 1 (default ntfs)
 #   label=dos|gpt         partition table (default dos)
+#   size=MIB              size of partition 1 in MiB (default 64); the image
+#                         stays sparse, so 20480 (20 GiB) costs little space
 # Needs: sfdisk (fdisk), mkntfs (ntfs-3g), wimcapture/wimapply (wimtools),
 # hivexregedit (libwin-hivex-perl), syslinux-common, grub-pc-bin, mtools.
 set -eu
 out=$1
 system=$2
 shift 2
-log1="" log2="" sig=1a2b3c4d active=1 hidden="" mbr=syslinux bcd=match fs=ntfs label=dos
+log1="" log2="" log="" software="" sig=1a2b3c4d active=1 hidden="" mbr=syslinux bcd=match fs=ntfs label=dos size=64
 for kv in "$@"; do
     case $kv in
         log1=*) log1=${kv#log1=} ;;
         log2=*) log2=${kv#log2=} ;;
+        log=*) log=${kv#log=} ;;
+        software=*) software=${kv#software=} ;;
         sig=*) sig=${kv#sig=} ;;
         active=*) active=${kv#active=} ;;
         hidden=*) hidden=${kv#hidden=} ;;
@@ -33,13 +39,14 @@ for kv in "$@"; do
         bcd=*) bcd=${kv#bcd=} ;;
         fs=*) fs=${kv#fs=} ;;
         label=*) label=${kv#label=} ;;
+        size=*) size=${kv#size=} ;;
         *) echo "windows-disk.sh: unknown option $kv" >&2; exit 2 ;;
     esac
 done
 here=$(cd "$(dirname "$0")" && pwd)
 samples=${REHOST_HIVES:-$here/../../../shared/samples/hives}
 start=2048
-sectors=131072 # 64 MiB
+sectors=$((size * 2048))
 [ -n "$hidden" ] || hidden=$start
 work=$(mktemp -d "${TMPDIR:-/tmp}/p2vdisk.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -52,6 +59,8 @@ mkdir -p "$config"
 cp "$system" "$config/SYSTEM"
 [ -z "$log1" ] || cp "$log1" "$config/SYSTEM.LOG1"
 [ -z "$log2" ] || cp "$log2" "$config/SYSTEM.LOG2"
+[ -z "$log" ] || cp "$log" "$config/SYSTEM.LOG"
+[ -z "$software" ] || cp "$software" "$config/SOFTWARE"
 for d in atapi intelide pciide msahci storahci iaStorV; do
     printf 'MZ driver %s\n' "$d" >"$tree/Windows/System32/drivers/$d.sys"
 done
@@ -112,7 +121,8 @@ else
         fi
     } | sfdisk -q "$out"
 fi
-dd if="$work/part.img" of="$out" bs=512 seek=$start conv=notrunc status=none
+# Zero blocks are skipped (the image and the partition file stay sparse).
+dd if="$work/part.img" of="$out" bs=1M oflag=seek_bytes seek=$((start * 512)) conv=notrunc,sparse status=none
 if [ "$label" != gpt ]; then
     case $mbr in
         syslinux) dd if=/usr/lib/syslinux/mbr/mbr.bin of="$out" bs=440 count=1 conv=notrunc status=none ;;

@@ -47,9 +47,12 @@ never written. What is checked, each as a finding with its evidence
   bcd               \\Boot\\BCD's default loader devices name this disk's
                     signature and the active partition's offset
   windows_install   an NTFS volume with Windows\\System32\\config
-  system_hive       clean, or dirty (sequence numbers differ): its .LOG1/.LOG2
-                    are replayed in memory, or the verdict may be stale
-  windows_version   ProductName and build from the SOFTWARE hive
+  system_hive       clean, or dirty (sequence numbers differ): its transaction
+                    logs are replayed in memory (new HvLE .LOG1/.LOG2, or
+                    the old DIRT .LOG1/.LOG2/.LOG Windows would pick), or
+                    the verdict may be stale (evidence stale: true)
+  windows_version   ProductName, CurrentVersion and build from the SOFTWARE
+                    hive; a missing or unreadable one is named
   control_set       Select\\Current
   storage_driver    per controller: the services its PCI IDs bind to
                     (CriticalDeviceDatabase before Windows 8, DriverDatabase

@@ -78,6 +78,12 @@ fn hive(dir: &Path, name: &str) -> PathBuf {
 
 /// Merges a .reg text into a copy of `hive` (hivexregedit) and returns it.
 fn variant(dir: &Path, hive: &Path, name: &str, reg: &str) -> PathBuf {
+    merge(dir, hive, name, "HKEY_LOCAL_MACHINE\\SYSTEM", reg)
+}
+
+/// Merges a .reg text, whose keys start with `prefix` for the hive's
+/// root, into a copy of `hive` (hivexregedit) and returns the copy.
+fn merge(dir: &Path, hive: &Path, name: &str, prefix: &str, reg: &str) -> PathBuf {
     let out = dir.join(name);
     std::fs::copy(hive, &out).unwrap();
     let reg_path = dir.join(format!("{name}.reg"));
@@ -87,7 +93,7 @@ fn variant(dir: &Path, hive: &Path, name: &str, reg: &str) -> PathBuf {
     )
     .unwrap();
     let st = Command::new("hivexregedit")
-        .args(["--merge", "--prefix", "HKEY_LOCAL_MACHINE\\SYSTEM"])
+        .args(["--merge", "--prefix", prefix])
         .arg(&out)
         .arg(&reg_path)
         .status()
@@ -664,4 +670,211 @@ fn fix_writes_only_into_the_child_and_changes_the_verdict() {
         "{err}"
     );
     assert!(!child.exists());
+}
+
+/// A dirty SYSTEM whose last change (msahci Start 3 -> 0) is only in an
+/// old-format (Windows XP-8, "DIRT") SYSTEM.LOG1: the check replays it and
+/// AHCI then boots; a damaged log gives the stale-verdict finding instead.
+#[test]
+fn old_format_hive_log_is_replayed() {
+    use rehost_boot::p2v::hive::base_block_checksum;
+    use rehost_boot::p2v::hive_log::old_format_log;
+    if !have_tools() {
+        return;
+    }
+    let dir = tempdir();
+    let d = dir.path();
+    let original = hive(d, "SYSTEM");
+    let before = std::fs::read(&original).unwrap();
+    // The change, made by an independent writer (hivexregedit) in a copy:
+    // it rewrites a few cells and grows the hive by a bin.
+    let changed = variant(
+        d,
+        &original,
+        "SYSTEM-changed",
+        "[HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\msahci]\n\"Start\"=dword:00000000\n",
+    );
+    let after = std::fs::read(&changed).unwrap();
+    let seq = u32::from_le_bytes(before[4..8].try_into().unwrap()) + 1;
+    let log = old_format_log(&before, &after, seq).unwrap();
+    let dirty_pages = (4096..after.len())
+        .step_by(512)
+        .filter(|&at| before.get(at..at + 512) != Some(&after[at..at + 512]))
+        .count();
+    assert!(
+        dirty_pages > 2 && after.len() > before.len(),
+        "{dirty_pages}"
+    );
+    // The primary as a crash leaves it: the old data, the primary
+    // sequence number bumped at the start of the write.
+    let mut primary = before.clone();
+    primary[4..8].copy_from_slice(&seq.to_le_bytes());
+    let sum = base_block_checksum(&primary).unwrap();
+    primary[508..512].copy_from_slice(&sum.to_le_bytes());
+    let system = d.join("SYSTEM-dirty");
+    std::fs::write(&system, &primary).unwrap();
+    let log1 = d.join("SYSTEM-dirty.LOG1");
+    std::fs::write(&log1, &log).unwrap();
+    // An independent reader sees the old value in the primary file.
+    assert_eq!(
+        hivexget(&system, "\\ControlSet001\\Services\\msahci", "Start"),
+        "3"
+    );
+
+    let img = build(
+        d,
+        "oldlog.raw",
+        &system,
+        &[&format!("log1={}", log1.display())],
+    );
+    let (code, j) = check_json(&img, &[]);
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(j["controllers"]["ahci"]["boots"], true, "{j}");
+    let f = finding(&j, "system_hive");
+    let seqs = format!("{seq} / {}", seq - 1);
+    assert_eq!(f["evidence"]["sequence_before"], seqs);
+    assert_eq!(f["evidence"]["log_format"], "old");
+    assert_eq!(
+        f["evidence"]["logs_applied"],
+        serde_json::json!(["SYSTEM.LOG1"])
+    );
+    assert_eq!(f["evidence"]["log_pages_applied"], dirty_pages);
+    assert_eq!(f["evidence"]["stale"], false);
+    assert_eq!(
+        f["detail"],
+        format!("dirty (sequence numbers {seqs}); replayed the old-format log SYSTEM.LOG1 ({dirty_pages} dirty 512-byte pages) in memory: now {seq} / {seq}")
+    );
+
+    // The same log cut short, and a log of garbage: no replay, the verdict
+    // of the primary as it is, flagged as possibly stale.
+    let cut = d.join("cut.LOG1");
+    std::fs::write(&cut, &log[..log.len() - 100]).unwrap();
+    let garbage = d.join("garbage.LOG1");
+    let mut junk = log[..512].to_vec();
+    junk.extend((0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    std::fs::write(&garbage, &junk).unwrap();
+    for (name, bad, why) in [
+        ("cut", &cut, "past the end"),
+        ("garbage", &garbage, "not \"DIRT\""),
+    ] {
+        let img = build(
+            d,
+            &format!("{name}.raw"),
+            &system,
+            &[&format!("log1={}", bad.display())],
+        );
+        let (code, j) = check_json(&img, &[]);
+        assert_eq!(code, 1, "{name}: {j}");
+        assert_eq!(
+            j["controllers"]["ahci"]["storage_driver"]["reason"],
+            "msahci Start = 3 in ControlSet001",
+            "{name}"
+        );
+        let f = finding(&j, "system_hive");
+        assert_eq!(f["evidence"]["stale"], true, "{name}: {f}");
+        let detail = f["detail"].as_str().unwrap();
+        assert!(
+            detail.ends_with("the verdict may be stale"),
+            "{name}: {detail}"
+        );
+        assert!(detail.contains(why), "{name}: {detail}");
+    }
+}
+
+/// A SOFTWARE hive built with hivex tools (the small BCD sample as a base,
+/// a CurrentVersion key merged in): the check reports the version written;
+/// a missing or unreadable SOFTWARE is named.
+#[test]
+fn software_hive_gives_the_windows_version() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempdir();
+    let d = dir.path();
+    let system = hive(d, "SYSTEM");
+    let base = hive(d, "BCD");
+    let software = merge(
+        d,
+        &base,
+        "SOFTWARE",
+        "HKEY_LOCAL_MACHINE\\SOFTWARE",
+        "[HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft]\n\n\
+         [HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT]\n\n\
+         [HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion]\n\
+         \"ProductName\"=\"Windows Server 2008 R2 Standard\"\n\
+         \"CurrentVersion\"=\"6.1\"\n\
+         \"CurrentBuildNumber\"=\"7601\"\n\
+         \"CurrentBuild\"=\"7601\"\n\
+         \"CSDVersion\"=\"Service Pack 1\"\n",
+    );
+    let key = "\\Microsoft\\Windows NT\\CurrentVersion";
+    assert_eq!(hivexget(&software, key, "CurrentBuildNumber"), "7601");
+
+    let img = build(
+        d,
+        "sw.raw",
+        &system,
+        &[&format!("software={}", software.display())],
+    );
+    let (_, j) = check_json(&img, &[]);
+    let f = finding(&j, "windows_version");
+    assert_eq!(f["ok"], true);
+    assert_eq!(
+        f["detail"],
+        "Windows Server 2008 R2 Standard (version 6.1, build 7601)"
+    );
+    for v in [
+        "ProductName",
+        "CurrentVersion",
+        "CurrentBuildNumber",
+        "CSDVersion",
+    ] {
+        assert_eq!(f["evidence"][v], hivexget(&software, key, v), "{v}");
+    }
+    let (_, text) = check(&img, &[]);
+    assert!(
+        text.contains("Windows Server 2008 R2 Standard (version 6.1, build 7601)"),
+        "{text}"
+    );
+
+    // No SOFTWARE: named, version unknown, the verdict as before.
+    let img = build(d, "nosw.raw", &system, &[]);
+    let (code, j) = check_json(&img, &["--controller", "ide"]);
+    assert_eq!(code, 0);
+    let f = finding(&j, "windows_version");
+    assert_eq!(
+        f["detail"],
+        "Windows\\System32\\config\\SOFTWARE is missing: version unknown"
+    );
+    // A SOFTWARE that is not a hive, and one without the key.
+    let junk = d.join("junk");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    let img = build(
+        d,
+        "badsw.raw",
+        &system,
+        &[&format!("software={}", junk.display())],
+    );
+    let (code, j) = check_json(&img, &["--controller", "ide"]);
+    assert_eq!(code, 0);
+    let detail = finding(&j, "windows_version")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.starts_with("SOFTWARE hive unreadable (SOFTWARE: base block"),
+        "{detail}"
+    );
+    assert!(detail.ends_with("version unknown"), "{detail}");
+    let img = build(
+        d,
+        "keyless.raw",
+        &system,
+        &[&format!("software={}", base.display())],
+    );
+    let (_, j) = check_json(&img, &["--controller", "ide"]);
+    assert_eq!(
+        finding(&j, "windows_version")["detail"],
+        "SOFTWARE has no Microsoft\\Windows NT\\CurrentVersion key; version unknown"
+    );
 }

@@ -7,6 +7,7 @@ use rehost_disk::{BlockDevice, OpenOptions};
 use serde_json::{json, Map, Value as Json};
 
 use super::hive::{Hive, HiveError, Key};
+use super::hive_log::LogFormat;
 use super::partition::{self, MbrPartition};
 use super::partition_spec::{SECTOR, TYPE_EXTENDED};
 use super::volume::NtfsVolume;
@@ -630,29 +631,52 @@ impl Walk<'_, '_> {
     }
 
     fn version(&mut self, software: Vec<u8>) {
-        let Ok(hive) = Hive::parse("SOFTWARE", software) else {
-            return self.push(finding(
+        const KEY: &str = "Microsoft\\Windows NT\\CurrentVersion";
+        let hive = match Hive::parse("SOFTWARE", software) {
+            Ok(h) => h,
+            Err(e) => {
+                return self.push(finding(
+                    "windows_version",
+                    true,
+                    format!("SOFTWARE hive unreadable ({e}); version unknown"),
+                ))
+            }
+        };
+        let key = match hive.open(KEY) {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                return self.push(finding(
+                    "windows_version",
+                    true,
+                    format!("SOFTWARE has no {KEY} key; version unknown"),
+                ))
+            }
+            Err(e) => {
+                return self.push(finding(
+                    "windows_version",
+                    true,
+                    format!("SOFTWARE hive unreadable ({e}); version unknown"),
+                ))
+            }
+        };
+        let get = |n: &str| key.string(n).ok().flatten().unwrap_or_default();
+        let name = get("ProductName");
+        let version = get("CurrentVersion");
+        let mut build = get("CurrentBuildNumber");
+        if build.is_empty() {
+            build = get("CurrentBuild");
+        }
+        self.push(
+            finding(
                 "windows_version",
                 true,
-                "SOFTWARE hive unreadable; version unknown",
-            ));
-        };
-        let key = hive
-            .open("Microsoft\\Windows NT\\CurrentVersion")
-            .ok()
-            .flatten();
-        let get = |n: &str| {
-            key.and_then(|k| k.string(n).ok().flatten())
-                .unwrap_or_default()
-        };
-        let name = get("ProductName");
-        let build = get("CurrentBuildNumber");
-        self.push(
-            finding("windows_version", true, format!("{name} build {build}"))
-                .with("key", "SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion")
-                .with("ProductName", name.clone())
-                .with("CurrentBuildNumber", build.clone())
-                .with("CurrentVersion", get("CurrentVersion")),
+                format!("{name} (version {version}, build {build})"),
+            )
+            .with("key", format!("SOFTWARE\\{KEY}"))
+            .with("ProductName", name.clone())
+            .with("CurrentVersion", version)
+            .with("CurrentBuildNumber", build)
+            .with("CSDVersion", get("CSDVersion")),
         );
     }
 }
@@ -678,7 +702,7 @@ fn load_hive(vol: &mut NtfsVolume<'_>, name: &'static str) -> Result<(Hive, Find
         return Ok((hive, f));
     }
     let mut logs = Vec::new();
-    for ext in ["LOG1", "LOG2"] {
+    for ext in ["LOG1", "LOG2", "LOG"] {
         if let Ok(Some(log)) = vol.read_file(&format!("{dir}{name}.{ext}")) {
             logs.push((format!("{name}.{ext}"), log));
         }
@@ -687,37 +711,72 @@ fn load_hive(vol: &mut NtfsVolume<'_>, name: &'static str) -> Result<(Hive, Find
         let f = finding(
             "system_hive",
             true,
-            format!("dirty (sequence numbers {seq}) and its .LOG1/.LOG2 are missing: the verdict may be stale"),
+            format!("dirty (sequence numbers {seq}) and its .LOG1/.LOG2/.LOG are missing: the verdict may be stale"),
         )
         .with("sequence", seq)
         .with("logs", "missing");
         return Ok((hive, f));
     }
+    let present = logs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     match super::hive_log::replay(&hive, &logs) {
         Ok((replayed, r)) if r.entries > 0 => {
             let after = replayed.base_block();
+            let what = match r.format {
+                LogFormat::New => format!(
+                    "replayed {} log entries ({} dirty pages)",
+                    r.entries, r.pages
+                ),
+                LogFormat::Old => format!(
+                    "replayed the old-format log {} ({} dirty 512-byte pages)",
+                    r.used.join(", "),
+                    r.pages
+                ),
+            };
+            let stale = match &r.stopped {
+                Some(why) => format!("; recovery stopped early ({why}): the verdict may be stale"),
+                None => String::new(),
+            };
             let f = finding(
                 "system_hive",
                 true,
                 format!(
-                    "dirty (sequence numbers {seq}); replayed {} log entries ({} dirty pages) in memory: now {} / {}",
-                    r.entries, r.pages, after.primary_sequence, after.secondary_sequence
+                    "dirty (sequence numbers {seq}); {what} in memory: now {} / {}{stale}",
+                    after.primary_sequence, after.secondary_sequence
                 ),
             )
             .with("sequence_before", seq)
+            .with(
+                "log_format",
+                match r.format {
+                    LogFormat::New => "new",
+                    LogFormat::Old => "old",
+                },
+            )
             .with("log_entries_applied", r.entries)
             .with("log_pages_applied", r.pages)
-            .with("log_sequences", format!("{:?}..={:?}", r.first_sequence.unwrap_or(0), r.last_sequence.unwrap_or(0)))
-            .with("logs", logs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+            .with(
+                "log_sequences",
+                format!(
+                    "{:?}..={:?}",
+                    r.first_sequence.unwrap_or(0),
+                    r.last_sequence.unwrap_or(0)
+                ),
+            )
+            .with("logs", present)
+            .with("logs_applied", r.used.clone())
+            .with("stale", r.stopped.is_some());
             Ok((replayed, f))
         }
-        Ok(_) => {
+        Ok((_, r)) => {
+            let why = r.stopped.map(|w| format!(" ({w})")).unwrap_or_default();
             let f = finding(
                 "system_hive",
                 true,
-                format!("dirty (sequence numbers {seq}); its logs hold no entry to apply: the verdict may be stale"),
+                format!("dirty (sequence numbers {seq}); its logs hold no entry to apply{why}: the verdict may be stale"),
             )
-            .with("sequence", seq);
+            .with("sequence", seq)
+            .with("logs", present)
+            .with("stale", true);
             Ok((hive, f))
         }
         Err(e) => {
@@ -726,7 +785,9 @@ fn load_hive(vol: &mut NtfsVolume<'_>, name: &'static str) -> Result<(Hive, Find
                 true,
                 format!("dirty (sequence numbers {seq}); its logs could not be replayed ({e}): the verdict may be stale"),
             )
-            .with("sequence", seq);
+            .with("sequence", seq)
+            .with("logs", present)
+            .with("stale", true);
             Ok((hive, f))
         }
     }

@@ -97,3 +97,14 @@ pub const MARVIN_SEED: u64 = 0x82EF_4D88_7A4E_55C5;
 pub const DIRT_SIGNATURE: &[u8; 4] = b"DIRT";
 /// The dirty vector has one bit per 512-byte page of the hive bins data.
 pub const DIRTY_PAGE_SIZE: usize = 512;
+
+// Base block fields the old-format log checks use.
+pub const BB_TIMESTAMP: usize = 12;
+pub const BB_CLUSTERING_FACTOR: usize = 44;
+/// Largest clustering factor (logical sector size / 512) Windows uses:
+/// 4096-byte sectors.
+pub const MAX_CLUSTERING_FACTOR: u32 = 8;
+/// A hive bin header's timestamp (only the first bin's is meaningful).
+pub const HBIN_TIMESTAMP: usize = 20;
+/// Hive bins data sizes above this are refused (the offsets are 31-bit).
+pub const MAX_HIVE_BINS_SIZE: usize = 1 << 31;

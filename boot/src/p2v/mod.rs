@@ -19,9 +19,14 @@
 //!   name this disk's signature and the active partition's offset;
 //! - `windows_install`: an NTFS volume with `Windows\System32\config`;
 //! - `system_hive`: clean or dirty (sequence numbers differ); a dirty hive's
-//!   new-format (HvLE) logs are replayed in memory, and without usable logs
-//!   the verdict is marked as possibly stale;
-//! - `windows_version`: ProductName and build from the SOFTWARE hive;
+//!   transaction logs (new "HvLE" format from .LOG1/.LOG2, or the old "DIRT"
+//!   format from the .LOG1/.LOG2/.LOG Windows would choose) are replayed in
+//!   memory, and without usable logs, or when recovery stops early, the
+//!   verdict is marked as possibly stale (evidence `stale`: true);
+//! - `windows_version`: ProductName, CurrentVersion and CurrentBuildNumber
+//!   (or CurrentBuild) from `SOFTWARE\Microsoft\Windows NT\CurrentVersion`;
+//!   a missing or unreadable SOFTWARE hive, or one without that key, is
+//!   named ("version unknown") and does not change the verdict;
 //! - `control_set`: `Select\Current`;
 //! - `storage_driver` (one per controller): the services the controller's
 //!   PCI IDs bind to (CriticalDeviceDatabase before Windows 8,
@@ -35,10 +40,6 @@
 //! "verdict": LINE, "storage_driver": {"ok": BOOL, "service": NAME,
 //! "reason": TEXT}}, "ahci": {...}}}`. `storage_driver` judges the driver
 //! chain alone, `boots` every finding together.
-//!
-//! Limits: old-format (DIRT) hive logs (Windows 8 and earlier) are not
-//! replayed: such a dirty hive is judged as it is, flagged as possibly
-//! stale.
 
 pub mod bcd;
 pub mod check;
