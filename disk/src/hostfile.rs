@@ -118,8 +118,45 @@ pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// fsyncs the directory `dir`, making the creations and renames in it
-/// durable.
+/// Removes the file `path`. Durable only once its directory is synced
+/// ([`sync_dir`]).
+pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    let kept = sim::before_remove(path)?;
+    std::fs::remove_file(path)?;
+    #[cfg(test)]
+    sim::removed(path, kept);
+    Ok(())
+}
+
+/// Writes a [`HostFile`] from its start onwards, one write after another:
+/// an [`io::Write`] for buffered writers of whole files.
+#[derive(Debug)]
+pub(crate) struct Appender<'a> {
+    file: &'a HostFile,
+    at: u64,
+}
+
+impl<'a> Appender<'a> {
+    pub fn new(file: &'a HostFile) -> Appender<'a> {
+        Appender { file, at: 0 }
+    }
+}
+
+impl io::Write for Appender<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all_at(buf, self.at)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// fsyncs the directory `dir`, making the creations, renames and removals
+/// in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(test)]
     sim::tick()?;
@@ -133,12 +170,12 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 ///
 /// A test starts a [`sim::Sim`] on its thread; from then on every file
 /// operation of this module on that thread (write, size change, hole punch,
-/// file or directory sync, creation, rename) is counted, and after the
+/// file or directory sync, creation, rename, removal) is counted, and after the
 /// chosen number every further one fails, as if the process had died
 /// there. The simulator remembers every change not yet made durable: file
 /// contents in 4 KiB pieces (with their old bytes) and size changes until
 /// the file's next sync, creations and renames until the next sync of
-/// their directory. Ending the simulation then models the crash:
+/// their directory, and so do removals. Ending the simulation then models the crash:
 ///
 /// - [`sim::Sim::kill`]: the process died; everything it wrote stays (the
 ///   page cache survives a process).
@@ -205,6 +242,12 @@ pub(crate) mod sim {
             to: PathBuf,
             displaced: Option<PathBuf>,
         },
+        /// `kept`: a second name, made before the removal, of the removed
+        /// file (so that undoing the removal can bring it back).
+        Remove {
+            path: PathBuf,
+            kept: PathBuf,
+        },
     }
 
     impl DirOp {
@@ -212,6 +255,7 @@ pub(crate) mod sim {
             match self {
                 DirOp::Create { path } => path.parent(),
                 DirOp::Rename { to, .. } => to.parent(),
+                DirOp::Remove { path, .. } => path.parent(),
             }
         }
     }
@@ -370,6 +414,28 @@ pub(crate) mod sim {
         });
     }
 
+    /// Counts the removal and keeps a second name of the file.
+    pub(super) fn before_remove(path: &Path) -> io::Result<Option<PathBuf>> {
+        with(|w| {
+            w.tick()?;
+            let kept = w.hidden_name(path);
+            std::fs::hard_link(path, &kept)?;
+            Ok(Some(kept))
+        })
+        .unwrap_or(Ok(None))
+    }
+
+    pub(super) fn removed(path: &Path, kept: Option<PathBuf>) {
+        if let Some(kept) = kept {
+            with(|w| {
+                w.dir_ops.push(DirOp::Remove {
+                    path: path.to_owned(),
+                    kept,
+                })
+            });
+        }
+    }
+
     pub(super) fn dir_synced(dir: &Path) {
         with(|w| {
             let (done, pending) = std::mem::take(&mut w.dir_ops)
@@ -383,11 +449,14 @@ pub(crate) mod sim {
     /// Drops the second names kept for undoing `ops`.
     fn forget(ops: Vec<DirOp>) {
         for op in ops {
-            if let DirOp::Rename {
-                displaced: Some(d), ..
-            } = op
-            {
-                let _ = std::fs::remove_file(d);
+            match op {
+                DirOp::Rename {
+                    displaced: Some(d), ..
+                }
+                | DirOp::Remove { kept: d, .. } => {
+                    let _ = std::fs::remove_file(d);
+                }
+                _ => {}
             }
         }
     }
@@ -493,6 +562,11 @@ pub(crate) mod sim {
                             std::fs::rename(d, to).unwrap();
                         }
                     }
+                    DirOp::Remove { path, kept } => {
+                        if !path.exists() {
+                            std::fs::hard_link(kept, path).unwrap();
+                        }
+                    }
                 }
             }
             hidden_for_create.reverse();
@@ -514,6 +588,12 @@ pub(crate) mod sim {
                         if kept && from.exists() {
                             std::fs::rename(from, to).unwrap();
                         }
+                    }
+                    DirOp::Remove { path, kept: second } => {
+                        if kept && path.exists() {
+                            std::fs::remove_file(path).unwrap();
+                        }
+                        std::fs::remove_file(second).unwrap();
                     }
                 }
             }
@@ -680,6 +760,33 @@ mod tests {
     }
 
     #[test]
+    fn a_removal_without_a_directory_sync_may_be_lost() {
+        let d = dir();
+        let f = d.path().join("f");
+        for (sync, keep, there) in [
+            (false, false, true),
+            (false, true, false),
+            (true, false, false),
+        ] {
+            std::fs::write(&f, b"journal").unwrap();
+            let sim = Sim::start(None);
+            remove_file(&f).unwrap();
+            if sync {
+                sync_dir(d.path()).unwrap();
+            }
+            assert!(!f.exists());
+            sim.power_loss(|_| keep);
+            assert_eq!(f.exists(), there, "sync {sync} keep {keep}");
+            if there {
+                assert_eq!(std::fs::read(&f).unwrap(), b"journal");
+            }
+            // No second name is left behind.
+            let want: &[&str] = if there { &["f"] } else { &[] };
+            assert_eq!(names(d.path()), want, "sync {sync} keep {keep}");
+        }
+    }
+
+    #[test]
     fn after_the_crash_point_every_operation_fails() {
         let d = dir();
         let path = d.path().join("img");
@@ -693,6 +800,7 @@ mod tests {
         assert!(sim.crashed());
         assert!(f.sync_data().is_err());
         assert!(rename(&path, &d.path().join("x")).is_err());
+        assert!(remove_file(&path).is_err());
         sim.kill();
         assert_eq!(&std::fs::read(&path).unwrap()[..2], b"a\0");
     }

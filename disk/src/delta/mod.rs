@@ -125,6 +125,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::dirty::{self, BitmapState, DirtyTracker, TrackerOptions};
+use crate::hostfile;
 use crate::ops::Progress;
 use crate::{BlockDevice, BlockError, DiskImage, ImageFormat, OpenOptions};
 use replica::{replica_path, ReplicaRecord};
@@ -195,9 +196,6 @@ pub enum DeltaError {
     Usage { path: PathBuf, reason: String },
     #[error(transparent)]
     Block(#[from] BlockError),
-    /// A test's fault injection stopped the apply here.
-    #[error("{path}: injected crash before file operation {op} (test)")]
-    InjectedCrash { path: PathBuf, op: u64 },
 }
 
 pub type Result<T, E = DeltaError> = std::result::Result<T, E>;
@@ -233,13 +231,19 @@ fn create_truncated(path: &Path) -> Result<File> {
         .map_err(io_err(path, 0))
 }
 
+/// fsyncs the directory holding `of`.
 fn sync_dir(of: &Path) -> Result<()> {
     let dir = match of.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let d = File::open(dir).map_err(io_err(dir, 0))?;
-    d.sync_all().map_err(io_err(dir, 0))
+    hostfile::sync_dir(dir).map_err(io_err(dir, 0))
+}
+
+/// Renames the durable file `from` over `to` and makes the rename durable.
+fn rename_durably(from: &Path, to: &Path) -> Result<()> {
+    hostfile::rename(from, to).map_err(io_err(to, 0))?;
+    sync_dir(to)
 }
 
 /// One record as read: its extent and how it was stored.
@@ -927,39 +931,6 @@ pub struct ApplyReport {
     pub recovered: Option<StreamCounts>,
 }
 
-/// Fault injection for the crash model: the apply stops (as a killed
-/// process would) before its `n`th file operation.
-#[derive(Debug, Default)]
-pub(crate) struct Faults {
-    countdown: Option<u64>,
-    ops: u64,
-}
-
-impl Faults {
-    #[cfg(test)]
-    pub(crate) fn crash_before(n: u64) -> Faults {
-        Faults {
-            countdown: Some(n),
-            ops: 0,
-        }
-    }
-
-    fn tick(&mut self, path: &Path) -> Result<()> {
-        self.ops += 1;
-        match &mut self.countdown {
-            Some(0) => Err(DeltaError::InjectedCrash {
-                path: path.to_owned(),
-                op: self.ops,
-            }),
-            Some(n) => {
-                *n -= 1;
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-}
-
 /// Reads `TARGET.rehost-replica`; `Ok(None)` when there is none.
 pub fn read_replica(target: &Path) -> Result<Option<ReplicaRecord>> {
     let path = replica_path(target);
@@ -977,49 +948,8 @@ pub fn read_replica(target: &Path) -> Result<Option<ReplicaRecord>> {
 /// documentation). A pending journal of an earlier interrupted apply is
 /// rolled forward first.
 pub fn apply(delta: &Path, target: &Path, progress: &mut Progress) -> Result<ApplyReport> {
-    apply_with(delta, target, progress, &mut Faults::default())
-}
-
-/// Finishes an interrupted apply of `target`, if one is pending.
-pub fn recover(target: &Path, progress: &mut Progress) -> Result<Option<StreamCounts>> {
-    recover_with(target, progress, &mut Faults::default())
-}
-
-pub(crate) fn recover_with(
-    target: &Path,
-    progress: &mut Progress,
-    faults: &mut Faults,
-) -> Result<Option<StreamCounts>> {
-    if journal_path(target).exists() {
-        Ok(Some(roll_forward(target, progress, faults)?))
-    } else {
-        Ok(None)
-    }
-}
-
-fn describe_stamp(s: &dirty::sidecar_spec::ImageStamp) -> String {
-    format!(
-        "size {} mtime {}.{:09}{}",
-        s.file_size,
-        s.mtime_sec,
-        s.mtime_nsec,
-        s.data_write_guid
-            .map(|g| format!(
-                " DataWriteGuid {}",
-                g.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ))
-            .unwrap_or_default()
-    )
-}
-
-pub(crate) fn apply_with(
-    delta: &Path,
-    target: &Path,
-    progress: &mut Progress,
-    faults: &mut Faults,
-) -> Result<ApplyReport> {
     let mut report = ApplyReport {
-        recovered: recover_with(target, progress, faults)?,
+        recovered: recover(target, progress)?,
         ..Default::default()
     };
     let header = {
@@ -1087,37 +1017,54 @@ pub(crate) fn apply_with(
     // target is not touched before the journal is durable.
     let journal = journal_path(target);
     let tmp = with_suffix(&journal, ".tmp");
-    faults.tick(&tmp)?;
-    let jf = create_truncated(&tmp)?;
+    let jf = hostfile::create_truncated(&tmp).map_err(io_err(&tmp, 0))?;
     let copied = (|| -> Result<StreamCounts> {
         let f = File::open(delta).map_err(io_err(delta, 0))?;
         let tee = Tee {
             input: BufReader::with_capacity(1 << 20, f),
-            copy: BufWriter::with_capacity(1 << 20, &jf),
+            copy: BufWriter::with_capacity(1 << 20, hostfile::Appender::new(&jf)),
         };
         let mut reader = StreamReader::new(tee, delta)?;
         let counts = reader.verify_rest()?;
         let mut copy = reader.input.copy;
-        faults.tick(&tmp)?;
         copy.flush().map_err(io_err(&tmp, 0))?;
         drop(copy);
-        faults.tick(&tmp)?;
         jf.sync_all().map_err(io_err(&tmp, 0))?;
         Ok(counts)
     })();
+    drop(jf);
     if let Err(e) = copied {
-        drop(jf);
-        let _ = std::fs::remove_file(&tmp);
+        let _ = hostfile::remove_file(&tmp);
         return Err(e);
     }
-    drop(jf);
-    faults.tick(&journal)?;
-    std::fs::rename(&tmp, &journal).map_err(io_err(&journal, 0))?;
-    faults.tick(&journal)?;
-    sync_dir(&journal)?;
-    report.counts = roll_forward(target, progress, faults)?;
+    rename_durably(&tmp, &journal)?;
+    report.counts = roll_forward(target, progress)?;
     report.generation = header.target_generation;
     Ok(report)
+}
+
+/// Finishes an interrupted apply of `target`, if one is pending.
+pub fn recover(target: &Path, progress: &mut Progress) -> Result<Option<StreamCounts>> {
+    if journal_path(target).exists() {
+        Ok(Some(roll_forward(target, progress)?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn describe_stamp(s: &dirty::sidecar_spec::ImageStamp) -> String {
+    format!(
+        "size {} mtime {}.{:09}{}",
+        s.file_size,
+        s.mtime_sec,
+        s.mtime_nsec,
+        s.data_write_guid
+            .map(|g| format!(
+                " DataWriteGuid {}",
+                g.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ))
+            .unwrap_or_default()
+    )
 }
 
 /// Reads `input` and copies every byte read into `copy`.
@@ -1164,11 +1111,7 @@ impl ApplyTarget {
 /// Applies the journal of `target` (already verified when it was written,
 /// and checked again as it is read), records the new generation and
 /// removes the journal. Idempotent: run again after any crash.
-fn roll_forward(
-    target: &Path,
-    progress: &mut Progress,
-    faults: &mut Faults,
-) -> Result<StreamCounts> {
+fn roll_forward(target: &Path, progress: &mut Progress) -> Result<StreamCounts> {
     let journal = journal_path(target);
     let f = File::open(&journal).map_err(io_err(&journal, 0))?;
     let mut reader = StreamReader::new(BufReader::with_capacity(1 << 20, f), &journal)?;
@@ -1204,7 +1147,6 @@ fn roll_forward(
     let todo = header.disk_size;
     progress(0, todo);
     while let Some(rec) = reader.next_record(&mut data)? {
-        faults.tick(target)?;
         let d = dev.device();
         match rec.kind {
             RecordKind::Zero => {
@@ -1228,7 +1170,6 @@ fn roll_forward(
     }
     let counts = *reader.counts();
     drop(reader);
-    faults.tick(target)?;
     dev.close()?;
     let record = ReplicaRecord {
         generation: header.target_generation,
@@ -1238,22 +1179,13 @@ fn roll_forward(
     };
     let rpath = replica_path(target);
     let rtmp = with_suffix(&rpath, ".tmp");
-    faults.tick(&rtmp)?;
-    let rf = create_truncated(&rtmp)?;
-    faults.tick(&rtmp)?;
-    (&rf)
-        .write_all(&record.to_bytes())
+    let rf = hostfile::create_truncated(&rtmp).map_err(io_err(&rtmp, 0))?;
+    rf.write_all_at(&record.to_bytes(), 0)
         .map_err(io_err(&rtmp, 0))?;
-    faults.tick(&rtmp)?;
     rf.sync_all().map_err(io_err(&rtmp, 0))?;
     drop(rf);
-    faults.tick(&rpath)?;
-    std::fs::rename(&rtmp, &rpath).map_err(io_err(&rpath, 0))?;
-    faults.tick(&rpath)?;
-    sync_dir(&rpath)?;
-    faults.tick(&journal)?;
-    std::fs::remove_file(&journal).map_err(io_err(&journal, 0))?;
-    faults.tick(&journal)?;
+    rename_durably(&rtmp, &rpath)?;
+    hostfile::remove_file(&journal).map_err(io_err(&journal, 0))?;
     sync_dir(&journal)?;
     progress(todo, todo);
     Ok(counts)
