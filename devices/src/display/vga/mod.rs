@@ -18,11 +18,14 @@ pub mod vga_spec;
 #[cfg(test)]
 mod tests;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use vm_memory::MmapRegion;
 
 use vga_spec::*;
 
-pub use pci::{VgaLegacyWindow, VgaPci, VgaPorts};
+pub use pci::{LfbListener, VgaLegacyWindow, VgaPci, VgaPorts};
 pub use render::VgaScreen;
 
 /// Bytes of video memory a dirty bit covers.
@@ -39,9 +42,58 @@ fn plane_mask(m: u8) -> u32 {
     })
 }
 
+/// Video memory: an anonymous host mapping, so the machine can also hand
+/// it to KVM as the guest memory behind the linear framebuffer BAR.
+pub struct Vram {
+    region: MmapRegion<()>,
+}
+
+impl Vram {
+    fn new() -> Result<Self, VgaError> {
+        let region = MmapRegion::new(VRAM_SIZE).map_err(|e| VgaError::Vram(e.to_string()))?;
+        Ok(Self { region })
+    }
+
+    /// The host address and length of video memory, for a KVM slot.
+    pub fn host_range(&self) -> (u64, usize) {
+        (self.region.as_ptr() as u64, self.region.size())
+    }
+}
+
+impl Deref for Vram {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the region is VRAM_SIZE bytes, mapped for as long as
+        // `self` lives. The guest may write it concurrently through a KVM
+        // memory slot (the linear framebuffer); a byte read while the guest
+        // writes it is either value, which at worst shows a picture one
+        // refresh old, as a real adapter's scan-out would.
+        unsafe { std::slice::from_raw_parts(self.region.as_ptr(), self.region.size()) }
+    }
+}
+
+impl DerefMut for Vram {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `deref`; `&mut self` keeps other users of this
+        // adapter out (the guest's concurrent KVM writes are to guest
+        // memory, which the device accepts may change under it).
+        unsafe { std::slice::from_raw_parts_mut(self.region.as_ptr(), self.region.size()) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VgaError {
+    #[error("cannot map 16 MiB of video memory: {0}")]
+    Vram(String),
+}
+
 /// The adapter's state: registers and video memory.
 pub struct Vga {
-    pub(crate) vram: Vec<u8>,
+    pub(crate) vram: Vram,
+    /// The guest reaches video memory directly (the framebuffer BAR is a
+    /// KVM memory slot), so writes there do not pass through the device
+    /// and the renderer must look for changes itself.
+    pub(crate) lfb_mapped: bool,
     pub(crate) misc: u8,
     seq_index: u8,
     pub(crate) seq: [u8; SEQ_COUNT],
@@ -77,20 +129,15 @@ pub struct Vga {
     pub(crate) font_written: bool,
 }
 
-impl Default for Vga {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Vga {
-    pub fn new() -> Self {
+    pub fn new() -> Result<Self, VgaError> {
         let pages = VRAM_SIZE / DIRTY_PAGE;
         let mut dispi = [0u16; DISPI_COUNT];
         dispi[DISPI_INDEX_ID] = DISPI_ID5;
         dispi[DISPI_INDEX_VIDEO_MEMORY_64K] = (VRAM_SIZE >> 16) as u16;
-        Self {
-            vram: vec![0; VRAM_SIZE],
+        Ok(Self {
+            vram: Vram::new()?,
+            lfb_mapped: false,
             misc: 0,
             seq_index: 0,
             seq: [0; SEQ_COUNT],
@@ -118,12 +165,23 @@ impl Vga {
             dispi_start: 0,
             dirty: vec![0; pages.div_ceil(64)],
             font_written: false,
-        }
+        })
     }
 
     /// A shared adapter, as the buses and the renderer hold it.
-    pub fn shared() -> Arc<Mutex<Vga>> {
-        Arc::new(Mutex::new(Vga::new()))
+    pub fn shared() -> Result<Arc<Mutex<Vga>>, VgaError> {
+        Ok(Arc::new(Mutex::new(Vga::new()?)))
+    }
+
+    /// The host memory behind the linear framebuffer.
+    pub fn vram_host_range(&self) -> (u64, usize) {
+        self.vram.host_range()
+    }
+
+    /// Says whether the guest writes video memory directly (a KVM slot
+    /// behind BAR 0) rather than through the device.
+    pub fn set_lfb_mapped(&mut self, mapped: bool) {
+        self.lfb_mapped = mapped;
     }
 
     fn mark_dirty(&mut self, offset: usize) {
@@ -462,6 +520,7 @@ impl Vga {
     /// A write of the DISPI data port.
     pub fn dispi_write(&mut self, v: u16) {
         let i = usize::from(self.dispi_index);
+        tracing::trace!(index = i, value = v, "VBE DISPI write");
         match i {
             DISPI_INDEX_ID if (DISPI_ID0..=DISPI_ID5).contains(&v) => self.dispi[i] = v,
             DISPI_INDEX_XRES

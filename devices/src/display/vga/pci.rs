@@ -11,9 +11,15 @@ use crate::pci::config::REG_BAR0;
 use crate::pci::{BarKind, ConfigSpace, PciFunction, PciRegion};
 use crate::{le_value, put_le_value};
 
+/// Told where BAR 0 (the linear framebuffer) decodes now, or that it
+/// does not decode, whenever that changes; returns whether it mapped video
+/// memory there for the guest to reach directly.
+pub type LfbListener = Arc<dyn Fn(Option<u64>) -> bool + Send + Sync>;
+
 /// PCI function 1234:1111.
 pub struct VgaPci {
     cs: ConfigSpace,
+    lfb_listener: Option<LfbListener>,
     vga: Arc<Mutex<Vga>>,
     /// The VGA BIOS the expansion ROM BAR shows (empty: no ROM BAR).
     rom: Vec<u8>,
@@ -32,7 +38,18 @@ impl VgaPci {
         if !rom.is_empty() {
             cs.add_rom(rom.len() as u64);
         }
-        Self { cs, vga, rom }
+        Self {
+            cs,
+            lfb_listener: None,
+            vga,
+            rom,
+        }
+    }
+
+    /// Sets who maps the framebuffer as memory when the guest places BAR 0
+    /// (the accesses that still reach the device are handled either way).
+    pub fn set_lfb_listener(&mut self, listener: LfbListener) {
+        self.lfb_listener = Some(listener);
     }
 
     fn lfb(&self) -> Option<PciRegion> {
@@ -73,6 +90,18 @@ impl PciFunction for VgaPci {
 
     fn config_mut(&mut self) -> &mut ConfigSpace {
         &mut self.cs
+    }
+
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        let before = self.lfb().map(|r| r.base);
+        self.cs.write(offset, data);
+        let after = self.lfb().map(|r| r.base);
+        if before != after {
+            if let Some(l) = &self.lfb_listener {
+                let mapped = l(after);
+                lock(&self.vga).set_lfb_mapped(mapped);
+            }
+        }
     }
 
     fn regions(&self) -> Vec<PciRegion> {

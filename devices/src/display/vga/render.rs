@@ -105,6 +105,9 @@ pub struct VgaScreen {
     cursor: Option<(usize, bool)>,
     cursor_phase: bool,
     next_blink: Instant,
+    /// The video memory bytes each graphics line was last drawn from,
+    /// while the guest writes video memory directly (no dirty bits).
+    shadow: Vec<u8>,
 }
 
 impl VgaScreen {
@@ -116,6 +119,7 @@ impl VgaScreen {
             cursor: None,
             cursor_phase: false,
             next_blink: Instant::now(),
+            shadow: Vec::new(),
         }
     }
 }
@@ -132,7 +136,7 @@ impl Screen for VgaScreen {
         }
         let damage = match kind {
             Kind::Text => self.draw_text(&vga, frame, full),
-            Kind::Graphics => draw_graphics(&vga, frame, full),
+            Kind::Graphics => draw_graphics(&vga, frame, full, &mut self.shadow),
             Kind::Blank => {
                 if full {
                     frame.pixels.fill(0);
@@ -375,7 +379,7 @@ impl LineFormat {
     }
 }
 
-fn draw_graphics(vga: &Vga, frame: &mut Frame, full: bool) -> Damage {
+fn draw_graphics(vga: &Vga, frame: &mut Frame, full: bool, shadow: &mut Vec<u8>) -> Damage {
     let shift = (vga.gfx[GFX_MODE] >> 5) & 3;
     let double_scan = usize::from(vga.crtc[CRTC_MAX_SCAN] >> 7);
     let multi_scan = if shift != 1 {
@@ -422,6 +426,12 @@ fn draw_graphics(vga: &Vga, frame: &mut Frame, full: bool) -> Damage {
     let resized = frame.width as usize != disp_width || frame.height as usize != height;
     frame.resize(disp_width as u32, height as u32);
     let full = full || resized;
+    // With the framebuffer mapped, compare each line's bytes with those it
+    // was drawn from; otherwise the dirty bits say what was written.
+    let compare = vga.lfb_mapped;
+    if full || !compare {
+        shadow.clear();
+    }
     let pal16 = palette16(vga);
     let pal256 = palette256(vga);
     let (line_offset, start, line_compare) = offsets(vga);
@@ -441,7 +451,12 @@ fn draw_graphics(vga: &Vga, frame: &mut Frame, full: bool) -> Damage {
         if mode & 2 == 0 {
             addr = (addr & !0x8000) | ((y1 & 2) << 14);
         }
-        if full || vga.is_dirty(addr & VRAM_MASK, bwidth) || addr + bwidth > VRAM_SIZE {
+        let changed = if compare {
+            line_changed(vga, shadow, y, addr, bwidth)
+        } else {
+            vga.is_dirty(addr & VRAM_MASK, bwidth)
+        };
+        if full || changed || addr + bwidth > VRAM_SIZE {
             let row = &mut frame.pixels[y * disp_width..(y + 1) * disp_width];
             draw_line(vga, format, row, addr, width, &pal16, &pal256);
             band.get_or_insert(y);
@@ -474,6 +489,29 @@ fn draw_graphics(vga: &Vga, frame: &mut Frame, full: bool) -> Damage {
         Damage::Resized
     } else {
         Damage::Rects(rects)
+    }
+}
+
+/// Whether the `bwidth` bytes line `y` shows differ from those it was
+/// last drawn from (kept in `shadow`, `bwidth` bytes per line); updates
+/// the shadow.
+fn line_changed(vga: &Vga, shadow: &mut Vec<u8>, y: usize, addr: usize, bwidth: usize) -> bool {
+    let start = addr & VRAM_MASK;
+    let Some(now) = vga.vram.get(start..start + bwidth) else {
+        return true;
+    };
+    let at = y * bwidth;
+    if shadow.len() < at + bwidth {
+        shadow.resize(at + bwidth, 0);
+        shadow[at..at + bwidth].copy_from_slice(now);
+        return true;
+    }
+    let old = &mut shadow[at..at + bwidth];
+    if old == now {
+        false
+    } else {
+        old.copy_from_slice(now);
+        true
     }
 }
 

@@ -53,7 +53,7 @@ fn planes(v: &Vga, addr: usize) -> [u8; 4] {
 /// Colour addressing, planar 16-colour memory at A0000h (mode 12h's
 /// memory setup).
 fn planar() -> Vga {
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     out(&mut v, PORT_MISC_WRITE, 0xe3);
     seq(&mut v, 2, 0x0f);
     seq(&mut v, 4, 0x06);
@@ -160,7 +160,7 @@ fn read_modes_0_and_1() {
 
 #[test]
 fn chain4_and_odd_even_address_the_planes_as_mode_13h_and_text_do() {
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     seq(&mut v, 2, 0x0f);
     seq(&mut v, 4, 0x0e); // chain 4
     gfx(&mut v, 6, 0x05);
@@ -175,7 +175,7 @@ fn chain4_and_odd_even_address_the_planes_as_mode_13h_and_text_do() {
     assert_eq!(v.vram[4], 5);
 
     // Text: memory map B8000h, odd/even.
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     seq(&mut v, 2, 0x03);
     seq(&mut v, 4, 0x02);
     gfx(&mut v, 5, 0x10);
@@ -194,7 +194,7 @@ fn chain4_and_odd_even_address_the_planes_as_mode_13h_and_text_do() {
 
 #[test]
 fn dac_auto_increments_and_the_attribute_flip_flop_follows_status_reads() {
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     dac(&mut v, 7, [1, 2, 3]);
     dac(&mut v, 255, [4, 5, 6]);
     out(&mut v, PORT_DAC_READ_INDEX, 7);
@@ -225,7 +225,7 @@ fn dac_auto_increments_and_the_attribute_flip_flop_follows_status_reads() {
 
 #[test]
 fn crtc_registers_0_to_7_are_write_protected_by_bit_7_of_register_11h() {
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     out(&mut v, PORT_MISC_WRITE, 0x01);
     crtc(&mut v, 0x01, 0x4f);
     crtc(&mut v, 0x11, 0x80);
@@ -237,7 +237,7 @@ fn crtc_registers_0_to_7_are_write_protected_by_bit_7_of_register_11h() {
 
 #[test]
 fn out_of_range_register_indexes_do_not_panic() {
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     out(&mut v, PORT_MISC_WRITE, 0x01);
     for i in [0x07u8, 0x08, 0x3f, 0x80, 0xff] {
         seq(&mut v, i, 0xff);
@@ -284,7 +284,7 @@ fn dispi_get(v: &mut Vga, index: usize) -> u16 {
 
 #[test]
 fn dispi_identifies_reports_caps_and_clamps_odd_values() {
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     assert_eq!(dispi_get(&mut v, DISPI_INDEX_ID), DISPI_ID5);
     dispi(&mut v, DISPI_INDEX_ID, 0x1234);
     assert_eq!(
@@ -333,7 +333,7 @@ fn dispi_identifies_reports_caps_and_clamps_odd_values() {
 /// 80x25 text with 9x16 cells as the VGA BIOS sets mode 3, an EGA
 /// palette in the DAC, and a font with glyphs for 'A' and C4h.
 fn text_mode() -> Arc<Mutex<Vga>> {
-    let mut v = Vga::new();
+    let mut v = Vga::new().unwrap();
     out(&mut v, PORT_MISC_WRITE, 0x67);
     seq(&mut v, 1, 0x00);
     seq(&mut v, 2, 0x03);
@@ -456,9 +456,9 @@ fn rgb8(r: u8, g: u8, b: u8) -> u32 {
     u32::from(r) << 16 | u32::from(g) << 8 | u32::from(b)
 }
 
-#[test]
-fn vbe_32bpp_through_the_lfb_redraws_only_written_lines() {
-    let vga = Vga::shared();
+/// The screen on, DISPI at 1024x768x32 with the linear framebuffer.
+fn vbe_1024x768x32() -> Arc<Mutex<Vga>> {
+    let vga = Vga::shared().unwrap();
     {
         let mut v = vga.lock().unwrap();
         out(&mut v, PORT_ATTR_INDEX, 0x20);
@@ -471,6 +471,12 @@ fn vbe_32bpp_through_the_lfb_redraws_only_written_lines() {
             DISPI_ENABLED | DISPI_LFB_ENABLED,
         );
     }
+    vga
+}
+
+#[test]
+fn vbe_32bpp_through_the_lfb_redraws_only_written_lines() {
+    let vga = vbe_1024x768x32();
     let mut pci = VgaPci::new(vga.clone(), vec![0x55, 0xaa, 1, 0xcb]);
     pci.config_write(0x10, &0xfd00_0000u32.to_le_bytes());
     pci.config_write(0x30, &0xfebe_0001u32.to_le_bytes());
@@ -492,11 +498,23 @@ fn vbe_32bpp_through_the_lfb_redraws_only_written_lines() {
     // One 4 KiB page is exactly one line at 1024x32 bpp.
     assert_eq!(damage, Damage::Rects(vec![Rect::new(0, 700, 1024, 1)]));
     assert_eq!(screen.refresh(&mut frame), Damage::Rects(vec![]));
+    // With BAR 0 mapped as guest memory, writes bypass the device (no
+    // dirty bits): the renderer finds the changed line by comparison.
+    vga.lock().unwrap().set_lfb_mapped(true);
+    screen.refresh(&mut frame);
+    let at = (5 * 1024 + 9) * 4;
+    vga.lock().unwrap().vram[at..at + 4].copy_from_slice(&[0xff, 0, 0, 0]);
+    assert_eq!(
+        screen.refresh(&mut frame),
+        Damage::Rects(vec![Rect::new(0, 5, 1024, 1)])
+    );
+    assert_eq!(frame.row(5)[9], 0x0000ff);
+    assert_eq!(screen.refresh(&mut frame), Damage::Rects(vec![]));
 }
 
 #[test]
 fn mode_13h_doubles_pixels_to_640x400() {
-    let vga = Vga::shared();
+    let vga = Vga::shared().unwrap();
     {
         let mut v = vga.lock().unwrap();
         out(&mut v, PORT_MISC_WRITE, 0x63);
@@ -528,4 +546,57 @@ fn mode_13h_doubles_pixels_to_640x400() {
     }
     assert_eq!(frame.row(1)[2], 0);
     assert_eq!(frame.row(2)[4], 0);
+}
+
+/// Not a check but a measurement (run with `--ignored --nocapture`): the
+/// time a refresh takes for an 80x25 text screen (720x400) and a
+/// 1024x768x32 VBE screen, all redrawn and with nothing changed.
+#[test]
+#[ignore]
+fn refresh_cost() {
+    fn time(screen: &mut VgaScreen, frame: &mut Frame, before: impl Fn()) -> f64 {
+        let n = 50;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            before();
+            screen.refresh(frame);
+        }
+        start.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
+    }
+    let text = text_mode();
+    for cell in 0..2000 {
+        put_char(&text, cell, b'A' + (cell % 26) as u8, 0x1f);
+    }
+    let mut screen = VgaScreen::new(text.clone());
+    let mut frame = Frame::default();
+    screen.refresh(&mut frame);
+    // A change of any DAC entry forces a full redraw.
+    let toggle = |vga: &Arc<Mutex<Vga>>| {
+        let mut v = vga.lock().unwrap();
+        let now = v.palette[600];
+        dac(&mut v, 200, [now ^ 1, 0, 0]);
+    };
+    let full = time(&mut screen, &mut frame, || toggle(&text));
+    let idle = time(&mut screen, &mut frame, || {});
+    eprintln!("720x400 text: full redraw {full:.3} ms, nothing changed {idle:.3} ms");
+
+    let vga = vbe_1024x768x32();
+    {
+        let mut v = vga.lock().unwrap();
+        for (i, b) in v.vram[..1024 * 768 * 4].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+    }
+    let mut screen = VgaScreen::new(vga.clone());
+    let mut frame = Frame::default();
+    screen.refresh(&mut frame);
+    let full = time(&mut screen, &mut frame, || toggle(&vga));
+    let idle = time(&mut screen, &mut frame, || {});
+    vga.lock().unwrap().set_lfb_mapped(true);
+    screen.refresh(&mut frame);
+    let idle_mapped = time(&mut screen, &mut frame, || {});
+    eprintln!(
+        "1024x768x32: full redraw {full:.3} ms, nothing changed {idle:.3} ms \
+         (framebuffer mapped, compared line by line: {idle_mapped:.3} ms)"
+    );
 }
