@@ -4,8 +4,9 @@
 # - option ROMs from resources/roms/*.asm, resources/serial/*.asm and
 #   resources/qmp/*.asm (except *.boot.asm) into NAME.rom, each with its
 #   checksum byte set so its bytes sum to zero;
-# - boot sectors from resources/qmp/NAME.boot.asm into NAME.img, a raw
-#   1 MiB disk image: the 512-byte sector, then zeros;
+# - boot sectors from resources/qmp/NAME.boot.asm and
+#   resources/display/NAME.boot.asm into NAME.img, a raw 1 MiB disk
+#   image: the 512-byte sector, then zeros;
 # - the two CD media for resources/qmp/atapi-change.asm,
 #   atapi-change-one.iso and atapi-change-two.iso (64 KiB each, not ISO
 #   9660): zeros except block 16 (byte 32768), which starts with
@@ -26,9 +27,9 @@ for src in "$here"/roms/*.asm "$here"/serial/*.asm "$here"/qmp/*.asm; do
         seek $f, 0, 0; print $f $d; close $f;' "$out/$name.rom.tmp"
     mv "$out/$name.rom.tmp" "$out/$name.rom"
 done
-for src in "$here"/qmp/*.boot.asm; do
+for src in "$here"/qmp/*.boot.asm "$here"/display/*.boot.asm; do
     name=$(basename "$src" .boot.asm)
-    nasm -f bin -I "$here/roms/" -o "$out/$name.img.tmp" "$src"
+    nasm -f bin -I "$here/roms/" -I "$here/display/" -o "$out/$name.img.tmp" "$src"
     size=$(wc -c < "$out/$name.img.tmp")
     [ "$size" -eq 512 ] || { echo "build-roms.sh: $src is $size bytes, not one 512-byte sector" >&2; exit 1; }
     truncate -s 1M "$out/$name.img.tmp"

@@ -5,6 +5,7 @@
 mod skip_record;
 pub use skip_record::{skip, SKIP_LOG_ENV};
 
+pub mod display;
 pub mod qmp;
 pub mod storage;
 

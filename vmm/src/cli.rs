@@ -163,6 +163,23 @@ pub struct RunArgs {
     /// a PATH that exists and is not a stale socket.
     #[arg(long, value_name = "PATH")]
     pub qmp: Option<PathBuf>,
+    /// The display adapter: `std` is the standard VGA with VBE (PCI
+    /// 1234:1111 at 00:02.0, QEMU's -vga std) with Debian's
+    /// /usr/share/seabios/vgabios-stdvga.bin as its VGA BIOS, for text
+    /// modes, 16- and 256-colour VGA modes and VBE modes up to 32 bpp;
+    /// `none` has no display. Default: `std` when a display is asked for
+    /// (a VNC server), otherwise `none`. The picture is read with the
+    /// control socket's `screendump` (PPM or PNG).
+    #[arg(long, value_enum, value_name = "std|none")]
+    pub vga: Option<crate::display::VgaKind>,
+}
+
+impl RunArgs {
+    /// Whether something shows the guest's display, so a VGA is wanted
+    /// unless `--vga none` says otherwise.
+    pub fn wants_display(&self) -> bool {
+        false
+    }
 }
 
 /// The whole program: parse, run, exit code.

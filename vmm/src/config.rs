@@ -43,6 +43,8 @@ pub struct MachineConfig {
     pub usb: Option<crate::usb::UsbConfig>,
     /// The control socket's path (`--qmp`).
     pub qmp: Option<PathBuf>,
+    /// The display adapter (`--vga`).
+    pub display: crate::display::DisplayConfig,
 }
 
 fn host_memory() -> Option<u64> {
@@ -137,6 +139,7 @@ impl MachineConfig {
             boot: args.boot,
             usb,
             qmp: args.qmp.clone(),
+            display: crate::display::DisplayConfig::new(args.vga, args.wants_display())?,
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod control;
 pub mod cpu_state;
 pub mod disk_cmd;
 pub mod disk_serve;
+pub mod display;
 pub mod host;
 pub mod logging;
 pub mod machine;

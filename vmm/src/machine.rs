@@ -229,6 +229,14 @@ impl Machine {
             Some(u) => Some(crate::usb::attach(u, &ram.mem, &mut pci, &router)?),
             None => None,
         };
+        crate::display::attach(
+            &cfg.display,
+            &vm,
+            &mut pci,
+            &io_bus,
+            &mmio_bus,
+            &ctl.console,
+        )?;
         let pci: SharedDevice = Arc::new(Mutex::new(pci));
         io_bus.insert(PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, pci)?;
         mmio_bus.insert(

@@ -18,6 +18,8 @@ const SLOT_PAM_FIRST: u32 = 1;
 const SLOT_MID_RAM: u32 = SLOT_PAM_FIRST + PAM_SEGMENTS as u32;
 const SLOT_HIGH_RAM: u32 = SLOT_MID_RAM + 1;
 const SLOT_FIRMWARE: u32 = SLOT_HIGH_RAM + 1;
+/// The VGA's video memory behind its linear framebuffer BAR.
+pub const SLOT_VRAM: u32 = SLOT_FIRMWARE + 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -234,7 +236,7 @@ impl GuestRam {
     }
 }
 
-fn set_slot(
+pub(crate) fn set_slot(
     vm: &VmFd,
     slot: u32,
     addr: u64,
@@ -250,8 +252,9 @@ fn set_slot(
         userspace_addr: host,
     };
     // SAFETY: `host` points at `size` bytes of memory owned by GuestRam
-    // (guest RAM or the firmware ROM), which outlives the VM: the machine
-    // drops the VM fd before its memory.
+    // (guest RAM or the firmware ROM) or by the VGA (video memory), which
+    // outlive the VM: the machine drops the VM fd before its memory, and
+    // the console keeps the VGA until the next machine replaces it.
     unsafe { vm.set_user_memory_region(region) }.map_err(|source| MemoryError::Slot {
         slot,
         addr,

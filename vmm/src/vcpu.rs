@@ -161,7 +161,9 @@ impl VcpuContext {
                     self.mmio_bus.read(addr, data);
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    self.mmio_bus.write(addr, data);
+                    if !self.mmio_bus.write(addr, data) {
+                        tracing::trace!(addr, "write to unclaimed memory ignored");
+                    }
                     if self.events.pending().is_some() {
                         return;
                     }

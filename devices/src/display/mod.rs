@@ -10,6 +10,8 @@
 //! them to every [`InputSink`] attached (the i8042's PS/2 keyboard and
 //! mouse; a USB keyboard later).
 
+pub mod vga;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 

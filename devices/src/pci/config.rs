@@ -13,6 +13,10 @@ pub const REG_HEADER_TYPE: usize = 0x0e;
 pub const REG_BAR0: usize = 0x10;
 pub const REG_SUBSYSTEM_VENDOR_ID: usize = 0x2c;
 pub const REG_SUBSYSTEM_ID: usize = 0x2e;
+/// Expansion ROM base address: bit 0 enables decoding, bits 31-11 the
+/// address (PCI 3.0 section 6.2.5.2).
+pub const REG_ROM_ADDRESS: usize = 0x30;
+pub const ROM_ENABLE: u32 = 0x1;
 pub const REG_CAPABILITIES: usize = 0x34;
 pub const REG_INTERRUPT_LINE: usize = 0x3c;
 pub const REG_INTERRUPT_PIN: usize = 0x3d;
@@ -42,6 +46,7 @@ pub struct ConfigSpace {
     data: [u8; 256],
     wmask: [u8; 256],
     bars: [Option<Bar>; 6],
+    rom_size: Option<u64>,
 }
 
 impl std::fmt::Debug for ConfigSpace {
@@ -63,6 +68,7 @@ impl ConfigSpace {
             data: [0; 256],
             wmask: [0; 256],
             bars: [None; 6],
+            rom_size: None,
         };
         cs.set_u16(REG_VENDOR_ID, vendor);
         cs.set_u16(REG_DEVICE_ID, device);
@@ -205,6 +211,31 @@ impl ConfigSpace {
         })
     }
 
+    /// Declares an expansion ROM of `size` bytes (rounded up to a power of
+    /// two, at least 2 KiB).
+    pub fn add_rom(&mut self, size: u64) {
+        let size = size.max(0x800).next_power_of_two();
+        self.rom_size = Some(size);
+        let mask = !(size as u32).wrapping_sub(1) | ROM_ENABLE;
+        self.set_u32(REG_ROM_ADDRESS, 0);
+        self.set_wmask_u32(REG_ROM_ADDRESS, mask);
+    }
+
+    /// Where the expansion ROM decodes now: declared, enabled both in its
+    /// own register and in the command register's memory space bit, and
+    /// not at address 0.
+    pub fn rom_region(&self) -> Option<PciRegion> {
+        let size = self.rom_size?;
+        let raw = self.read_u32(REG_ROM_ADDRESS);
+        let base = u64::from(raw & !0x7ff);
+        let enabled = raw & ROM_ENABLE != 0 && self.command() & COMMAND_MEMORY != 0;
+        (enabled && base != 0).then_some(PciRegion {
+            space: AddressSpace::Mmio,
+            base,
+            len: size,
+        })
+    }
+
     pub fn bar_regions(&self) -> Vec<PciRegion> {
         (0..6).filter_map(|i| self.bar_region(i)).collect()
     }
@@ -251,5 +282,27 @@ mod tests {
         cs.write(0x10, &0xffff_ffffu32.to_le_bytes());
         assert_eq!(cs.read_u32(0x10), 0);
         assert_eq!(cs.read_u8(300), 0xff);
+    }
+
+    #[test]
+    fn expansion_rom_sizes_and_decodes_only_when_enabled() {
+        let mut cs = ConfigSpace::new(0x1234, 0x1111, 0x03_00_00, 2);
+        cs.add_rom(40 * 1024);
+        cs.write(REG_ROM_ADDRESS, &0xffff_fffeu32.to_le_bytes());
+        assert_eq!(cs.read_u32(REG_ROM_ADDRESS), 0xffff_0000, "64 KiB");
+        cs.write(REG_ROM_ADDRESS, &0xfebe_0000u32.to_le_bytes());
+        cs.write(REG_COMMAND, &COMMAND_MEMORY.to_le_bytes());
+        assert_eq!(cs.rom_region(), None, "enable bit clear");
+        cs.write(REG_ROM_ADDRESS, &0xfebe_0001u32.to_le_bytes());
+        assert_eq!(
+            cs.rom_region(),
+            Some(PciRegion {
+                space: AddressSpace::Mmio,
+                base: 0xfebe_0000,
+                len: 0x1_0000
+            })
+        );
+        cs.write(REG_COMMAND, &[0, 0]);
+        assert_eq!(cs.rom_region(), None, "memory space disabled");
     }
 }

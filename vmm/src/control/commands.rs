@@ -36,6 +36,7 @@ pub const COMMANDS: &[&str] = &[
     "nbd-server-add",
     "nbd-server-remove",
     "nbd-server-stop",
+    "screendump",
 ];
 
 /// How long `stop` waits for the vCPUs to leave the guest.
@@ -225,6 +226,16 @@ pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
                 .ok_or_else(|| QmpError::generic("NBD server not running"))?;
             server.stop();
             Ok(json!({}))
+        }
+        "screendump" => {
+            let a = Args::new(&req.arguments, &["filename", "device", "head", "format"])?;
+            screendump(
+                ctl,
+                a.str("filename")?,
+                a.opt_str("device")?,
+                a.opt_u64("head")?,
+                a.opt_str("format")?,
+            )
         }
         "qmp_capabilities" => Err(QmpError::not_found(
             "Capabilities negotiation is already complete, command ignored",
@@ -728,4 +739,52 @@ pub const SERIAL_EVENT: &str = "SERIAL_PORT_CHANGE";
 /// `SERIAL_PORT_CHANGE` data for COM`index + 1`.
 pub fn serial_event_data(index: usize, open: bool) -> Value {
     json!({ "id": format!("com{}", index + 1), "open": open })
+}
+
+/// The id `screendump`'s `device` argument names the VGA by.
+pub const VGA_DEVICE_ID: &str = "vga";
+
+/// `screendump`: renders the console now and writes it to `filename` as
+/// PPM (QEMU's default) or PNG.
+fn screendump(
+    ctl: &VmControl,
+    filename: &str,
+    device: Option<&str>,
+    head: Option<u64>,
+    format: Option<&str>,
+) -> Result<Value, QmpError> {
+    let format = match format {
+        None | Some("ppm") => crate::display::ImageFormat::Ppm,
+        Some("png") => crate::display::ImageFormat::Png,
+        Some(other) => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'format' does not accept value '{other}' (ppm or png)"
+            )))
+        }
+    };
+    if let Some(d) = device {
+        if d != VGA_DEVICE_ID || !ctl.console.has_screen() {
+            return Err(QmpError::device_not_found(format!(
+                "Device '{d}' not found"
+            )));
+        }
+    }
+    if head.unwrap_or(0) != 0 {
+        return Err(QmpError::generic(format!(
+            "Device '{}' has no head {}",
+            device.unwrap_or(VGA_DEVICE_ID),
+            head.unwrap_or(0)
+        )));
+    }
+    if !ctl.console.has_screen() {
+        return Err(QmpError::generic(
+            "There is no console to take a screendump from (start rehost with --vga std)",
+        ));
+    }
+    ctl.console.refresh();
+    let path = std::path::PathBuf::from(filename);
+    ctl.console
+        .with_frame(|frame, _| crate::display::write_image(frame, &path, format))
+        .map_err(|e| QmpError::generic(format!("{e:#}")))?;
+    Ok(json!({}))
 }

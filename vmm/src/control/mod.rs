@@ -48,6 +48,7 @@
 //! | `nbd-server-add` | `device` (a writable disk), `name` (default: `device`), `description`, `writable` (default false), `bitmap`, rehost's `x-overlay-dir` | `{}`. Read-only: a point-in-time view of the disk as of this command while the guest keeps writing (old data is copied aside before each change, into an unnamed file in `x-overlay-dir`, default the image's directory), with `bitmap` frozen at the same moment as `qemu:dirty-bitmap:NAME`. Writable: the live disk, its writes tracked |
 //! | `nbd-server-remove` | `name`, `mode` (`safe`: refused while clients are connected; `hard`: disconnects them) | `{}` |
 //! | `nbd-server-stop` | | `{}`; every client is closed, the socket file removed |
+//! | `screendump` | `filename`, `format` (`ppm`, QEMU's default, or `png`), `device` (only `vga`), `head` (only 0) | `{}` once the console's current picture (rendered now) is written to `filename`; an error without `--vga std` |
 //! | `query-chardev` | | one object per COM port: `label` (`com1`..`com4`), `filename` (its SPEC, e.g. `unix:/tmp/c1,server=on`), `frontend-open`, and rehost's `connected` |
 //!
 //! `query-block` entries have QEMU's members `device` and `qdev` (the

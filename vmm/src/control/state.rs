@@ -157,6 +157,9 @@ pub struct VmControl {
     events_enabled: AtomicBool,
     /// The NBD server of `nbd-server-start`, if running.
     pub nbd: Mutex<Option<crate::nbd::NbdServer>>,
+    /// The display the viewers and `screendump` see; it outlives resets
+    /// (each machine attaches its adapter as the console's screen).
+    pub console: Arc<rehost_devices::display::Console>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,6 +190,7 @@ impl VmControl {
             },
             events_enabled: AtomicBool::new(false),
             nbd: Mutex::new(None),
+            console: rehost_devices::display::Console::new(),
         }))
     }
 
