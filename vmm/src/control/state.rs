@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rehost_devices::display::Console;
 use rehost_devices::pci::piix4_pm::Piix4Pm;
 use serde_json::Value;
 use vmm_sys_util::eventfd::EventFd;
@@ -157,6 +158,9 @@ pub struct VmControl {
     events_enabled: AtomicBool,
     /// The NBD server of `nbd-server-start`, if running.
     pub nbd: Mutex<Option<crate::nbd::NbdServer>>,
+    /// The console viewers and `send-key` use; it outlives resets (each
+    /// machine attaches its display and input devices to it).
+    pub console: Arc<Console>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,6 +191,7 @@ impl VmControl {
             },
             events_enabled: AtomicBool::new(false),
             nbd: Mutex::new(None),
+            console: Console::new(),
         }))
     }
 
