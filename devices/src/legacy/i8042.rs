@@ -305,6 +305,13 @@ impl I8042 {
     /// Dropped while the keyboard does not scan, or when its buffer is
     /// full.
     pub fn key_event(&mut self, key: Key, down: bool) {
+        tracing::trace!(
+            key = key.0,
+            down,
+            scanning = self.keyboard.scanning,
+            command_byte = self.command_byte,
+            "i8042: key"
+        );
         if !self.keyboard.scanning {
             return;
         }
@@ -418,6 +425,7 @@ impl I8042 {
     }
 
     fn controller_command(&mut self, cmd: u8) {
+        tracing::trace!(cmd, "i8042: controller command");
         match cmd {
             0x20 => self.controller_reply(self.command_byte, false),
             0x60 => self.target = DataTarget::CommandByte,
@@ -453,6 +461,7 @@ impl I8042 {
     }
 
     fn keyboard_byte(&mut self, byte: u8) {
+        tracing::trace!(byte, "i8042: keyboard command");
         // Writing to the keyboard re-enables its interface.
         self.command_byte &= !CB_KBD_DISABLED;
         let pending = std::mem::replace(&mut self.keyboard.pending, Pending::None);
@@ -623,6 +632,7 @@ impl BusDevice for I8042 {
             if let Some((b, _)) = self.output.take() {
                 *first = b;
             }
+
             // Reading lowers the interrupt; the next byte, if any, raises
             // it again: a new edge for the edge-triggered PIC.
             self.kbd_irq.set_level(false);

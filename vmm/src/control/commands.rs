@@ -36,6 +36,7 @@ pub const COMMANDS: &[&str] = &[
     "nbd-server-add",
     "nbd-server-remove",
     "nbd-server-stop",
+    "send-key",
 ];
 
 /// How long `stop` waits for the vCPUs to leave the guest.
@@ -225,6 +226,10 @@ pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
                 .ok_or_else(|| QmpError::generic("NBD server not running"))?;
             server.stop();
             Ok(json!({}))
+        }
+        "send-key" => {
+            let a = Args::new(&req.arguments, &["keys", "hold-time"])?;
+            super::send_key::send_key(&ctl.typist, &a)
         }
         "qmp_capabilities" => Err(QmpError::not_found(
             "Capabilities negotiation is already complete, command ignored",

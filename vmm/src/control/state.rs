@@ -161,6 +161,8 @@ pub struct VmControl {
     /// The console viewers and `send-key` use; it outlives resets (each
     /// machine attaches its display and input devices to it).
     pub console: Arc<Console>,
+    /// Types `send-key` requests into the console.
+    pub typist: super::send_key::Typist,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -169,6 +171,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl VmControl {
     pub fn new(drives: &[DriveConfig]) -> std::io::Result<Arc<Self>> {
+        let console = Console::new();
         Ok(Arc::new(Self {
             run_state: Mutex::new(RunState::Running),
             gate: Arc::new(PauseGate::default()),
@@ -191,7 +194,8 @@ impl VmControl {
             },
             events_enabled: AtomicBool::new(false),
             nbd: Mutex::new(None),
-            console: Console::new(),
+            typist: super::send_key::Typist::new(console.clone()),
+            console,
         }))
     }
 
