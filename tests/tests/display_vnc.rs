@@ -82,6 +82,7 @@ impl Vm {
             .tempdir()
             .unwrap();
         let sock = dir.path().join("vm.sock");
+        let vnc = format!("unix:{}", dir.path().join("vnc.sock").display());
         let mut args = vec![
             "run",
             "--memory",
@@ -90,6 +91,8 @@ impl Vm {
             s(disk),
             "--qmp",
             s(&sock),
+            "--vnc",
+            &vnc,
         ];
         args.extend_from_slice(more);
         let run = Running::start(REHOST, &args);

@@ -378,3 +378,79 @@ fn a_silent_handshake_is_closed() {
         "{took:?}"
     );
 }
+
+/// A smooth picture (JPEG keeps it close) of the server's size.
+struct Gradient;
+impl Screen for Gradient {
+    fn refresh(&mut self, frame: &mut Frame) -> Damage {
+        if frame.width == W && frame.height == H {
+            return Damage::Rects(Vec::new());
+        }
+        frame.resize(W, H);
+        for y in 0..H {
+            for x in 0..W {
+                frame.pixels[(y * W + x) as usize] = pattern(x, y, 0x80);
+            }
+        }
+        Damage::Resized
+    }
+}
+
+#[test]
+fn vncsnapshot_captures_the_console() {
+    if std::process::Command::new("vncsnapshot")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "vncsnapshot not installed: run scripts/setup"
+        );
+        eprintln!("skipped: vncsnapshot not installed (scripts/setup)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let console = Console::new();
+    console.set_screen(Box::new(Gradient));
+    console.refresh();
+    let opts = VncOptions::parse("127.0.0.1:0", None, false).unwrap();
+    let server = VncServer::start(&opts, console.clone()).unwrap();
+    let want = console_picture(&console);
+    // Raw and zlib, as vncsnapshot (TightVNC 1.2's RFB 3.3 client)
+    // decodes them; the capture is a JPEG at quality 100.
+    for enc in ["raw", "zlib"] {
+        let out = dir.path().join(format!("{enc}.jpg"));
+        let run = std::process::Command::new("vncsnapshot")
+            .args(["-quiet", "-encodings", enc, "-quality", "100"])
+            .arg(format!("127.0.0.1::{}", server.port.unwrap()))
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "vncsnapshot {enc}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let mut d = jpeg_decoder::Decoder::new(std::fs::File::open(&out).unwrap());
+        let rgb = d.decode().unwrap();
+        let info = d.info().unwrap();
+        assert_eq!((u32::from(info.width), u32::from(info.height)), (W, H));
+        assert_eq!(rgb.len(), (W * H * 3) as usize);
+        let mut worst = 0i32;
+        let mut total = 0i64;
+        for (i, p) in want.iter().enumerate() {
+            for (c, shift) in [16, 8, 0].iter().enumerate() {
+                let d = (i32::from(rgb[i * 3 + c]) - ((p >> shift) & 0xff) as i32).abs();
+                worst = worst.max(d);
+                total += i64::from(d);
+            }
+        }
+        let mean = total as f64 / (want.len() * 3) as f64;
+        // JPEG at quality 100 (4:2:0 chroma) stays within a few levels.
+        assert!(
+            mean < 3.0 && worst < 48,
+            "{enc}: mean {mean:.2}, worst {worst}"
+        );
+    }
+}
