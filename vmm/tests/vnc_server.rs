@@ -454,3 +454,61 @@ fn vncsnapshot_captures_the_console() {
         );
     }
 }
+
+/// A screen whose size is set from outside.
+struct Sized(Arc<Mutex<(u32, u32)>>);
+impl Screen for Sized {
+    fn refresh(&mut self, frame: &mut Frame) -> Damage {
+        let (w, h) = *self.0.lock().unwrap();
+        if (frame.width, frame.height) == (w, h) {
+            return Damage::Rects(Vec::new());
+        }
+        frame.resize(w, h);
+        frame.pixels.fill(0x00ff00);
+        Damage::Resized
+    }
+}
+
+struct Moves(Mutex<Vec<(i32, i32, u8)>>);
+impl InputSink for Moves {
+    fn key(&self, _: Key, _: bool) {}
+    fn pointer(&self, dx: i32, dy: i32, buttons: u8) {
+        self.0.lock().unwrap().push((dx, dy, buttons));
+    }
+}
+
+#[test]
+fn desktop_size_on_resize_and_pointer_moves_as_deltas() {
+    let size = Arc::new(Mutex::new((W, H)));
+    let console = Console::new();
+    console.set_screen(Box::new(Sized(size.clone())));
+    console.refresh();
+    let moves = Arc::new(Moves(Mutex::new(Vec::new())));
+    console.add_input(moves.clone());
+    let opts = VncOptions::parse("127.0.0.1:0", None, false).unwrap();
+    let server = VncServer::start(&opts, console.clone()).unwrap();
+    let mut c = Client::login(&server, None);
+    c.set_encodings(&[0, -223]);
+    let mut picture = vec![0u32; (W * H) as usize];
+    c.request(false);
+    c.update(&mut picture);
+    *size.lock().unwrap() = (32, 16);
+    c.request(true);
+    assert_eq!(c.read_n(2), [0, 0]);
+    assert_eq!(c.u16(), 2, "DesktopSize and the new picture");
+    assert_eq!((c.u16(), c.u16(), c.u16(), c.u16()), (0, 0, 32, 16));
+    assert_eq!(c.u32() as i32, -223);
+    assert_eq!((c.u16(), c.u16(), c.u16(), c.u16()), (0, 0, 32, 16));
+    assert_eq!(c.u32(), 0);
+    let data = c.read_n(32 * 16 * 4);
+    assert!(data.chunks(4).all(|p| p == [0, 0xff, 0, 0]));
+    // Absolute positions become relative moves; buttons pass through.
+    for (x, y, b) in [(10u16, 10u16, 0u8), (15, 7, 1), (15, 7, 0)] {
+        let mut m = vec![5, b];
+        m.extend_from_slice(&x.to_be_bytes());
+        m.extend_from_slice(&y.to_be_bytes());
+        c.s.write_all(&m).unwrap();
+    }
+    assert!(eventually(|| moves.0.lock().unwrap().len() == 3));
+    assert_eq!(*moves.0.lock().unwrap(), [(0, 0, 0), (5, -3, 1), (0, 0, 0)]);
+}

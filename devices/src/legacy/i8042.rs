@@ -95,6 +95,11 @@ impl ByteQueue {
     }
 }
 
+/// A device's next byte: command replies go before its data.
+fn next_byte(replies: &mut ByteQueue, data: &mut ByteQueue) -> Option<u8> {
+    replies.bytes.pop_front().or_else(|| data.bytes.pop_front())
+}
+
 /// The PS/2 keyboard: scan code set 2 by default, set 1 when asked.
 #[derive(Debug)]
 struct Ps2Keyboard {
@@ -371,25 +376,20 @@ impl I8042 {
     /// a device whose interface is disabled holds its bytes.
     fn refill(&mut self) {
         if self.output.is_none() {
+            let kbd_on = self.command_byte & CB_KBD_DISABLED == 0;
+            let aux_on = self.command_byte & CB_AUX_DISABLED == 0;
+            if aux_on {
+                self.mouse.flush();
+            }
             self.output = if let Some(b) = self.controller_queue.pop_front() {
                 Some(b)
-            } else if self.command_byte & CB_KBD_DISABLED == 0
-                && (!self.keyboard.replies.bytes.is_empty() || !self.keyboard.data.bytes.is_empty())
+            } else if let Some(b) = kbd_on
+                .then(|| next_byte(&mut self.keyboard.replies, &mut self.keyboard.data))
+                .flatten()
             {
-                let k = &mut self.keyboard;
-                k.replies
-                    .bytes
-                    .pop_front()
-                    .or_else(|| k.data.bytes.pop_front())
-                    .map(|b| (b, false))
-            } else if self.command_byte & CB_AUX_DISABLED == 0 {
-                self.mouse.flush();
-                let m = &mut self.mouse;
-                m.replies
-                    .bytes
-                    .pop_front()
-                    .or_else(|| m.data.bytes.pop_front())
-                    .map(|b| (b, true))
+                Some((b, false))
+            } else if aux_on {
+                next_byte(&mut self.mouse.replies, &mut self.mouse.data).map(|b| (b, true))
             } else {
                 None
             };
