@@ -25,15 +25,15 @@ const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
 const LEFT_SHIFT: Key = Key(0x2a);
 
 pub(crate) fn serve(mut stream: Box<dyn Stream>, id: u64, shared: &Shared, full: bool) {
-    match handshake(stream.as_mut(), id, shared, full) {
-        Ok(true) => {}
-        Ok(false) => return,
+    let size = match handshake(stream.as_mut(), id, shared, full) {
+        Ok(Some(size)) => size,
+        Ok(None) => return,
         Err(e) => {
             tracing::debug!("VNC viewer {id}: handshake: {e:#}");
             return;
         }
-    }
-    let mut viewer = Viewer::new(id);
+    };
+    let mut viewer = Viewer::new(id, size);
     if let Err(e) = viewer.run(stream.as_mut(), shared) {
         tracing::debug!("VNC viewer {id}: closed: {e:#}");
     }
@@ -74,8 +74,14 @@ fn random_challenge() -> anyhow::Result<[u8; 16]> {
 }
 
 /// RFC 6143 7.1 to 7.3: version, security, ClientInit, ServerInit.
-/// Returns false when the viewer was refused.
-fn handshake(s: &mut dyn Stream, id: u64, shared: &Shared, full: bool) -> anyhow::Result<bool> {
+/// Returns the picture size the viewer was told, or None when it was
+/// refused.
+fn handshake(
+    s: &mut dyn Stream,
+    id: u64,
+    shared: &Shared,
+    full: bool,
+) -> anyhow::Result<Option<(u32, u32)>> {
     let deadline = Instant::now() + HANDSHAKE_LIMIT;
     s.set_timeouts(Some(HANDSHAKE_LIMIT), Some(WRITE_LIMIT))?;
     s.write_all(SERVER_VERSION)?;
@@ -92,7 +98,7 @@ fn handshake(s: &mut dyn Stream, id: u64, shared: &Shared, full: bool) -> anyhow
         msg.extend(reason(&why));
         let _ = s.write_all(&msg);
         tracing::info!("VNC viewer {id} refused: {why}");
-        return Ok(false);
+        return Ok(None);
     }
     let security = if shared.password.is_some() {
         SECURITY_VNC_AUTH
@@ -130,7 +136,7 @@ fn handshake(s: &mut dyn Stream, id: u64, shared: &Shared, full: bool) -> anyhow
             }
             let _ = s.write_all(&msg);
             tracing::warn!("VNC viewer {id}: wrong password");
-            return Ok(false);
+            return Ok(None);
         }
         s.write_all(&0u32.to_be_bytes())?;
     } else if minor == 8 {
@@ -149,7 +155,7 @@ fn handshake(s: &mut dyn Stream, id: u64, shared: &Shared, full: bool) -> anyhow
     init.extend_from_slice(&PixelFormat::SERVER.to_bytes());
     init.extend(reason("rehost"));
     s.write_all(&init)?;
-    Ok(true)
+    Ok(Some((w, h)))
 }
 
 /// The size viewers see: the console's, or a blank picture when the
@@ -179,7 +185,7 @@ struct Viewer {
 }
 
 impl Viewer {
-    fn new(id: u64) -> Self {
+    fn new(id: u64, size: (u32, u32)) -> Self {
         Self {
             id,
             format: PixelFormat::SERVER,
@@ -187,7 +193,7 @@ impl Viewer {
             desktop_size: false,
             pending: None,
             sent: None,
-            size: None,
+            size: Some(size),
             deflate: None,
             pointer: None,
             shift_held: 0,
