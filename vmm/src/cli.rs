@@ -172,13 +172,30 @@ pub struct RunArgs {
     /// control socket's `screendump` (PPM or PNG).
     #[arg(long, value_enum, value_name = "std|none")]
     pub vga: Option<crate::display::VgaKind>,
+    /// Serve the console to VNC viewers (RFB 3.8; 3.3 and 3.7 viewers
+    /// too): HOST:PORT, :PORT or PORT (HOST defaults to 127.0.0.1, this
+    /// machine only), or unix:PATH. `password=FILE` (or
+    /// --vnc-password-file) asks viewers for the password on FILE's first
+    /// line (VNC Authentication: only its first 8 bytes count). A HOST
+    /// other machines can reach is refused without a password unless
+    /// --vnc-insecure is given. Keys and the pointer reach the guest
+    /// through the PS/2 keyboard and mouse; at most 16 viewers at once.
+    #[arg(long, value_name = "HOST:PORT|unix:PATH[,password=FILE]")]
+    pub vnc: Option<String>,
+    /// The VNC password file (its first line), as --vnc's password=FILE.
+    #[arg(long = "vnc-password-file", value_name = "FILE", requires = "vnc")]
+    pub vnc_password_file: Option<PathBuf>,
+    /// Serve VNC without a password on an address other machines can
+    /// reach (anyone who connects can type into the machine).
+    #[arg(long = "vnc-insecure", requires = "vnc")]
+    pub vnc_insecure: bool,
 }
 
 impl RunArgs {
     /// Whether something shows the guest's display, so a VGA is wanted
     /// unless `--vga none` says otherwise.
     pub fn wants_display(&self) -> bool {
-        false
+        self.vnc.is_some()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod disk_cmd;
 pub mod disk_serve;
 pub mod display;
 pub mod host;
+pub mod keymap;
 pub mod logging;
 pub mod machine;
 pub mod memory;
@@ -18,6 +19,7 @@ pub mod signals;
 pub mod storage;
 pub mod usb;
 pub mod vcpu;
+pub mod vnc;
 
 use anyhow::Context;
 
@@ -63,6 +65,11 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let _socket_file = RemoveOnDrop(cfg.qmp.clone());
+    let vnc = args
+        .vnc
+        .as_deref()
+        .map(|v| vnc::VncOptions::parse(v, args.vnc_password_file.as_deref(), args.vnc_insecure))
+        .transpose()?;
     let kvm = open_kvm()?;
     vcpu::install_kick_handler().context("installing the vCPU kick signal handler")?;
     let signals = signals::ShutdownSignals::install().context("installing signal handlers")?;
@@ -95,6 +102,11 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
             }));
         }
     }
+    // Viewers connect before the first machine is built; the console
+    // outlives resets.
+    let _vnc = vnc
+        .map(|o| vnc::VncServer::start(&o, ctl.console.clone()))
+        .transpose()?;
     let server = match (listener, &cfg.qmp) {
         (Some(l), Some(p)) => Some(ControlServer::start(l, p.clone(), ctl.clone())?),
         _ => None,

@@ -23,7 +23,7 @@ use rehost_devices::irq::{IrqLine, SharedIrqLine};
 use rehost_devices::legacy::cmos::{Cmos, NvramConfig, CMOS_PORT};
 use rehost_devices::legacy::debugcon::DEBUGCON_PORT;
 use rehost_devices::legacy::fw_cfg::{FwCfg, FW_CFG_PORT_LEN, FW_CFG_PORT_SEL};
-use rehost_devices::legacy::i8042::{COMMAND_PORT, DATA_PORT, I8042};
+use rehost_devices::legacy::i8042::{Ps2Input, COMMAND_PORT, DATA_PORT, I8042};
 use rehost_devices::legacy::port92::{Port92, PORT92};
 use rehost_devices::pci::i440fx::{I440fx, PamListener};
 use rehost_devices::pci::piix3::{Piix3Isa, PIRQRC};
@@ -255,11 +255,20 @@ impl Machine {
             isa[8].clone(),
         );
         io_bus.insert(CMOS_PORT, 2, Arc::new(Mutex::new(cmos)))?;
-        let kbc: SharedDevice = Arc::new(Mutex::new(I8042::new(
+        let kbc = Arc::new(Mutex::new(I8042::new(
             isa[1].clone(),
             isa[12].clone(),
             events.clone(),
         )));
+        // The console (kept by the control state across resets) types
+        // into this machine's PS/2 keyboard and mouse.
+        ctl.console.clear_inputs();
+        ctl.console.add_input(Arc::new(Ps2Input(kbc.clone())));
+        // USB keyboards take the same keys (send-key, VNC).
+        for k in usb.iter().flat_map(|u| u.keyboards()) {
+            ctl.console.add_input(Arc::new(k.clone()));
+        }
+        let kbc: SharedDevice = kbc;
         io_bus.insert(DATA_PORT, 1, kbc.clone())?;
         io_bus.insert(COMMAND_PORT, 1, kbc)?;
         io_bus.insert(PORT92, 1, Arc::new(Mutex::new(Port92::new(events.clone()))))?;
@@ -470,6 +479,7 @@ impl Machine {
         // The control socket lets go of this machine before its vCPU
         // threads end (it kicks them by thread id).
         ctl.set_machine(None);
+        ctl.console.clear_inputs();
         vcpu::stop_all(&self.stop, std::mem::take(&mut self.threads));
         self.storage.flush();
         if let Some(u) = self.usb.as_mut() {

@@ -119,8 +119,8 @@ pub mod buttons {
 /// from viewer and control threads, never from a vCPU.
 pub trait InputSink: Send + Sync {
     fn key(&self, key: Key, down: bool);
-    /// A relative pointer move with the buttons now held
-    /// ([`buttons`] bits).
+    /// A relative pointer move (`dy` grows downwards, as on the screen)
+    /// with the buttons now held ([`buttons`] bits).
     fn pointer(&self, dx: i32, dy: i32, buttons: u8);
 }
 
@@ -162,6 +162,12 @@ impl Console {
     /// Adds a device that receives keys and pointer moves.
     pub fn add_input(&self, sink: Arc<dyn InputSink>) {
         lock(&self.inputs).push(sink);
+    }
+
+    /// Detaches every input device (a machine being torn down for a
+    /// reset; the next one adds its own).
+    pub fn clear_inputs(&self) {
+        lock(&self.inputs).clear();
     }
 
     /// Renders what the adapter shows now; returns the picture's serial

@@ -5,3 +5,4 @@ pub mod debugcon;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod port92;
+pub mod scancode;

@@ -37,6 +37,7 @@ pub const COMMANDS: &[&str] = &[
     "nbd-server-remove",
     "nbd-server-stop",
     "screendump",
+    "send-key",
 ];
 
 /// How long `stop` waits for the vCPUs to leave the guest.
@@ -236,6 +237,10 @@ pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
                 a.opt_u64("head")?,
                 a.opt_str("format")?,
             )
+        }
+        "send-key" => {
+            let a = Args::new(&req.arguments, &["keys", "hold-time"])?;
+            super::send_key::send_key(&ctl.typist, &a)
         }
         "qmp_capabilities" => Err(QmpError::not_found(
             "Capabilities negotiation is already complete, command ignored",

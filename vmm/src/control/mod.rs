@@ -49,6 +49,7 @@
 //! | `nbd-server-remove` | `name`, `mode` (`safe`: refused while clients are connected; `hard`: disconnects them) | `{}` |
 //! | `nbd-server-stop` | | `{}`; every client is closed, the socket file removed |
 //! | `screendump` | `filename`, `format` (`ppm`, QEMU's default, or `png`), `device` (only `vga`), `head` (only 0) | `{}` once the console's current picture (rendered now) is written to `filename`; an error without `--vga std` |
+//! | `send-key` | `keys`: 1 to 16 of `{"type": "qcode", "data": NAME}` (QEMU's `QKeyCode` names of PC keys) or `{"type": "number", "data": N}` (set 1 code, 0x80 added for 0xE0 keys), `hold-time` (ms, default 100, at most 10000) | `{}` at once; the keys are pressed in order on the PS/2 keyboard, held, released in reverse; requests type one after another (at most 64 waiting) |
 //! | `query-chardev` | | one object per COM port: `label` (`com1`..`com4`), `filename` (its SPEC, e.g. `unix:/tmp/c1,server=on`), `frontend-open`, and rehost's `connected` |
 //!
 //! `query-block` entries have QEMU's members `device` and `qdev` (the
@@ -143,6 +144,7 @@
 pub mod client;
 pub mod commands;
 pub mod protocol;
+pub mod send_key;
 pub mod server;
 pub mod state;
 

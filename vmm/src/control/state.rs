@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rehost_devices::display::Console;
 use rehost_devices::pci::piix4_pm::Piix4Pm;
 use serde_json::Value;
 use vmm_sys_util::eventfd::EventFd;
@@ -157,9 +158,11 @@ pub struct VmControl {
     events_enabled: AtomicBool,
     /// The NBD server of `nbd-server-start`, if running.
     pub nbd: Mutex<Option<crate::nbd::NbdServer>>,
-    /// The display the viewers and `screendump` see; it outlives resets
-    /// (each machine attaches its adapter as the console's screen).
-    pub console: Arc<rehost_devices::display::Console>,
+    /// The console viewers and `send-key` use; it outlives resets (each
+    /// machine attaches its display and input devices to it).
+    pub console: Arc<Console>,
+    /// Types `send-key` requests into the console.
+    pub typist: super::send_key::Typist,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +171,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl VmControl {
     pub fn new(drives: &[DriveConfig]) -> std::io::Result<Arc<Self>> {
+        let console = Console::new();
         Ok(Arc::new(Self {
             run_state: Mutex::new(RunState::Running),
             gate: Arc::new(PauseGate::default()),
@@ -190,7 +194,8 @@ impl VmControl {
             },
             events_enabled: AtomicBool::new(false),
             nbd: Mutex::new(None),
-            console: rehost_devices::display::Console::new(),
+            typist: super::send_key::Typist::new(console.clone()),
+            console,
         }))
     }
 
