@@ -289,33 +289,50 @@ fn sigkill_of_disk_bench_misses_no_changed_sector() {
             s(&base),
         ],
     );
+    let bench = |img: &Path, seed: &str| {
+        Running::start(
+            REHOST,
+            &[
+                "disk",
+                "bench",
+                "--pattern",
+                "rand-write-4k",
+                "--bytes",
+                "256M",
+                "--seed",
+                seed,
+                "--flush-every",
+                "512",
+                s(img),
+            ],
+        )
+    };
+    let finished = |child: &Running| {
+        child.stdout().contains("mib_per_sec") || child.stdout().contains("MiB/s")
+    };
     for format in formats() {
         let format = format.as_str();
         let mut t = Tally::default();
+        // How long the writer runs on this machine and format: the kills
+        // fall inside it (a fixed window let a fast machine finish first).
+        // The uninterrupted run is checked like a killed one.
+        let (img, before) = tracked_image(&base, format, &dir);
+        let started = std::time::Instant::now();
+        let mut child = bench(&img.path, "1");
+        child.wait(Duration::from_secs(300));
+        let window = started.elapsed().as_millis() as u64 * 9 / 10;
+        assert!(finished(&child), "{format}: {}", child.stdout());
+        verify(&img, &before, &dir, &mut t);
+        eprintln!("dirty_crash_bench: {format}: the writer runs for {window} ms (90 %)");
         for i in 0..runs() {
             let (img, before) = tracked_image(&base, format, &dir);
             let seed = rng.below(1 << 30).to_string();
-            let mut child = Running::start(
-                REHOST,
-                &[
-                    "disk",
-                    "bench",
-                    "--pattern",
-                    "rand-write-4k",
-                    "--bytes",
-                    "256M",
-                    "--seed",
-                    &seed,
-                    "--flush-every",
-                    "512",
-                    s(&img.path),
-                ],
-            );
-            std::thread::sleep(Duration::from_millis(20 + rng.below(1500)));
+            let mut child = bench(&img.path, &seed);
+            std::thread::sleep(Duration::from_millis(rng.below(window.max(1))));
             child.signal(libc::SIGKILL);
             child.wait(Duration::from_secs(10));
             assert!(
-                !child.stdout().contains("mib_per_sec") && !child.stdout().contains("MiB/s"),
+                !finished(&child),
                 "kill {i}: the writer finished before the kill: {}",
                 child.stdout()
             );
@@ -353,6 +370,29 @@ fn sigkill_of_a_guest_writing_through_int13_misses_no_changed_sector() {
     for format in formats() {
         let format = format.as_str();
         let mut t = Tally::default();
+        // How long the guest takes to write everything on this machine and
+        // format: the kills fall inside it (a fixed window let a fast
+        // machine finish before the kill). The uninterrupted run is checked
+        // like a killed one.
+        let (img, before) = tracked_image(&base, format, &dir);
+        let disk = format!("{},controller=ahci", s(&img.path));
+        let mut vm = Running::start(REHOST, &["run", "--memory", "64M", "--disk", &disk]);
+        assert!(
+            vm.wait_for("int13: write start", 1, Duration::from_secs(60)),
+            "{format}: {}",
+            vm.stdout()
+        );
+        let started = std::time::Instant::now();
+        assert!(
+            vm.wait_for("write done", 1, Duration::from_secs(120)),
+            "{format}: {}",
+            vm.stdout()
+        );
+        let window = started.elapsed().as_millis() as u64 * 9 / 10;
+        vm.signal(libc::SIGKILL);
+        vm.wait(Duration::from_secs(10));
+        verify(&img, &before, &dir, &mut t);
+        eprintln!("dirty_crash_guest: {format}: the guest writes for {window} ms (90 %)");
         for i in 0..runs() {
             let (img, before) = tracked_image(&base, format, &dir);
             let disk = format!("{},controller=ahci", s(&img.path));
@@ -362,7 +402,7 @@ fn sigkill_of_a_guest_writing_through_int13_misses_no_changed_sector() {
                 "kill {i}: {}",
                 vm.stdout()
             );
-            std::thread::sleep(Duration::from_millis(rng.below(1500)));
+            std::thread::sleep(Duration::from_millis(rng.below(window.max(1))));
             vm.signal(libc::SIGKILL);
             vm.wait(Duration::from_secs(10));
             assert!(
