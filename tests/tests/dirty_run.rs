@@ -450,3 +450,112 @@ fn a_live_nbd_export_is_a_point_in_time_with_its_bitmap_frozen() {
     eprintln!("dirty_run_nbd_live: export at {k} sectors, guest went on to {last}");
     rehost_disk(REHOST, &["check", s(&vhdx)]);
 }
+
+/// `nbdcopy URI OUT`: the bytes read, or why it failed.
+fn nbdcopy(uri: &str, out: &Path) -> Result<Vec<u8>, String> {
+    let _ = std::fs::remove_file(out);
+    let o = std::process::Command::new("nbdcopy")
+        .args([uri, s(out)])
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(std::fs::read(out).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_live_nbd_export_over_tls_serves_only_clients_the_ca_certified() {
+    if !kvm_available("dirty_run_nbd_tls") {
+        return;
+    }
+    require_tools(&["openssl", "nbdcopy"]);
+    let dir = scratch("dirty_run_nbd_tls");
+    let pki = rehost_tests::pki::make_pki(&dir);
+    // A disk SeaBIOS cannot boot (no 55 AA): the VM stays up, retrying.
+    let content: Vec<u8> = (0..8usize << 20)
+        .map(|i| ((i / 4096) as u8).wrapping_mul(31) ^ (i % 253) as u8)
+        .map(|b| if b == 0x55 || b == 0xaa { 0 } else { b })
+        .collect();
+    let raw = dir.join("disk.raw");
+    std::fs::write(&raw, &content).unwrap();
+    let sock = tempfile::tempdir().unwrap();
+    let qmp_path = sock.path().join("vm.sock");
+    let nbd_path = sock.path().join("nbd.sock");
+    let disk = format!("{},controller=ahci,id=sys", s(&raw));
+    let mut vm = run_with_qmp(&[&disk], &qmp_path);
+    let mut q = Qmp::connect(&qmp_path, true);
+
+    let creds = |id: &str, dir: &Path, extra: Value| {
+        let mut a = serde_json::json!({"qom-type": "tls-creds-x509", "id": id, "dir": s(dir)});
+        for (k, v) in extra.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        a
+    };
+    let nowhere = dir.join("nowhere");
+    let e = qmp_error(
+        &mut q,
+        "object-add",
+        creds("t", &nowhere, serde_json::json!({})),
+    );
+    assert!(e.contains("nowhere/server-cert.pem"), "{e}");
+    let e = qmp_error(
+        &mut q,
+        "object-add",
+        creds("t", &pki.server, serde_json::json!({"endpoint": "client"})),
+    );
+    assert!(e.contains("server endpoint"), "{e}");
+    let e = qmp_error(
+        &mut q,
+        "object-add",
+        serde_json::json!({"qom-type": "secret", "id": "s", "data": "x"}),
+    );
+    assert!(e.contains("tls-creds-x509"), "{e}");
+    let addr = serde_json::json!({"type": "unix", "data": {"path": s(&nbd_path)}});
+    let e = qmp_error(
+        &mut q,
+        "nbd-server-start",
+        serde_json::json!({"addr": addr, "tls-creds": "tls0"}),
+    );
+    assert_eq!(e, "No TLS credentials with id 'tls0'");
+    assert!(!nbd_path.exists());
+    q.ok(
+        "object-add",
+        Some(creds("tls0", &pki.server, serde_json::json!({}))),
+    );
+    let e = qmp_error(
+        &mut q,
+        "object-add",
+        creds("tls0", &pki.server, serde_json::json!({})),
+    );
+    assert!(e.contains("duplicate"), "{e}");
+    q.ok(
+        "nbd-server-start",
+        Some(serde_json::json!({"addr": addr, "tls-creds": "tls0"})),
+    );
+    q.ok(
+        "nbd-server-add",
+        Some(serde_json::json!({"device": "sys", "name": "backup"})),
+    );
+
+    let uri = format!("nbds+unix:///backup?socket={}", s(&nbd_path));
+    let with = |d: &Path| format!("{uri}&tls-certificates={}", s(d));
+    let copy = dir.join("copy.raw");
+    let got = nbdcopy(&with(&pki.client), &copy).expect("the CA's client");
+    assert!(got == content, "the TLS export read other bytes");
+    let plain = format!("nbd+unix:///backup?socket={}", s(&nbd_path));
+    nbdcopy(&plain, &copy).expect_err("a plain-text client was served");
+    nbdcopy(&with(&pki.rogue), &copy).expect_err("another CA's client was served");
+    // Deleting the object leaves the running server as it started.
+    q.ok("object-del", Some(serde_json::json!({"id": "tls0"})));
+    let e = qmp_error(&mut q, "object-del", serde_json::json!({"id": "tls0"}));
+    assert!(e.contains("not found"), "{e}");
+    let got = nbdcopy(&with(&pki.client), &copy).expect("the CA's client after object-del");
+    assert!(got == content);
+    q.ok("nbd-server-stop", None);
+    q.ok("quit", None);
+    let status = vm.wait(Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", vm.stderr());
+}

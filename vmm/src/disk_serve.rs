@@ -12,6 +12,7 @@ use rehost_disk::dirty::{self, DirtyTracker, TrackerOptions};
 use rehost_disk::{DiskImage, OpenOptions};
 
 use crate::nbd::image::ImageSource;
+use crate::nbd::tls;
 use crate::nbd::{Export, ExportSource, ListenAddr, NbdServer, ServerOptions};
 use crate::signals::ShutdownSignals;
 
@@ -40,10 +41,21 @@ Limits: requests up to 32 MiB; --max-clients connections (more are closed
 at once); a peer stalled in the handshake or in the middle of a request
 for 30 s is closed (idle clients between requests are kept).
 
-Security: NBD has no authentication of its own, and rehost offers no TLS
-(NBD_OPT_STARTTLS is refused). Prefer a unix socket (mode 0600, same user
-only) or loopback TCP; a TCP HOST other than loopback exposes the disk to
-anyone who can reach the port.";
+Security: NBD's one form of authentication is TLS with client
+certificates. With --tls-creds DIR (the layout of QEMU's tls-creds-x509
+and qemu-nbd --tls-creds: DIR/server-cert.pem, DIR/server-key.pem and, to
+verify clients, DIR/ca-cert.pem) the server speaks only TLS
+(NBD_OPT_STARTTLS; other options before it get NBD_REP_ERR_TLS_REQD), the
+printed URI is nbds:// or nbds+unix://, and with --tls-verify-peer on (the
+default, as QEMU's) only clients presenting a certificate signed by a CA in
+ca-cert.pem are served. Clients, e.g.:
+  nbdinfo 'nbds+unix:///disk?socket=/tmp/nbd.sock&tls-certificates=CDIR'
+  qemu-img info --object tls-creds-x509,id=t0,dir=CDIR,endpoint=client \
+    --image-opts driver=nbd,path=/tmp/nbd.sock,export=disk,tls-creds=t0,tls-hostname=localhost
+(CDIR: ca-cert.pem, client-cert.pem, client-key.pem).
+Without TLS, prefer a unix socket (mode 0600, same user only) or loopback
+TCP; a TCP HOST other than loopback without TLS exposes the disk to anyone
+who can reach the port.";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -61,6 +73,15 @@ pub struct ServeArgs {
     /// The export's name.
     #[arg(long, value_name = "EXPORT", default_value = "disk")]
     name: String,
+    /// Serve only over TLS with the X.509 credentials in DIR
+    /// (server-cert.pem, server-key.pem, and ca-cert.pem to verify
+    /// clients; see below).
+    #[arg(long, value_name = "DIR")]
+    tls_creds: Option<PathBuf>,
+    /// With --tls-creds: serve only clients whose certificate a CA in
+    /// DIR/ca-cert.pem signed (on), or any client that completes TLS (off).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    tls_verify_peer: bool,
     /// Most clients connected at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_clients: usize,
@@ -72,6 +93,10 @@ pub struct ServeArgs {
 /// Runs the server until a signal; returns the exit code.
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let addr: ListenAddr = args.nbd.parse()?;
+    let tls = match &args.tls_creds {
+        Some(dir) => Some(tls::load(dir, args.tls_verify_peer)?),
+        None => None,
+    };
     let image: Arc<dyn DiskImage> = Arc::from(rehost_disk::open(
         &args.image,
         &OpenOptions {
@@ -103,6 +128,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     )?);
     let mut options = ServerOptions {
         max_clients: args.max_clients.max(1),
+        tls,
         ..ServerOptions::default()
     };
     if let Some(ms) = std::env::var(IDLE_ENV)
@@ -123,12 +149,25 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         writeln!(out, "{}", server.uri(&args.name))?;
         out.flush()?;
     }
+    let mut notes = Vec::new();
+    if args.read_only {
+        notes.push("read-only");
+    }
+    match (&args.tls_creds, args.tls_verify_peer) {
+        (None, _) => {}
+        (Some(_), true) => notes.push("TLS only, client certificates required"),
+        (Some(_), false) => notes.push("TLS only, any client"),
+    }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
+    };
     eprintln!(
-        "rehost: serving {} as NBD export {:?} on {}{} until SIGINT or SIGTERM",
+        "rehost: serving {} as NBD export {:?} on {}{notes} until SIGINT or SIGTERM",
         args.image.display(),
         args.name,
         server.addr(),
-        if args.read_only { " (read-only)" } else { "" }
     );
     wait_readable(signals.eventfd());
     server.stop();
@@ -149,6 +188,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         args.image.display()
     );
     Ok(0)
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }
 
 fn wait_readable(evt: &vmm_sys_util::eventfd::EventFd) {

@@ -63,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
         max_clients: 1,
         max_payload: 64 * 1024,
         idle_timeout: Duration::from_secs(1),
+        ..ServerOptions::default()
     };
     let out = serve_bytes(&input, vec![Export::new("d", source.clone())], options);
     assert_eq!(&out[..8], b"NBDMAGIC");

@@ -32,6 +32,8 @@ pub const COMMANDS: &[&str] = &[
     "block-dirty-bitmap-add",
     "block-dirty-bitmap-remove",
     "block-dirty-bitmap-clear",
+    "object-add",
+    "object-del",
     "nbd-server-start",
     "nbd-server-add",
     "nbd-server-remove",
@@ -176,17 +178,41 @@ pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
                 &req.arguments,
                 &["addr", "tls-creds", "tls-authz", "max-connections"],
             )?;
-            if a.opt_str("tls-creds")?.is_some() || a.opt_str("tls-authz")?.is_some() {
+            if a.opt_str("tls-authz")?.is_some() {
                 return Err(QmpError::generic(
-                    "rehost's NBD server has no TLS: use a unix socket (mode 0600, same user only) or loopback",
+                    "tls-authz is not supported: with tls-creds (verify-peer on), every client whose certificate the credentials' CA signed is served",
                 ));
             }
+            let tls = match a.opt_str("tls-creds")? {
+                None => None,
+                Some(id) => Some(
+                    ctl.tls_creds
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(id)
+                        .cloned()
+                        .ok_or_else(|| {
+                            QmpError::generic(format!("No TLS credentials with id '{id}'"))
+                        })?,
+                ),
+            };
             let max = a.opt_u64("max-connections")?;
             let addr = req
                 .arguments
                 .get("addr")
                 .ok_or_else(|| QmpError::generic("Parameter 'addr' is missing"))?;
-            nbd_start(ctl, addr, max)
+            nbd_start(ctl, addr, max, tls)
+        }
+        "object-add" => object_add(ctl, &req.arguments),
+        "object-del" => {
+            let a = Args::new(&req.arguments, &["id"])?;
+            let id = a.str("id")?;
+            ctl.tls_creds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id)
+                .ok_or_else(|| QmpError::generic(format!("object '{id}' not found")))?;
+            Ok(json!({}))
         }
         "nbd-server-add" => {
             let a = Args::new(
@@ -488,13 +514,93 @@ fn socket_addr(addr: &Value) -> Result<ListenAddr, QmpError> {
         .map_err(|e: crate::nbd::NbdError| QmpError::generic(e.to_string()))
 }
 
-fn nbd_start(ctl: &VmControl, addr: &Value, max: Option<u64>) -> Result<Value, QmpError> {
+/// `object-add`: only `tls-creds-x509` objects (server endpoint), for
+/// `nbd-server-start`'s `tls-creds`; the credentials are loaded now, so
+/// a bad directory is reported here, as QEMU does.
+fn object_add(ctl: &VmControl, args: &serde_json::Map<String, Value>) -> Result<Value, QmpError> {
+    // The type first: other types take other members.
+    let kind = match args.get("qom-type") {
+        Some(Value::String(k)) => k.as_str(),
+        Some(_) => {
+            return Err(QmpError::generic(
+                "Invalid parameter type for 'qom-type', expected: string",
+            ))
+        }
+        None => return Err(QmpError::generic("Parameter 'qom-type' is missing")),
+    };
+    if kind != "tls-creds-x509" {
+        return Err(QmpError::generic(format!(
+            "Invalid parameter 'qom-type': rehost's object-add makes only tls-creds-x509 objects, not '{kind}'"
+        )));
+    }
+    let a = Args::new(
+        args,
+        &[
+            "qom-type",
+            "id",
+            "dir",
+            "endpoint",
+            "verify-peer",
+            "sanity-check",
+        ],
+    )?;
+    let id = a.str("id")?;
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(QmpError::generic(format!(
+            "Parameter 'id' expects an identifier (letters, digits, '-', '_', '.'; at most 64), not '{id}'"
+        )));
+    }
+    match a.opt_str("endpoint")? {
+        None | Some("server") => {}
+        Some("client") => {
+            return Err(QmpError::generic(
+                "Expecting TLS credentials with a server endpoint: rehost is never an NBD client",
+            ))
+        }
+        Some(e) => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'endpoint' does not accept value '{e}'"
+            )))
+        }
+    }
+    let dir = a.str("dir")?;
+    let verify = a.opt_bool("verify-peer")?.unwrap_or(true);
+    let _ = a.opt_bool("sanity-check")?;
+    let mut creds = ctl.tls_creds.lock().unwrap_or_else(|e| e.into_inner());
+    if creds.contains_key(id) {
+        return Err(QmpError::generic(format!(
+            "attempt to add duplicate property '{id}' to object (type 'container')"
+        )));
+    }
+    if creds.len() >= 16 {
+        return Err(QmpError::generic("too many objects (at most 16)"));
+    }
+    let config = crate::nbd::tls::load(std::path::Path::new(dir), verify)
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    creds.insert(id.to_owned(), config);
+    Ok(json!({}))
+}
+
+fn nbd_start(
+    ctl: &VmControl,
+    addr: &Value,
+    max: Option<u64>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> Result<Value, QmpError> {
     let addr = socket_addr(addr)?;
     let mut nbd = ctl.nbd.lock().unwrap_or_else(|e| e.into_inner());
     if nbd.is_some() {
         return Err(QmpError::generic("NBD server already running"));
     }
-    let mut options = ServerOptions::default();
+    let mut options = ServerOptions {
+        tls,
+        ..ServerOptions::default()
+    };
     // QEMU's 0 is "unlimited"; rehost keeps its bound.
     if let Some(m) = max.filter(|&m| m > 0) {
         options.max_clients = (m as usize).min(options.max_clients);

@@ -158,6 +158,9 @@ pub struct VmControl {
     events_enabled: AtomicBool,
     /// The NBD server of `nbd-server-start`, if running.
     pub nbd: Mutex<Option<crate::nbd::NbdServer>>,
+    /// `object-add` `tls-creds-x509` objects by id: the credentials,
+    /// loaded when added.
+    pub tls_creds: Mutex<std::collections::BTreeMap<String, Arc<rustls::ServerConfig>>>,
     /// The console viewers and `send-key` use; it outlives resets (each
     /// machine attaches its display and input devices to it).
     pub console: Arc<Console>,
@@ -194,6 +197,7 @@ impl VmControl {
             },
             events_enabled: AtomicBool::new(false),
             nbd: Mutex::new(None),
+            tls_creds: Mutex::new(std::collections::BTreeMap::new()),
             typist: super::send_key::Typist::new(console.clone()),
             console,
         }))

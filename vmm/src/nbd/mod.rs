@@ -64,8 +64,14 @@
 //!   `NBD_STATE_HOLE | NBD_STATE_ZERO` (they read as zeros); the rest 0.
 //!   `qemu:dirty-bitmap:NAME`: dirty ranges have bit 0 set (QEMU's
 //!   `docs/interop/nbd.rst`).
-//! - No TLS (NBD_OPT_STARTTLS gets `NBD_REP_ERR_UNSUP`) and so no
-//!   authentication: rely on the unix socket's permissions or loopback.
+//! - TLS: with [`ServerOptions::tls`] set (credentials loaded by
+//!   [`tls::load`], QEMU's `tls-creds-x509` directory layout) the server
+//!   serves only over TLS (`NBD_OPT_STARTTLS`; every other option before
+//!   it gets `NBD_REP_ERR_TLS_REQD`) and, with peer verification, only
+//!   clients whose certificate its CA signed: the protocol's one form of
+//!   authentication. Without it `NBD_OPT_STARTTLS` gets
+//!   `NBD_REP_ERR_UNSUP`: rely on the unix socket's permissions or
+//!   loopback.
 //! - CAN_MULTI_CONN is advertised: every connection to an export reaches
 //!   the same [`ExportSource`] object, so a completed write is seen by all
 //!   and a flush on one covers the writes made on the others. A source
@@ -76,6 +82,7 @@ pub mod protocol;
 mod server;
 mod session;
 mod source;
+pub mod tls;
 
 pub use server::{ListenAddr, NbdError, NbdServer, RemoveMode, ServerOptions};
 pub use session::serve_bytes;

@@ -103,6 +103,8 @@ pub struct ServerOptions {
     pub max_clients: usize,
     pub max_payload: u32,
     pub idle_timeout: Duration,
+    /// Serve only over TLS with these credentials (see [`super::tls`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -111,6 +113,7 @@ impl Default for ServerOptions {
             max_clients: 64,
             max_payload: 32 << 20,
             idle_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -179,14 +182,21 @@ impl Sock {
     }
 }
 
-/// A client socket as the session sees it: reads wake every
-/// [`TICK`] to notice a stop or a stalled peer; writes are buffered until
-/// the session flushes and time out when the peer does not read.
-struct SocketPeer {
+/// A client socket under the session's framing: reads wake every
+/// [`TICK`] to notice a stop or a stalled peer; writes time out when the
+/// peer does not read.
+struct RawPeer {
     sock: Sock,
     shared: Arc<Shared>,
     waiting: bool,
     last: Instant,
+}
+
+/// What the session reads and writes: the socket, or TLS over it after
+/// NBD_OPT_STARTTLS; writes are buffered until the session flushes.
+struct SocketPeer {
+    raw: RawPeer,
+    tls: Option<rustls::ServerConnection>,
     out: Vec<u8>,
 }
 
@@ -200,26 +210,7 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
-impl SocketPeer {
-    fn write_out(&mut self, b: &[u8]) -> io::Result<()> {
-        let r = match &mut self.sock {
-            Sock::Unix(s) => s.write_all(b),
-            Sock::Tcp(s) => s.write_all(b),
-        };
-        r.map_err(|e| {
-            if timed_out(&e) {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the peer does not read its replies",
-                )
-            } else {
-                e
-            }
-        })
-    }
-}
-
-impl Read for SocketPeer {
+impl Read for RawPeer {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let r = match &mut self.sock {
@@ -255,6 +246,52 @@ impl Read for SocketPeer {
     }
 }
 
+impl Write for RawPeer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = match &mut self.sock {
+            Sock::Unix(s) => s.write_all(buf),
+            Sock::Tcp(s) => s.write_all(buf),
+        };
+        r.map_err(|e| {
+            if timed_out(&e) {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer does not read its replies",
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SocketPeer {
+    fn write_out(&mut self, b: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            Some(conn) => {
+                let mut s = rustls::Stream::new(conn, &mut self.raw);
+                s.write_all(b)?;
+                s.flush()
+            }
+            None => self.raw.write_all(b),
+        }
+    }
+}
+
+impl Read for SocketPeer {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(conn) => rustls::Stream::new(conn, &mut self.raw).read(buf),
+            None => self.raw.read(buf),
+        }
+    }
+}
+
 impl Write for SocketPeer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.out.len() + buf.len() > OUT_BUFFER {
@@ -283,9 +320,37 @@ impl Write for SocketPeer {
 impl Peer for SocketPeer {
     fn set_waiting(&mut self, waiting: bool) {
         if waiting {
-            self.last = Instant::now();
+            self.raw.last = Instant::now();
         }
-        self.waiting = waiting;
+        self.raw.waiting = waiting;
+    }
+
+    fn tls_offered(&self) -> bool {
+        self.raw.shared.options.tls.is_some()
+    }
+
+    fn tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn start_tls(&mut self) -> io::Result<()> {
+        let Some(config) = self.raw.shared.options.tls.clone() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no TLS credentials",
+            ));
+        };
+        if self.tls.is_some() || !self.out.is_empty() {
+            return Err(io::Error::other(
+                "TLS must start on an idle, plain connection",
+            ));
+        }
+        let mut conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut self.raw)?;
+        }
+        self.tls = Some(conn);
+        Ok(())
     }
 }
 
@@ -392,12 +457,17 @@ impl NbdServer {
     /// The NBD URI of an export (`nbd+unix:///NAME?socket=PATH` or
     /// `nbd://HOST:PORT/NAME`), as qemu-img, nbdinfo and libnbd take it.
     pub fn uri(&self, export: &str) -> String {
+        let s = if self.shared.options.tls.is_some() {
+            "s"
+        } else {
+            ""
+        };
         match &self.addr {
-            ListenAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
+            ListenAddr::Unix(p) => format!("nbd{s}+unix:///{export}?socket={}", p.display()),
             ListenAddr::Tcp { host, port } if host.contains(':') => {
-                format!("nbd://[{host}]:{port}/{export}")
+                format!("nbd{s}://[{host}]:{port}/{export}")
             }
-            ListenAddr::Tcp { host, port } => format!("nbd://{host}:{port}/{export}"),
+            ListenAddr::Tcp { host, port } => format!("nbd{s}://{host}:{port}/{export}"),
         }
     }
 
@@ -728,10 +798,13 @@ fn worker(first: Sock, first_id: u64, shared: &Arc<Shared>, pool: &Pool) {
 
 fn client(sock: Sock, shared: Arc<Shared>, id: u64) {
     let mut peer = SocketPeer {
-        sock,
-        shared: shared.clone(),
-        waiting: false,
-        last: Instant::now(),
+        raw: RawPeer {
+            sock,
+            shared: shared.clone(),
+            waiting: false,
+            last: Instant::now(),
+        },
+        tls: None,
         out: Vec::new(),
     };
     match session::run(&mut peer, &shared, id) {
@@ -740,7 +813,11 @@ fn client(sock: Sock, shared: Arc<Shared>, id: u64) {
         End::Io(e) => tracing::info!(id, "nbd: client connection ended: {e}"),
     }
     let _ = peer.flush();
-    peer.sock.shutdown();
+    if let Some(conn) = peer.tls.as_mut() {
+        conn.send_close_notify();
+        let _ = conn.write_tls(&mut peer.raw);
+    }
+    peer.raw.sock.shutdown();
     shared
         .clients
         .lock()

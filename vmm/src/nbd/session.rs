@@ -24,6 +24,22 @@ use super::{MAX_DESCRIPTORS, MAX_OPTION_DATA};
 /// until its next byte arrives (which ends the waiting).
 pub(crate) trait Peer: Read + Write {
     fn set_waiting(&mut self, _waiting: bool) {}
+    /// The server has TLS credentials: TLS is required (forced TLS).
+    fn tls_offered(&self) -> bool {
+        false
+    }
+    /// NBD_OPT_STARTTLS has succeeded on this connection.
+    fn tls_active(&self) -> bool {
+        false
+    }
+    /// Runs the TLS handshake over the connection (after the ACK of
+    /// NBD_OPT_STARTTLS has been flushed in plain text).
+    fn start_tls(&mut self) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no TLS on this connection",
+        ))
+    }
 }
 
 /// An export as the server holds it.
@@ -282,6 +298,25 @@ impl<P: Peer> Session<'_, P> {
     /// Handles one option; `Some` export when transmission begins,
     /// `Err(End::Done)` on NBD_OPT_ABORT.
     fn option(&mut self, option: u32, data: &[u8]) -> Result<Option<Arc<ExportEntry>>, End> {
+        if self.peer.tls_offered() && !self.peer.tls_active() {
+            match option {
+                p::OPT_STARTTLS | p::OPT_ABORT => {}
+                p::OPT_EXPORT_NAME => {
+                    // No error reply exists for it: close.
+                    return Err(End::Protocol(
+                        "NBD_OPT_EXPORT_NAME before TLS on a TLS-only server".into(),
+                    ));
+                }
+                _ => {
+                    self.reply_opt_err(
+                        option,
+                        p::REP_ERR_TLS_REQD,
+                        "this server requires TLS: send NBD_OPT_STARTTLS first",
+                    )?;
+                    return Ok(None);
+                }
+            }
+        }
         match option {
             p::OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(data);
@@ -344,7 +379,27 @@ impl<P: Peer> Session<'_, P> {
                 Ok(None)
             }
             p::OPT_STARTTLS => {
-                self.reply_opt_err(option, p::REP_ERR_UNSUP, "TLS is not supported")?;
+                if !self.peer.tls_offered() {
+                    self.reply_opt_err(
+                        option,
+                        p::REP_ERR_UNSUP,
+                        "TLS is not configured on this server (rehost disk serve --tls-creds)",
+                    )?;
+                } else if self.peer.tls_active() {
+                    self.reply_opt_err(option, p::REP_ERR_INVALID, "TLS is already on")?;
+                } else if !data.is_empty() {
+                    self.reply_opt_err(
+                        option,
+                        p::REP_ERR_INVALID,
+                        "NBD_OPT_STARTTLS takes no data",
+                    )?;
+                } else {
+                    self.reply_opt(option, p::REP_ACK, &[])?;
+                    self.flush()?;
+                    self.peer
+                        .start_tls()
+                        .map_err(|e| End::Protocol(format!("TLS handshake failed: {e}")))?;
+                }
                 Ok(None)
             }
             _ => {

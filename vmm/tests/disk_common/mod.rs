@@ -6,6 +6,10 @@ use std::process::Command;
 
 use rehost_disk::{CreateOptions, ImageFormat, OpenOptions, Subformat};
 
+mod served;
+#[allow(unused_imports)]
+pub use served::Served;
+
 #[path = "../../../disk/src/scratch.rs"]
 mod scratch;
 
