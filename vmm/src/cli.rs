@@ -151,10 +151,12 @@ pub struct RunArgs {
     /// on a raw, VHD or VHDX image (differencing children too), with
     /// `readonly=on` to refuse guest writes; `keyboard` is a HID boot
     /// keyboard. `port=N` picks the root port (1 or 2); otherwise devices
-    /// take the free ports in order.
+    /// take the free ports in order. `id=NAME` names the device on the
+    /// control socket (QMP `device_del` unplugs it; `device_add` plugs
+    /// more while the guest runs).
     #[arg(
         long = "usb",
-        value_name = "disk:PATH[,readonly=on][,port=N] | keyboard[,port=N]"
+        value_name = "disk:PATH[,readonly=on][,port=N][,id=NAME] | keyboard[,port=N][,id=NAME]"
     )]
     pub usb: Vec<String>,
     /// Create a QMP-compatible control socket at PATH (a Unix socket,
