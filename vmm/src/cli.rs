@@ -139,6 +139,21 @@ pub struct RunArgs {
     /// firmware's boot order.
     #[arg(long, value_enum, default_value = "disk")]
     pub boot: crate::storage::BootDevice,
+    /// Let SeaBIOS offer its interactive boot menu: it prints "Press F12
+    /// for boot menu." (on COM1 too) and waits --boot-menu-wait ms for
+    /// the key (from a COM1 terminal, QMP send-key or VNC); the menu lists
+    /// every boot device (USB disks as "USB MSC Drive ...") in boot order.
+    #[arg(long = "boot-menu")]
+    pub boot_menu: bool,
+    /// How long SeaBIOS waits for the boot menu key, in milliseconds
+    /// (with --boot-menu; SeaBIOS's own default is 2500).
+    #[arg(
+        long = "boot-menu-wait",
+        value_name = "MS",
+        default_value = "2500",
+        requires = "boot_menu"
+    )]
+    pub boot_menu_wait: u16,
     /// The USB host controller the --usb devices hang off; present when
     /// given or when any --usb device is. `uhci`: the PIIX3 USB function
     /// (8086:7020) at 00:01.2 with two full-speed root ports, driven by

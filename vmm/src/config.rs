@@ -39,6 +39,8 @@ pub struct MachineConfig {
     /// Disks and CD-ROMs, opened, with their controller slots.
     pub drives: Vec<crate::storage::DriveConfig>,
     pub boot: crate::storage::BootDevice,
+    /// SeaBIOS's boot menu wait (ms), when the menu is offered.
+    pub boot_menu_wait: Option<u16>,
     /// The USB controller and its devices, if any.
     pub usb: Option<crate::usb::UsbConfig>,
     /// The control socket's path (`--qmp`).
@@ -140,6 +142,7 @@ impl MachineConfig {
             no_reboot: args.no_reboot,
             drives,
             boot: args.boot,
+            boot_menu_wait: args.boot_menu.then_some(args.boot_menu_wait),
             usb,
             qmp: args.qmp.clone(),
             display: crate::display::DisplayConfig::new(args.vga, args.wants_display())?,

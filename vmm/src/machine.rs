@@ -334,6 +334,7 @@ impl Machine {
                     drives.into_iter().chain(usb).collect()
                 }
             },
+            boot_menu_wait: cfg.boot_menu_wait,
         });
         for (key, data) in content.items {
             fw_cfg.add_item(key, data)?;
