@@ -7,13 +7,13 @@
 //! writes and reads back through SeaBIOS's INT 13h on a USB disk, and the
 //! host finds exactly those bytes in the child, the parent unchanged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rehost_tests::storage::{
-    grub_disk, int13_on_child, lcg_data, rehost_disk, require_tools, scratch, sha256,
+    grub_disk, int13_on_child, lcg_data, rehost_disk, require_tools, scratch, sha256, Int13Program,
 };
-use rehost_tests::{kvm_available, run};
+use rehost_tests::{kvm_available, roms_dir, run, Running};
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
 
@@ -23,7 +23,7 @@ fn s(p: &Path) -> &str {
 
 /// A differencing VHDX child over a VHDX copy of `raw`; returns (parent,
 /// child).
-fn child_of(raw: &Path, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+fn child_of(raw: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     let parent = dir.join("parent.vhdx");
     rehost_disk(REHOST, &["convert", "-O", "vhdx", s(raw), s(&parent)]);
     let child = dir.join("child.vhdx");
@@ -183,8 +183,8 @@ const KEYBOARD_PRODUCT: &str = "Product: `rehost USB keyboard'";
 /// socket paths are limited to 107 bytes; target/ may be deep).
 struct Vm {
     _dir: tempfile::TempDir,
-    sock: std::path::PathBuf,
-    run: rehost_tests::Running,
+    sock: PathBuf,
+    run: Running,
 }
 
 impl Vm {
@@ -196,7 +196,7 @@ impl Vm {
         let sock = dir.path().join("vm.sock");
         let mut all = args.to_vec();
         all.extend(["--qmp", s(&sock)]);
-        let run = rehost_tests::Running::start(REHOST, &all);
+        let run = Running::start(REHOST, &all);
         Self {
             _dir: dir,
             sock,
@@ -332,4 +332,149 @@ fn qmp_device_add_and_del_hot_plug_a_usb_disk_under_grub() {
     );
     rehost_tests::qmp::quit(&mut q, &mut vm.run, Duration::from_secs(30));
     assert!(vm.run.stderr().is_empty(), "{}", vm.run.stderr());
+}
+
+/// An IDE disk whose boot sector prints "powerbutton: boot sector
+/// running" and waits (resources/qmp/powerbutton.boot.asm), and a USB
+/// disk with the INT 13h exerciser, which writes, reads back and powers
+/// off: (IDE image, USB image, the exerciser).
+fn two_boot_disks(dir: &Path) -> (PathBuf, PathBuf, Int13Program) {
+    let ide = dir.join("ide.img");
+    std::fs::copy(roms_dir().join("powerbutton.img"), &ide).unwrap();
+    let prog = Int13Program {
+        sectors: 64,
+        chunk: 16,
+        ..Default::default()
+    };
+    let usb = dir.join("usb.raw");
+    prog.raw_disk(&usb, 4 << 20);
+    (ide, usb, prog)
+}
+
+fn int13_done(prog: &Int13Program) -> String {
+    format!("int13: ok sectors={:08x}", prog.sectors)
+}
+
+#[test]
+fn boot_usb_boots_the_usb_disk_before_an_ide_disk() {
+    if !kvm_available("usb_uhci_boot_order") {
+        return;
+    }
+    require_tools(&["nasm"]);
+    let dir = scratch("usb_uhci_boot_order");
+    let (ide, usb, prog) = two_boot_disks(&dir);
+    let usb_arg = format!("disk:{}", s(&usb));
+    let args = [
+        "run",
+        "--memory",
+        "64M",
+        "--disk",
+        s(&ide),
+        "--usb",
+        &usb_arg,
+    ];
+    // The default order boots the IDE disk: the two are told apart.
+    let mut r = Running::start(REHOST, &args);
+    r.expect(
+        "powerbutton: boot sector running",
+        1,
+        Duration::from_secs(120),
+    );
+    assert!(!r.stdout().contains("int13: start"), "{}", r.stdout());
+    drop(r);
+    let mut with_usb = args.to_vec();
+    with_usb.extend(["--boot", "usb"]);
+    let (code, out, err) = run(REHOST, &with_usb, Duration::from_secs(300));
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(&int13_done(&prog)), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    assert!(
+        !out.contains("powerbutton"),
+        "the IDE disk booted despite --boot usb: {out}"
+    );
+}
+
+#[test]
+fn seabios_boot_menu_lists_the_usb_disk_and_boots_it() {
+    use serde_json::json;
+    if !kvm_available("usb_uhci_boot_menu") {
+        return;
+    }
+    require_tools(&["nasm"]);
+    let dir = scratch("usb_uhci_boot_menu");
+    let (ide, usb, prog) = two_boot_disks(&dir);
+    let usb_arg = format!("disk:{}", s(&usb));
+    // The IDE disk comes first in the boot order; the menu picks the USB
+    // one.
+    let mut vm = Vm::start(&[
+        "run",
+        "--memory",
+        "64M",
+        "--disk",
+        s(&ide),
+        "--usb",
+        &usb_arg,
+        "--boot-menu",
+        "--boot-menu-wait",
+        "60000",
+    ]);
+    let mut q = rehost_tests::qmp::Qmp::connect(&vm.sock, true);
+    vm.run
+        .expect(" for boot menu.", 1, Duration::from_secs(120));
+    // Debian's SeaBIOS 1.16 offers ESC; later releases F12.
+    let menu_key = if vm.run.stdout().contains("Press F12") {
+        "f12"
+    } else {
+        "esc"
+    };
+    let key = |q: &mut rehost_tests::qmp::Qmp, code: &str| {
+        q.ok(
+            "send-key",
+            Some(json!({"keys": [{"type": "qcode", "data": code}]})),
+        );
+    };
+    let mut shown = false;
+    for _ in 0..20 {
+        key(&mut q, menu_key);
+        if vm
+            .run
+            .wait_for("Select boot device:", 1, Duration::from_secs(3))
+        {
+            shown = true;
+            break;
+        }
+    }
+    assert!(shown, "no boot menu: {}", vm.run.stdout());
+    // The entries follow the title; the last one is printed when the
+    // firmware waits for a choice.
+    vm.run.expect("2. ", 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let out = vm.run.stdout();
+    let menu = &out[out.find("Select boot device:").unwrap()..];
+    let usb_line = menu
+        .lines()
+        .find(|l| l.contains("USB MSC Drive REHOST USB DISK"))
+        .unwrap_or_else(|| panic!("the menu lacks the USB disk: {menu}"));
+    assert!(
+        menu.lines().any(|l| l.contains("ata0-0")),
+        "the menu lacks the IDE disk: {menu}"
+    );
+    let number = usb_line.split('.').next().unwrap().trim();
+    assert!(
+        matches!(number, "1" | "2"),
+        "unexpected entry {usb_line:?} in {menu}"
+    );
+    key(&mut q, number);
+    vm.run
+        .expect(&int13_done(&prog), 1, Duration::from_secs(120));
+    let status = vm.run.wait(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        vm.run.stderr()
+    );
+    let out = vm.run.stdout();
+    assert!(!out.contains("powerbutton"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
 }

@@ -139,10 +139,12 @@ pub struct RunArgs {
     /// firmware's boot order.
     #[arg(long, value_enum, default_value = "disk")]
     pub boot: crate::storage::BootDevice,
-    /// Let SeaBIOS offer its interactive boot menu: it prints "Press F12
-    /// for boot menu." (on COM1 too) and waits --boot-menu-wait ms for
-    /// the key (from a COM1 terminal, QMP send-key or VNC); the menu lists
-    /// every boot device (USB disks as "USB MSC Drive ...") in boot order.
+    /// Let SeaBIOS offer its interactive boot menu: it prints "Press ESC
+    /// for boot menu." (Debian's 1.16; F12 in later releases; on COM1
+    /// too) and waits --boot-menu-wait ms for the key (from a COM1
+    /// terminal, QMP send-key or VNC); the menu lists every boot device
+    /// (USB disks as "USB MSC Drive ...") in boot order, and a digit key
+    /// boots one.
     #[arg(long = "boot-menu")]
     pub boot_menu: bool,
     /// How long SeaBIOS waits for the boot menu key, in milliseconds
