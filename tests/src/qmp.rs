@@ -147,6 +147,5 @@ pub fn error_class(r: &Value) -> &str {
 /// Sends `quit` through `q`; `run` must then exit 0 within `timeout`.
 pub fn quit(q: &mut Qmp, run: &mut crate::Running, timeout: Duration) {
     assert_eq!(q.ok("quit", None), json!({}));
-    let status = run.wait(timeout);
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", run.stderr());
+    run.expect_exit(0, timeout);
 }

@@ -338,7 +338,12 @@ fn qmp_device_add_and_del_hot_plug_a_usb_disk_under_grub() {
 /// running" and waits (resources/qmp/powerbutton.boot.asm), and a USB
 /// disk with the INT 13h exerciser, which writes, reads back and powers
 /// off: (IDE image, USB image, the exerciser).
-fn two_boot_disks(dir: &Path) -> (PathBuf, PathBuf, Int13Program) {
+fn two_boot_disks(test: &str) -> Option<(PathBuf, PathBuf, Int13Program)> {
+    if !kvm_available(test) {
+        return None;
+    }
+    require_tools(&["nasm"]);
+    let dir = scratch(test);
     let ide = dir.join("ide.img");
     std::fs::copy(roms_dir().join("powerbutton.img"), &ide).unwrap();
     let prog = Int13Program {
@@ -348,7 +353,7 @@ fn two_boot_disks(dir: &Path) -> (PathBuf, PathBuf, Int13Program) {
     };
     let usb = dir.join("usb.raw");
     prog.raw_disk(&usb, 4 << 20);
-    (ide, usb, prog)
+    Some((ide, usb, prog))
 }
 
 fn int13_done(prog: &Int13Program) -> String {
@@ -357,12 +362,9 @@ fn int13_done(prog: &Int13Program) -> String {
 
 #[test]
 fn boot_usb_boots_the_usb_disk_before_an_ide_disk() {
-    if !kvm_available("usb_uhci_boot_order") {
+    let Some((ide, usb, prog)) = two_boot_disks("usb_uhci_boot_order") else {
         return;
-    }
-    require_tools(&["nasm"]);
-    let dir = scratch("usb_uhci_boot_order");
-    let (ide, usb, prog) = two_boot_disks(&dir);
+    };
     let usb_arg = format!("disk:{}", s(&usb));
     let args = [
         "run",
@@ -397,12 +399,9 @@ fn boot_usb_boots_the_usb_disk_before_an_ide_disk() {
 #[test]
 fn seabios_boot_menu_lists_the_usb_disk_and_boots_it() {
     use serde_json::json;
-    if !kvm_available("usb_uhci_boot_menu") {
+    let Some((ide, usb, prog)) = two_boot_disks("usb_uhci_boot_menu") else {
         return;
-    }
-    require_tools(&["nasm"]);
-    let dir = scratch("usb_uhci_boot_menu");
-    let (ide, usb, prog) = two_boot_disks(&dir);
+    };
     let usb_arg = format!("disk:{}", s(&usb));
     // The IDE disk comes first in the boot order; the menu picks the USB
     // one.
@@ -467,13 +466,7 @@ fn seabios_boot_menu_lists_the_usb_disk_and_boots_it() {
     key(&mut q, number);
     vm.run
         .expect(&int13_done(&prog), 1, Duration::from_secs(120));
-    let status = vm.run.wait(Duration::from_secs(30));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        vm.run.stderr()
-    );
+    vm.run.expect_exit(0, Duration::from_secs(30));
     let out = vm.run.stdout();
     assert!(!out.contains("powerbutton"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
