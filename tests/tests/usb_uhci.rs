@@ -471,3 +471,42 @@ fn seabios_boot_menu_lists_the_usb_disk_and_boots_it() {
     assert!(!out.contains("powerbutton"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
 }
+
+#[test]
+fn a_hot_plugged_usb_disk_stays_plugged_across_a_reset() {
+    use serde_json::json;
+    let Some((ide, usb, _)) = two_boot_disks("usb_uhci_reset") else {
+        return;
+    };
+    let fw_log = ide.with_file_name("firmware.log");
+    let mut vm = Vm::start(&[
+        "run",
+        "--memory",
+        "64M",
+        "--firmware-log",
+        s(&fw_log),
+        "--disk",
+        s(&ide),
+        "--usb-controller",
+        "uhci",
+    ]);
+    let mut q = rehost_tests::qmp::Qmp::connect(&vm.sock, true);
+    let armed = "powerbutton: armed";
+    vm.run.expect(armed, 1, Duration::from_secs(120));
+    q.ok(
+        "device_add",
+        Some(json!({"driver": "usb-storage", "id": "stick", "file": s(&usb)})),
+    );
+    q.ok("system_reset", None);
+    vm.run.expect(armed, 2, Duration::from_secs(120));
+    rehost_tests::qmp::quit(&mut q, &mut vm.run, Duration::from_secs(30));
+    // The firmware found no USB disk on the first boot and found the
+    // hot-plugged one on the second.
+    let log = std::fs::read_to_string(&fw_log).unwrap();
+    // Each POST ends with its boot.
+    let boots: Vec<&str> = log.split("Booting from Hard Disk...").collect();
+    assert_eq!(boots.len(), 3, "{log}");
+    let msc = "USB MSC vendor='REHOST' product='USB DISK'";
+    assert!(!boots[0].contains(msc), "{}", boots[0]);
+    assert!(boots[1].contains(msc), "after the reset: {}", boots[1]);
+}
