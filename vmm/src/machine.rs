@@ -489,6 +489,10 @@ impl Machine {
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
             let _ = self.report_wake.read();
         };
+        // USB devices are neither plugged nor unplugged until this
+        // machine's device models are gone: a `device_del` now must find
+        // the image held by nobody else, to close it.
+        let usb_cfg = ctl.usb();
         // The control socket lets go of this machine before its vCPU
         // threads end (it kicks them by thread id).
         ctl.set_machine(None);
@@ -498,13 +502,15 @@ impl Machine {
         if let Some(u) = self.usb.as_mut() {
             u.stop();
         }
-        for d in ctl.usb().iter().flat_map(|u| u.devices.iter()) {
+        for d in usb_cfg.iter().flat_map(|u| u.devices.iter()) {
             crate::usb::flush_device(d);
         }
         // Break the PCI root <-> bus cycle so every device, and every disk
         // image the devices hold, is dropped with this machine.
         self.io_bus.clear();
         self.mmio_bus.clear();
+        drop(self.usb.take());
+        drop(usb_cfg);
         outcome
     }
 }

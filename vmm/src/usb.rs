@@ -2,6 +2,10 @@
 //! open, the PIIX3 UHCI function at 00:01.2 with the emulated devices on
 //! its root ports, and the host timer that runs its frames.
 //!
+//! Devices are plugged and unplugged while the guest runs through
+//! [`UsbHandle`] (QMP `device_add`/`device_del`, see `control::devices`);
+//! the list of devices lives in the control state, so it outlives resets.
+//!
 //! The frame timer is a thread that runs one frame per millisecond while
 //! the guest has the schedule running (USBCMD.RS) and sleeps on a condition
 //! variable while it is stopped, so an idle controller costs nothing.

@@ -404,6 +404,28 @@ mod tests {
     }
 
     #[test]
+    fn clients_racing_for_one_id_or_port_get_one_device() {
+        let c = ctl_with_usb();
+        let results: Vec<_> = (0..8)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let id = if i % 2 == 0 { "same" } else { "other" };
+                    device_add(
+                        &c,
+                        &args(json!({"driver": "usb-kbd", "id": id, "port": "1"})),
+                    )
+                    .is_ok()
+                })
+            })
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+        assert_eq!(ids(&c).len(), 1);
+        assert_eq!(ids(&c)[0].1, 1);
+    }
+
+    #[test]
     fn without_a_usb_controller_nothing_can_be_added() {
         let c = VmControl::new(&[]).unwrap();
         let e = device_add(&c, &args(json!({"driver": "usb-kbd", "id": "k"}))).unwrap_err();
