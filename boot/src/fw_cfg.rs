@@ -35,6 +35,9 @@ pub struct FirmwareSettings {
     pub serial_console_port: Option<u16>,
     /// OpenFirmware device paths, first choice first.
     pub boot_order: Vec<String>,
+    /// SeaBIOS's interactive boot menu: how long (ms) it offers its menu
+    /// key before booting; `None` boots without offering it.
+    pub boot_menu_wait: Option<u16>,
 }
 
 /// `etc/e820` entries: little-endian address, length, type.
@@ -64,13 +67,21 @@ pub fn build(settings: &FirmwareSettings) -> FwCfgContent {
         FW_CFG_MAX_CPUS,
         u16::from(settings.cpus).to_le_bytes().to_vec(),
     ));
-    // No interactive boot menu: it would wait for a key on every boot.
+    // The interactive boot menu only when asked for: it waits for a key
+    // on every boot (SeaBIOS src/boot.c interactive_bootmenu reads
+    // etc/show-boot-menu and etc/boot-menu-wait, as QEMU's -boot
+    // menu=on,splash-time=MS sets them).
+    let menu = u16::from(settings.boot_menu_wait.is_some());
     c.items
-        .push((FW_CFG_BOOT_MENU, 0u16.to_le_bytes().to_vec()));
+        .push((FW_CFG_BOOT_MENU, menu.to_le_bytes().to_vec()));
     c.files
         .push(("etc/e820".into(), e820_file(&settings.layout)));
     c.files
-        .push(("etc/show-boot-menu".into(), 0u16.to_le_bytes().to_vec()));
+        .push(("etc/show-boot-menu".into(), menu.to_le_bytes().to_vec()));
+    if let Some(ms) = settings.boot_menu_wait {
+        c.files
+            .push(("etc/boot-menu-wait".into(), ms.to_le_bytes().to_vec()));
+    }
     // With no bootable device, say so and stay (QEMU's default); never
     // loop through reboots.
     c.files
@@ -99,6 +110,7 @@ mod tests {
             cpus: 2,
             serial_console_port: Some(0x3f8),
             boot_order: vec!["/pci@i0cf8/ide@1,1/drive@0/disk@0".into()],
+            boot_menu_wait: None,
         });
         let e820 = c.file("etc/e820").unwrap();
         assert_eq!(e820.len(), 20);
@@ -110,5 +122,20 @@ mod tests {
             Some(&b"/pci@i0cf8/ide@1,1/drive@0/disk@0\0"[..])
         );
         assert!(c.items.contains(&(FW_CFG_NB_CPUS, vec![2, 0])));
+        assert_eq!(c.file("etc/show-boot-menu"), Some(&[0, 0][..]));
+        assert_eq!(c.file("etc/boot-menu-wait"), None);
+        let c = build(&FirmwareSettings {
+            layout: MemoryLayout::new(64 * MIB).unwrap(),
+            cpus: 1,
+            serial_console_port: None,
+            boot_order: Vec::new(),
+            boot_menu_wait: Some(5000),
+        });
+        assert_eq!(c.file("etc/show-boot-menu"), Some(&[1, 0][..]));
+        assert_eq!(
+            c.file("etc/boot-menu-wait"),
+            Some(&5000u16.to_le_bytes()[..])
+        );
+        assert!(c.items.contains(&(FW_CFG_BOOT_MENU, vec![1, 0])));
     }
 }

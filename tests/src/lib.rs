@@ -173,6 +173,30 @@ impl Running {
         }
     }
 
+    /// [`Running::wait_for`] that must succeed: panics with what COM1
+    /// (stdout) and stderr hold.
+    pub fn expect(&mut self, text: &str, count: usize, timeout: Duration) {
+        assert!(
+            self.wait_for(text, count, timeout),
+            "no {text:?} (x{count}) on COM1: {:?}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    /// Waits for the process to exit, which it must with `code` within
+    /// `timeout`.
+    pub fn expect_exit(&mut self, code: i32, timeout: Duration) {
+        let status = self.wait(timeout);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(code),
+            "stdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
     /// Waits for the process to exit; kills it after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;

@@ -136,3 +136,16 @@ impl Qmp {
         rest
     }
 }
+
+/// The `class` of an error reply; panics on any other message.
+pub fn error_class(r: &Value) -> &str {
+    r["error"]["class"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {r}"))
+}
+
+/// Sends `quit` through `q`; `run` must then exit 0 within `timeout`.
+pub fn quit(q: &mut Qmp, run: &mut crate::Running, timeout: Duration) {
+    assert_eq!(q.ok("quit", None), json!({}));
+    run.expect_exit(0, timeout);
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rehost_tests::qmp::{wait_for_socket, Qmp};
+use rehost_tests::qmp::{error_class, wait_for_socket, Qmp};
 use rehost_tests::storage::{rehost_disk, require_tools, scratch, sha256, Int13Program};
 use rehost_tests::{kvm_available, rom, roms_dir, run, start_rom, Running};
 use serde_json::{json, Value};
@@ -78,14 +78,7 @@ impl Vm {
 
     /// `quit` through `q`: rehost must exit 0.
     fn quit(mut self, q: &mut Qmp) {
-        assert_eq!(q.ok("quit", None), json!({}));
-        let status = self.run.wait(Duration::from_secs(20));
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "{}",
-            self.run.stderr()
-        );
+        rehost_tests::qmp::quit(q, &mut self.run, Duration::from_secs(20));
     }
 }
 
@@ -464,12 +457,6 @@ fn cdrom_eject_then_change_on_ide() {
 #[test]
 fn cdrom_eject_then_change_on_ahci() {
     medium_change("qmp_cd_eject_ahci", "ahci", true);
-}
-
-fn error_class(r: &Value) -> &str {
-    r["error"]["class"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error: {r}"))
 }
 
 #[test]

@@ -108,12 +108,7 @@ impl Vm {
     }
 
     fn wait_text(&mut self, text: &str, count: usize, timeout: Duration) {
-        assert!(
-            self.run.wait_for(text, count, timeout),
-            "no {text:?} (x{count}) on COM1: {:?}\nstderr: {}",
-            self.run.stdout(),
-            self.run.stderr()
-        );
+        self.run.expect(text, count, timeout);
     }
 }
 

@@ -139,6 +139,23 @@ pub struct RunArgs {
     /// firmware's boot order.
     #[arg(long, value_enum, default_value = "disk")]
     pub boot: crate::storage::BootDevice,
+    /// Let SeaBIOS offer its interactive boot menu: it prints "Press ESC
+    /// for boot menu." (Debian's 1.16; F12 in later releases; on COM1
+    /// too) and waits --boot-menu-wait ms for the key (from a COM1
+    /// terminal, QMP send-key or VNC); the menu lists every boot device
+    /// (USB disks as "USB MSC Drive ...") in boot order, and a digit key
+    /// boots one.
+    #[arg(long = "boot-menu")]
+    pub boot_menu: bool,
+    /// How long SeaBIOS waits for the boot menu key, in milliseconds
+    /// (with --boot-menu; SeaBIOS's own default is 2500).
+    #[arg(
+        long = "boot-menu-wait",
+        value_name = "MS",
+        default_value = "2500",
+        requires = "boot_menu"
+    )]
+    pub boot_menu_wait: u16,
     /// The USB host controller the --usb devices hang off; present when
     /// given or when any --usb device is. `uhci`: the PIIX3 USB function
     /// (8086:7020) at 00:01.2 with two full-speed root ports, driven by
@@ -151,10 +168,12 @@ pub struct RunArgs {
     /// on a raw, VHD or VHDX image (differencing children too), with
     /// `readonly=on` to refuse guest writes; `keyboard` is a HID boot
     /// keyboard. `port=N` picks the root port (1 or 2); otherwise devices
-    /// take the free ports in order.
+    /// take the free ports in order. `id=NAME` names the device on the
+    /// control socket (QMP `device_del` unplugs it; `device_add` plugs
+    /// more while the guest runs).
     #[arg(
         long = "usb",
-        value_name = "disk:PATH[,readonly=on][,port=N] | keyboard[,port=N]"
+        value_name = "disk:PATH[,readonly=on][,port=N][,id=NAME] | keyboard[,port=N][,id=NAME]"
     )]
     pub usb: Vec<String>,
     /// Create a QMP-compatible control socket at PATH (a Unix socket,

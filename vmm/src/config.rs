@@ -39,6 +39,8 @@ pub struct MachineConfig {
     /// Disks and CD-ROMs, opened, with their controller slots.
     pub drives: Vec<crate::storage::DriveConfig>,
     pub boot: crate::storage::BootDevice,
+    /// SeaBIOS's boot menu wait (ms), when the menu is offered.
+    pub boot_menu_wait: Option<u16>,
     /// The USB controller and its devices, if any.
     pub usb: Option<crate::usb::UsbConfig>,
     /// The control socket's path (`--qmp`).
@@ -122,7 +124,10 @@ impl MachineConfig {
             .filter_map(|d| std::fs::canonicalize(&d.spec.path).ok())
             .collect();
         let usb = crate::usb::open_usb(args.usb_controller, &args.usb, &in_use)?;
-        let usb_disks = usb.as_ref().map(crate::usb::boot_order).unwrap_or_default();
+        let usb_disks = usb
+            .as_ref()
+            .map(|u| crate::usb::boot_order(&u.devices))
+            .unwrap_or_default();
         if args.boot == crate::storage::BootDevice::Usb && usb_disks.is_empty() {
             bail!("--boot usb: no USB disk is given (--usb disk:PATH)");
         }
@@ -137,6 +142,7 @@ impl MachineConfig {
             no_reboot: args.no_reboot,
             drives,
             boot: args.boot,
+            boot_menu_wait: args.boot_menu.then_some(args.boot_menu_wait),
             usb,
             qmp: args.qmp.clone(),
             display: crate::display::DisplayConfig::new(args.vga, args.wants_display())?,

@@ -57,7 +57,7 @@ impl Drop for RemoveOnDrop {
 
 /// `rehost run`.
 pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
-    let cfg = MachineConfig::from_args(&args)?;
+    let mut cfg = MachineConfig::from_args(&args)?;
     // The control socket is created before anything starts, so a bad
     // --qmp PATH stops rehost before a VM exists.
     let listener = match &cfg.qmp {
@@ -74,6 +74,9 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
     vcpu::install_kick_handler().context("installing the vCPU kick signal handler")?;
     let signals = signals::ShutdownSignals::install().context("installing signal handlers")?;
     let ctl = VmControl::new(&cfg.drives).context("creating the control state")?;
+    // The control state holds the USB devices from now on: `device_del`
+    // closes an unplugged disk's image, which no other copy may hold.
+    ctl.set_usb(cfg.usb.take());
     let host = host::HostSide::start(&cfg)?;
     ctl.set_chardevs(
         host.com_ports
@@ -178,9 +181,7 @@ pub fn run(args: cli::RunArgs) -> anyhow::Result<u8> {
     // it is closed, so other tools open it without a replay.
     ctl.close_drives();
     let mut trackers = storage::trackers_of(cfg.drives);
-    if let Some(usb) = cfg.usb {
-        trackers.extend(usb::trackers_of(usb));
-    }
+    trackers.extend(usb::trackers_of(ctl.take_usb_devices()));
     storage::close_trackers(trackers);
     Ok(code)
 }

@@ -154,6 +154,11 @@ impl Machine {
         host: &HostSide,
         ctl: &Arc<VmControl>,
     ) -> anyhow::Result<Self> {
+        // The USB devices as the control socket left them (hot-plugged
+        // ones stay across resets). The guard is held until this machine
+        // is registered with the control socket, so a `device_add` waits
+        // and then plugs into this machine.
+        let usb_cfg = ctl.usb();
         // The drives as the control socket left them (a changed CD-ROM
         // medium stays changed across resets).
         let drives = ctl.drive_configs();
@@ -225,8 +230,14 @@ impl Machine {
             &router,
             Arc::new(crate::storage::KvmMsi { vm: vm.clone() }),
         )?;
-        let usb = match &cfg.usb {
-            Some(u) => Some(crate::usb::attach(u, &ram.mem, &mut pci, &router)?),
+        let usb = match usb_cfg.as_ref() {
+            Some(u) => Some(crate::usb::attach(
+                u.controller,
+                &u.devices,
+                &ram.mem,
+                &mut pci,
+                &router,
+            )?),
             None => None,
         };
         crate::display::attach(
@@ -266,7 +277,7 @@ impl Machine {
         ctl.console.add_input(Arc::new(Ps2Input(kbc.clone())));
         // USB keyboards take the same keys (send-key, VNC).
         for k in usb.iter().flat_map(|u| u.keyboards()) {
-            ctl.console.add_input(Arc::new(k.clone()));
+            ctl.console.add_input(k);
         }
         let kbc: SharedDevice = kbc;
         io_bus.insert(DATA_PORT, 1, kbc.clone())?;
@@ -313,10 +324,9 @@ impl Machine {
             serial_console_port: com_resources.first().map(|&(port, _)| port),
             boot_order: {
                 let drives = crate::storage::boot_order(&drives, cfg.boot);
-                let usb = cfg
-                    .usb
+                let usb = usb_cfg
                     .as_ref()
-                    .map(crate::usb::boot_order)
+                    .map(|u| crate::usb::boot_order(&u.devices))
                     .unwrap_or_default();
                 if cfg.boot == crate::storage::BootDevice::Usb {
                     usb.into_iter().chain(drives).collect()
@@ -324,6 +334,7 @@ impl Machine {
                     drives.into_iter().chain(usb).collect()
                 }
             },
+            boot_menu_wait: cfg.boot_menu_wait,
         });
         for (key, data) in content.items {
             fw_cfg.add_item(key, data)?;
@@ -415,8 +426,10 @@ impl Machine {
         ctl.set_machine(Some(MachineHandle {
             pm,
             storage: storage.clone(),
+            usb: usb.as_ref().map(|u| u.handle()),
             vcpus: threads.iter().map(|t| t.as_pthread_t()).collect(),
         }));
+        drop(usb_cfg);
 
         Ok(Self {
             threads,
@@ -476,6 +489,10 @@ impl Machine {
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
             let _ = self.report_wake.read();
         };
+        // USB devices are neither plugged nor unplugged until this
+        // machine's device models are gone: a `device_del` now must find
+        // the image held by nobody else, to close it.
+        let usb_cfg = ctl.usb();
         // The control socket lets go of this machine before its vCPU
         // threads end (it kicks them by thread id).
         ctl.set_machine(None);
@@ -484,12 +501,16 @@ impl Machine {
         self.storage.flush();
         if let Some(u) = self.usb.as_mut() {
             u.stop();
-            u.flush();
+        }
+        for d in usb_cfg.iter().flat_map(|u| u.devices.iter()) {
+            crate::usb::flush_device(d);
         }
         // Break the PCI root <-> bus cycle so every device, and every disk
         // image the devices hold, is dropped with this machine.
         self.io_bus.clear();
         self.mmio_bus.clear();
+        drop(self.usb.take());
+        drop(usb_cfg);
         outcome
     }
 }

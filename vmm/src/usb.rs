@@ -2,6 +2,10 @@
 //! open, the PIIX3 UHCI function at 00:01.2 with the emulated devices on
 //! its root ports, and the host timer that runs its frames.
 //!
+//! Devices are plugged and unplugged while the guest runs through
+//! [`UsbHandle`] (QMP `device_add`/`device_del`, see `control::devices`);
+//! the list of devices lives in the control state, so it outlives resets.
+//!
 //! The frame timer is a thread that runs one frame per millisecond while
 //! the guest has the schedule running (USBCMD.RS) and sleeps on a condition
 //! variable while it is stopped, so an idle controller costs nothing.
@@ -13,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rehost_devices::display::{Console, InputSink};
 use rehost_devices::pci::{DevFn, PciInterruptRouter, PciRoot};
 use rehost_devices::usb::keyboard::{KeyboardHandle, UsbKeyboard};
 use rehost_devices::usb::storage::UsbStorage;
@@ -49,10 +54,29 @@ pub enum UsbDeviceSpec {
     },
 }
 
+impl UsbDeviceSpec {
+    /// QEMU's name of the device model (`device_add`'s `driver`).
+    pub fn driver(&self) -> &'static str {
+        match self {
+            UsbDeviceSpec::Disk { .. } => DRIVER_STORAGE,
+            UsbDeviceSpec::Keyboard { .. } => DRIVER_KEYBOARD,
+        }
+    }
+}
+
+/// `device_add` driver names (QEMU's).
+pub const DRIVER_STORAGE: &str = "usb-storage";
+pub const DRIVER_KEYBOARD: &str = "usb-kbd";
+/// QEMU's name of the first USB bus (`device_add`'s `bus`).
+pub const USB_BUS_NAME: &str = "usb-bus.0";
+
 /// A USB device with its image opened and its root port.
 #[derive(Debug, Clone)]
 pub struct UsbDeviceConfig {
     pub spec: UsbDeviceSpec,
+    /// The name the control socket knows it by (`--usb ...,id=NAME` or
+    /// `device_add`'s `id`); `device_del` needs one.
+    pub id: Option<String>,
     pub port: usize,
     pub image: Option<Arc<dyn DiskImage>>,
     /// A writable disk's dirty tracker: the guest's writes go through it.
@@ -75,21 +99,23 @@ fn parse_port(option: &str, text: &str, v: &str) -> anyhow::Result<usize> {
     }
 }
 
-/// Parses `disk:PATH[,readonly=on][,port=N]` or `keyboard[,port=N]`
-/// (`,,` is a literal comma in PATH).
-pub fn parse_usb(text: &str) -> anyhow::Result<UsbDeviceSpec> {
+/// Parses `disk:PATH[,readonly=on][,port=N][,id=NAME]` or
+/// `keyboard[,port=N][,id=NAME]` (`,,` is a literal comma in PATH).
+pub fn parse_usb(text: &str) -> anyhow::Result<(UsbDeviceSpec, Option<String>)> {
     let option = "--usb";
     let parts = crate::storage::split_options(text);
     let head = parts.first().cloned().unwrap_or_default();
     let mut port = None;
+    let mut id = None;
     if head == "keyboard" {
         for opt in &parts[1..] {
             match opt.split_once('=') {
                 Some(("port", v)) => port = Some(parse_port(option, text, v)?),
-                _ => bail!("{option} {text}: unknown option {opt:?} (expected port=N)"),
+                Some(("id", v)) => id = Some(parse_id(option, text, v)?),
+                _ => bail!("{option} {text}: unknown option {opt:?} (expected port=N or id=NAME)"),
             }
         }
-        return Ok(UsbDeviceSpec::Keyboard { port });
+        return Ok((UsbDeviceSpec::Keyboard { port }, id));
     }
     let Some(path) = head.strip_prefix("disk:") else {
         bail!("{option} {text}: expected disk:PATH or keyboard");
@@ -101,6 +127,7 @@ pub fn parse_usb(text: &str) -> anyhow::Result<UsbDeviceSpec> {
     for opt in &parts[1..] {
         match opt.split_once('=') {
             Some(("port", v)) => port = Some(parse_port(option, text, v)?),
+            Some(("id", v)) => id = Some(parse_id(option, text, v)?),
             Some(("readonly", v)) => {
                 read_only = match v {
                     "on" | "yes" | "true" => true,
@@ -108,14 +135,36 @@ pub fn parse_usb(text: &str) -> anyhow::Result<UsbDeviceSpec> {
                     _ => bail!("{option} {text}: readonly={v}: expected on or off"),
                 }
             }
-            _ => bail!("{option} {text}: unknown option {opt:?} (expected readonly=on or port=N)"),
+            _ => bail!(
+                "{option} {text}: unknown option {opt:?} (expected readonly=on, port=N or id=NAME)"
+            ),
         }
     }
-    Ok(UsbDeviceSpec::Disk {
-        path: PathBuf::from(path),
-        read_only,
-        port,
-    })
+    Ok((
+        UsbDeviceSpec::Disk {
+            path: PathBuf::from(path),
+            read_only,
+            port,
+        },
+        id,
+    ))
+}
+
+/// Whether `id` is a valid device name: 1 to 64 letters, digits, '-',
+/// '_' or '.' (the rule `--disk ...,id=` follows).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn parse_id(option: &str, text: &str, v: &str) -> anyhow::Result<String> {
+    if !valid_id(v) {
+        bail!("{option} {text}: id={v}: 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(v.to_owned())
 }
 
 /// Parses every `--usb`, gives each a root port and opens the disks.
@@ -132,12 +181,20 @@ pub fn open_usb(
         }));
     }
     let mut parsed = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for s in specs {
-        parsed.push((s, parse_usb(s)?));
+        let (spec, id) = parse_usb(s)?;
+        if let Some(id) = &id {
+            if ids.contains(id) {
+                bail!("--usb {s}: id={id} is used twice");
+            }
+            ids.push(id.clone());
+        }
+        parsed.push((s, spec, id));
     }
     let mut taken: Vec<usize> = parsed
         .iter()
-        .filter_map(|(_, p)| match p {
+        .filter_map(|(_, p, _)| match p {
             UsbDeviceSpec::Disk { port, .. } | UsbDeviceSpec::Keyboard { port } => *port,
         })
         .collect();
@@ -148,7 +205,7 @@ pub fn open_usb(
     }
     let mut opened: Vec<PathBuf> = in_use.to_vec();
     let mut devices = Vec::new();
-    for (text, spec) in parsed {
+    for (text, spec, id) in parsed {
         let port = match &spec {
             UsbDeviceSpec::Disk { port: Some(p), .. }
             | UsbDeviceSpec::Keyboard { port: Some(p) } => *p,
@@ -163,29 +220,10 @@ pub fn open_usb(
                 p
             }
         };
-        let (image, tracker) = match &spec {
-            UsbDeviceSpec::Disk {
-                path, read_only, ..
-            } => {
-                let canonical = std::fs::canonicalize(path)
-                    .with_context(|| format!("--usb {text}: cannot open the image"))?;
-                if opened.contains(&canonical) {
-                    bail!("--usb {text}: the same image is attached twice");
-                }
-                opened.push(canonical);
-                let (image, tracker) = crate::storage::open_guest_image(
-                    &format!("--usb {text}"),
-                    path,
-                    *read_only,
-                    None,
-                    true,
-                )?;
-                (Some(image), tracker)
-            }
-            UsbDeviceSpec::Keyboard { .. } => (None, None),
-        };
+        let (image, tracker) = open_device(&format!("--usb {text}"), &spec, &mut opened)?;
         devices.push(UsbDeviceConfig {
             spec,
+            id,
             port,
             image,
             tracker,
@@ -195,6 +233,33 @@ pub fn open_usb(
         controller: controller.unwrap_or_default(),
         devices,
     }))
+}
+
+/// A disk device's image and, when writable, its dirty tracker.
+pub type OpenedMedium = (Option<Arc<dyn DiskImage>>, Option<Arc<DirtyTracker>>);
+
+/// Opens a disk device's image (through a dirty tracker when writable);
+/// `opened` are the canonical paths of the images already in use, to
+/// which this one is added. `what` names the option in errors.
+pub fn open_device(
+    what: &str,
+    spec: &UsbDeviceSpec,
+    opened: &mut Vec<PathBuf>,
+) -> anyhow::Result<OpenedMedium> {
+    let UsbDeviceSpec::Disk {
+        path, read_only, ..
+    } = spec
+    else {
+        return Ok((None, None));
+    };
+    let canonical =
+        std::fs::canonicalize(path).with_context(|| format!("{what}: cannot open the image"))?;
+    if opened.contains(&canonical) {
+        bail!("{what}: the same image is attached twice");
+    }
+    let (image, tracker) = crate::storage::open_guest_image(what, path, *read_only, None, true)?;
+    opened.push(canonical);
+    Ok((Some(image), tracker))
 }
 
 /// The OpenFirmware path SeaBIOS matches a USB disk against (SeaBIOS
@@ -207,9 +272,10 @@ pub fn firmware_path(port: usize) -> String {
     )
 }
 
-/// The dirty trackers of the USB disks, each with its image's path.
-pub fn trackers_of(cfg: UsbConfig) -> Vec<(PathBuf, Arc<DirtyTracker>)> {
-    cfg.devices
+/// The dirty trackers of the USB disks `devices`, each with its image's
+/// path; the rest of each device (its other image handle) is dropped.
+pub fn trackers_of(devices: Vec<UsbDeviceConfig>) -> Vec<(PathBuf, Arc<DirtyTracker>)> {
+    devices
         .into_iter()
         .filter_map(|d| match (d.spec, d.tracker) {
             (UsbDeviceSpec::Disk { path, .. }, Some(t)) => Some((path, t)),
@@ -218,9 +284,30 @@ pub fn trackers_of(cfg: UsbConfig) -> Vec<(PathBuf, Arc<DirtyTracker>)> {
         .collect()
 }
 
+/// Writes what a USB disk's image caches (its dirty bitmaps too).
+pub fn flush_device(d: &UsbDeviceConfig) {
+    let medium: Option<Arc<dyn BlockDevice>> = match (&d.tracker, &d.image) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(i)) => Some(i.clone()),
+        _ => None,
+    };
+    if let (Some(m), UsbDeviceSpec::Disk { path, .. }) = (medium, &d.spec) {
+        if let Err(e) = m.flush() {
+            tracing::error!("{}: flushing a USB disk failed: {e}", path.display());
+        }
+    }
+}
+
+/// Lets go of an unplugged device: its disk is flushed, its image closed
+/// and its dirty bitmaps saved with the image's final stamp.
+pub fn close_device(d: UsbDeviceConfig) {
+    flush_device(&d);
+    crate::storage::close_trackers(trackers_of(vec![d]));
+}
+
 /// Boot order entries of the USB disks.
-pub fn boot_order(cfg: &UsbConfig) -> Vec<String> {
-    cfg.devices
+pub fn boot_order(devices: &[UsbDeviceConfig]) -> Vec<String> {
+    devices
         .iter()
         .filter(|d| matches!(d.spec, UsbDeviceSpec::Disk { .. }))
         .map(|d| firmware_path(d.port))
@@ -295,10 +382,87 @@ fn frame_timer(uhci: Arc<Mutex<Uhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
     }
 }
 
+/// A keyboard's place on the console, by root port.
+type ConsoleInputs = Arc<Mutex<Vec<(usize, Arc<dyn InputSink>)>>>;
+
+/// What the control socket needs to plug and unplug devices while the
+/// guest runs. Every change happens under the controller's lock, which
+/// the frame timer and the vCPUs take for each frame and register access:
+/// a device comes or goes between two frames, never during one.
+#[derive(Clone)]
+pub struct UsbHandle {
+    uhci: Arc<Mutex<Uhci>>,
+    keyboards: ConsoleInputs,
+}
+
+impl UsbHandle {
+    /// Plugs `d` into its root port: the guest sees a connect status
+    /// change and enumerates it. A keyboard takes the console's keys.
+    pub fn plug(&self, d: &UsbDeviceConfig, console: &Console) -> anyhow::Result<()> {
+        let (device, input) = device_model(d)?;
+        self.uhci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .attach(d.port, device)
+            .with_context(|| format!("USB root port {}", d.port))?;
+        if let Some(input) = input {
+            console.add_input(input.clone());
+            lock(&self.keyboards).push((d.port, input));
+        }
+        Ok(())
+    }
+
+    /// Unplugs the device on root port `port`: the guest sees the
+    /// disconnect, and transfers it had in flight end with errors on its
+    /// next frame. The device model (and its hold on a disk image) is
+    /// dropped before this returns.
+    pub fn unplug(&self, port: usize, console: &Console) -> anyhow::Result<()> {
+        self.uhci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .detach(port)
+            .with_context(|| format!("USB root port {port}"))?;
+        let mut keyboards = lock(&self.keyboards);
+        if let Some(i) = keyboards.iter().position(|(p, _)| *p == port) {
+            let (_, input) = keyboards.remove(i);
+            console.remove_input(&input);
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A device model and, for a keyboard, its console input.
+type DeviceModel = (Box<dyn UsbDevice>, Option<Arc<dyn InputSink>>);
+
+/// The device model of `d`, and a keyboard's console input.
+fn device_model(d: &UsbDeviceConfig) -> anyhow::Result<DeviceModel> {
+    match (&d.spec, &d.image) {
+        (UsbDeviceSpec::Disk { read_only, .. }, Some(image)) => {
+            let medium: Arc<dyn BlockDevice> = match &d.tracker {
+                Some(t) => t.clone(),
+                None => image.clone(),
+            };
+            // BOT asks for a serial number of at least 12 hex digits.
+            let serial = format!("{:012X}", 0x5245_4800_0000u64 + d.port as u64);
+            Ok((Box::new(UsbStorage::new(medium, *read_only, &serial)), None))
+        }
+        (UsbDeviceSpec::Keyboard { .. }, _) => {
+            let k = KeyboardHandle::default();
+            Ok((Box::new(UsbKeyboard::new(k.clone())), Some(Arc::new(k))))
+        }
+        (UsbDeviceSpec::Disk { path, .. }, None) => {
+            bail!("USB disk {}: the image is not open", path.display())
+        }
+    }
+}
+
 /// The USB controller of one boot.
 pub struct AttachedUsb {
-    disks: Vec<Arc<dyn BlockDevice>>,
-    keyboards: Vec<KeyboardHandle>,
+    handle: UsbHandle,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     timer: Option<JoinHandle<()>>,
@@ -314,17 +478,15 @@ impl AttachedUsb {
         }
     }
 
-    pub fn flush(&self) {
-        for d in &self.disks {
-            if let Err(e) = d.flush() {
-                tracing::error!("flushing a USB disk failed: {e}");
-            }
-        }
+    /// The keyboards' console inputs, in port order.
+    pub fn keyboards(&self) -> Vec<Arc<dyn InputSink>> {
+        let mut k = lock(&self.handle.keyboards).clone();
+        k.sort_by_key(|(p, _)| *p);
+        k.into_iter().map(|(_, i)| i).collect()
     }
 
-    /// The keyboards, in `--usb` order.
-    pub fn keyboards(&self) -> &[KeyboardHandle] {
-        &self.keyboards
+    pub fn handle(&self) -> UsbHandle {
+        self.handle.clone()
     }
 }
 
@@ -334,14 +496,15 @@ impl Drop for AttachedUsb {
     }
 }
 
-/// Plugs the controller and its devices into the machine.
+/// Plugs the controller and `devices` into the machine.
 pub fn attach(
-    cfg: &UsbConfig,
+    controller: UsbController,
+    devices: &[UsbDeviceConfig],
     mem: &GuestMemory,
     pci: &mut PciRoot,
     router: &Arc<PciInterruptRouter>,
 ) -> anyhow::Result<AttachedUsb> {
-    let UsbController::Uhci = cfg.controller;
+    let UsbController::Uhci = controller;
     let intx = router.intx(
         UHCI_DEVFN.device,
         uhci_spec::INTERRUPT_PIN - 1,
@@ -351,29 +514,12 @@ pub fn attach(
     let mut uhci = Uhci::new(mem.clone(), intx);
     let w = wake.clone();
     uhci.set_wake(Some(Arc::new(move || w.signal())));
-    let mut disks: Vec<Arc<dyn BlockDevice>> = Vec::new();
     let mut keyboards = Vec::new();
-    for d in &cfg.devices {
-        let device: Box<dyn UsbDevice> = match (&d.spec, &d.image) {
-            (UsbDeviceSpec::Disk { read_only, .. }, Some(image)) => {
-                let medium: Arc<dyn BlockDevice> = match &d.tracker {
-                    Some(t) => t.clone(),
-                    None => image.clone(),
-                };
-                disks.push(medium.clone());
-                // BOT asks for a serial number of at least 12 hex digits.
-                let serial = format!("{:012X}", 0x5245_4800_0000u64 + d.port as u64);
-                Box::new(UsbStorage::new(medium, *read_only, &serial))
-            }
-            (UsbDeviceSpec::Keyboard { .. }, _) => {
-                let k = KeyboardHandle::default();
-                keyboards.push(k.clone());
-                Box::new(UsbKeyboard::new(k))
-            }
-            (UsbDeviceSpec::Disk { path, .. }, None) => {
-                bail!("--usb disk:{}: the image is not open", path.display())
-            }
-        };
+    for d in devices {
+        let (device, input) = device_model(d)?;
+        if let Some(input) = input {
+            keyboards.push((d.port, input));
+        }
         uhci.attach(d.port, device)
             .with_context(|| format!("--usb on port {}", d.port))?;
     }
@@ -388,8 +534,10 @@ pub fn attach(
             .context("spawning the UHCI frame timer thread")?
     };
     Ok(AttachedUsb {
-        disks,
-        keyboards,
+        handle: UsbHandle {
+            uhci,
+            keyboards: Arc::new(Mutex::new(keyboards)),
+        },
         stop,
         wake,
         timer: Some(timer),
@@ -404,15 +552,18 @@ mod tests {
     fn usb_options_parse() {
         assert_eq!(
             parse_usb("disk:a,,b.vhdx,readonly=on,port=2").unwrap(),
-            UsbDeviceSpec::Disk {
-                path: PathBuf::from("a,b.vhdx"),
-                read_only: true,
-                port: Some(2)
-            }
+            (
+                UsbDeviceSpec::Disk {
+                    path: PathBuf::from("a,b.vhdx"),
+                    read_only: true,
+                    port: Some(2)
+                },
+                None
+            )
         );
         assert_eq!(
-            parse_usb("keyboard").unwrap(),
-            UsbDeviceSpec::Keyboard { port: None }
+            parse_usb("keyboard,id=kbd-1").unwrap(),
+            (UsbDeviceSpec::Keyboard { port: None }, Some("kbd-1".into()))
         );
         for bad in [
             "",
@@ -422,6 +573,9 @@ mod tests {
             "disk:x,port=3",
             "disk:x,readonly=maybe",
             "keyboard,readonly=on",
+            "keyboard,id=",
+            "keyboard,id=a b",
+            "disk:x,id=a/b",
         ] {
             assert!(parse_usb(bad).is_err(), "{bad}");
         }
@@ -439,7 +593,7 @@ mod tests {
         assert_eq!(cfg.controller, UsbController::Uhci);
         assert_eq!(cfg.devices[1].port, 2);
         assert_eq!(
-            boot_order(&cfg),
+            boot_order(&cfg.devices),
             vec!["/pci@i0cf8/usb@1,2/storage@2/channel@0/disk@0,0"]
         );
         let err = open_usb(None, &[disk.clone(), disk.clone()], &[]).unwrap_err();

@@ -40,6 +40,8 @@ pub const COMMANDS: &[&str] = &[
     "nbd-server-stop",
     "screendump",
     "send-key",
+    "device_add",
+    "device_del",
 ];
 
 /// How long `stop` waits for the vCPUs to leave the guest.
@@ -267,6 +269,11 @@ pub fn execute(ctl: &VmControl, req: &Request) -> Result<Value, QmpError> {
         "send-key" => {
             let a = Args::new(&req.arguments, &["keys", "hold-time"])?;
             super::send_key::send_key(&ctl.typist, &a)
+        }
+        "device_add" => super::devices::device_add(ctl, &req.arguments),
+        "device_del" => {
+            let a = Args::new(&req.arguments, &["id"])?;
+            super::devices::device_del(ctl, a.str("id")?)
         }
         "qmp_capabilities" => Err(QmpError::not_found(
             "Capabilities negotiation is already complete, command ignored",

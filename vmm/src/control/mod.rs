@@ -53,6 +53,8 @@
 //! | `screendump` | `filename`, `format` (`ppm`, QEMU's default, or `png`), `device` (only `vga`), `head` (only 0) | `{}` once the console's current picture (rendered now) is written to `filename`; an error without `--vga std` |
 //! | `send-key` | `keys`: 1 to 16 of `{"type": "qcode", "data": NAME}` (QEMU's `QKeyCode` names of PC keys) or `{"type": "number", "data": N}` (set 1 code, 0x80 added for 0xE0 keys), `hold-time` (ms, default 100, at most 10000) | `{}` at once; the keys are pressed in order on the PS/2 keyboard, held, released in reverse; requests type one after another (at most 64 waiting) |
 //! | `query-chardev` | | one object per COM port: `label` (`com1`..`com4`), `filename` (its SPEC, e.g. `unix:/tmp/c1,server=on`), `frontend-open`, and rehost's `connected` |
+//! | `device_add` | `driver` (`usb-storage` or `usb-kbd`), `id` (required here: 1 to 64 letters, digits, `-`, `_`, `.`), `bus` (only `usb-bus.0`), `port` (the root port, `"1"` or `"2"`, or a number; default the first free one); for `usb-storage` rehost's `file` (the image's path: raw, VHD or VHDX, opened as `--usb disk:` opens it, through its dirty bitmaps when writable) and `readonly` (bool, or `"on"`/`"off"`) instead of QEMU's `drive` | `{}` once the device is on its port: the guest sees a connect status change and enumerates it; a keyboard takes `send-key`'s keys. Needs a USB controller (`--usb-controller uhci` or any `--usb`) |
+//! | `device_del` | `id` (a `device_add` id or a `--usb ...,id=NAME`) | `{}` once the device is off its port (the guest sees the disconnect; transfers it had in flight end with errors) and its image is flushed and closed, dirty bitmaps saved; event `DEVICE_DELETED` |
 //!
 //! `query-block` entries have QEMU's members `device` and `qdev` (the
 //! drive's `id=` from `--disk`/`--cdrom`, or `ide0-hd0`, `ide1-cd0`,
@@ -102,6 +104,8 @@
 //! - `RESET` `{"guest": bool, "reason": "guest-reset" | "host-qmp-system-reset"}`.
 //! - `POWERDOWN`, `STOP`, `RESUME`.
 //! - `DEVICE_TRAY_MOVED` `{"device", "id", "tray-open": bool}`.
+//! - `DEVICE_DELETED` `{"device": ID, "path": "/machine/peripheral/ID"}`:
+//!   `device_del` unplugged the device.
 //! - `SERIAL_PORT_CHANGE` `{"id": "com1", "open": bool}` (rehost's own,
 //!   shaped like QEMU's `VSERPORT_CHANGE`): a COM port's backend peer
 //!   connected or left (a socket client, a pty reader, a host serial port
@@ -124,6 +128,13 @@
 //! - A drive that does not exist: `DeviceNotFound`; `eject` of a hard disk:
 //!   "Device 'ide0-hd0' is not removable"; a medium the guest has locked:
 //!   the guest gets an eject request and the command fails unless `force`.
+//! - `device_add`: an unknown driver ("'X' is not a valid device model
+//!   name"), an id in use ("Duplicate device ID 'X'"), a port that does
+//!   not exist or is taken ("Error: usb port N (bus usb-bus.0) not found
+//!   (in use?)"), no free port, no USB controller ("No 'usb-bus' bus
+//!   found for device 'X'"), a missing or unreadable `file` or one already
+//!   attached: `GenericError`, and nothing changes. `device_del` of an
+//!   unknown id: `DeviceNotFound` ("Device 'X' not found").
 //! - A message over 1 MiB or nested deeper than 64 levels: one
 //!   `GenericError`, then the connection is closed (the stream cannot be
 //!   resynchronised).
@@ -140,11 +151,15 @@
 //!   30 s, is closed. A client that does not read while more than 8 MiB of
 //!   replies and events wait for it is closed.
 //! - COM port labels are `com1`..`com4` (QEMU's are `serial0`...).
+//! - `device_add` knows the USB devices only, takes the image as `file`
+//!   (QEMU needs a `-drive` or `blockdev-add` node and `drive`), and wants
+//!   an `id`. Hot-plugged devices stay plugged across resets, as in QEMU.
 //! - `DEVICE_TRAY_MOVED` is sent for tray moves from the host and from the
 //!   guest (START STOP UNIT), as QEMU does.
 
 pub mod client;
 pub mod commands;
+pub mod devices;
 pub mod protocol;
 pub mod send_key;
 pub mod server;

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::serial::queue::PortShared;
 use crate::serial::ComSpec;
 use crate::storage::{Attached, DriveConfig};
+use crate::usb::UsbConfig;
 
 /// QMP's `RunState` values rehost can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,8 @@ impl PauseGate {
 pub struct MachineHandle {
     pub pm: Arc<Mutex<Piix4Pm>>,
     pub storage: Attached,
+    /// The USB controller, when the machine has one.
+    pub usb: Option<crate::usb::UsbHandle>,
     pub vcpus: Vec<libc::pthread_t>,
 }
 
@@ -152,6 +155,9 @@ pub struct VmControl {
     request_wake: EventFd,
     machine: Mutex<Option<MachineHandle>>,
     drives: Mutex<Vec<DriveState>>,
+    /// The USB controller and the devices on it now (`--usb` and
+    /// `device_add`); each machine is built with them.
+    usb: Mutex<Option<UsbConfig>>,
     chardevs: Mutex<Vec<ChardevState>>,
     events: EventQueue,
     /// Events are queued only when a control socket exists.
@@ -190,6 +196,7 @@ impl VmControl {
                     })
                     .collect(),
             ),
+            usb: Mutex::new(None),
             chardevs: Mutex::new(Vec::new()),
             events: EventQueue {
                 queue: Mutex::new(VecDeque::new()),
@@ -267,6 +274,30 @@ impl VmControl {
             server.stop();
         }
         lock(&self.drives).clear();
+    }
+
+    // ---- USB ----
+
+    /// Hands the control state the USB controller and its `--usb`
+    /// devices: it holds them from now on (and their images: nothing else
+    /// may, or an unplugged disk's image could not be closed).
+    pub fn set_usb(&self, usb: Option<UsbConfig>) {
+        *lock(&self.usb) = usb;
+    }
+
+    /// The USB controller and its devices. Hold the guard across building
+    /// a machine and registering it, so no device is added in between
+    /// (and missed by both).
+    pub fn usb(&self) -> MutexGuard<'_, Option<UsbConfig>> {
+        lock(&self.usb)
+    }
+
+    /// Takes every USB device (at exit, to close their images).
+    pub fn take_usb_devices(&self) -> Vec<crate::usb::UsbDeviceConfig> {
+        lock(&self.usb)
+            .as_mut()
+            .map(|u| std::mem::take(&mut u.devices))
+            .unwrap_or_default()
     }
 
     // ---- COM ports ----
