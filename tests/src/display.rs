@@ -150,6 +150,20 @@ pub fn screendump(q: &mut Qmp, file: &Path) {
     assert!(file.exists(), "screendump wrote no {}", file.display());
 }
 
+/// QEMU's side of a display comparison: KVM, no default devices, the
+/// standard VGA (`-vga std`, which loads the same vgabios-stdvga.bin as
+/// rehost), no window, 64 MiB of RAM.
+pub const QEMU_STD_VGA: [&str; 8] = [
+    "-enable-kvm",
+    "-nodefaults",
+    "-vga",
+    "std",
+    "-display",
+    "none",
+    "-m",
+    "64",
+];
+
 /// Boots `disk` (a raw image) under QEMU with `-vga std` and KVM, waits
 /// for `ready` on COM1 and takes a PNG `screendump` into `out`.
 pub fn qemu_screendump(disk: &Path, ready: &str, out: &Path) {
@@ -165,25 +179,9 @@ pub fn qemu_screendump(disk: &Path, ready: &str, out: &Path) {
     );
     let qmp = format!("unix:{},server=on,wait=off", sock.to_str().unwrap());
     let serial_arg = format!("file:{}", serial.to_str().unwrap());
-    let _qemu = Running::start(
-        "qemu-system-x86_64",
-        &[
-            "-enable-kvm",
-            "-nodefaults",
-            "-vga",
-            "std",
-            "-display",
-            "none",
-            "-m",
-            "64",
-            "-drive",
-            &drive,
-            "-serial",
-            &serial_arg,
-            "-qmp",
-            &qmp,
-        ],
-    );
+    let mut args = QEMU_STD_VGA.to_vec();
+    args.extend_from_slice(&["-drive", &drive, "-serial", &serial_arg, "-qmp", &qmp]);
+    let _qemu = Running::start("qemu-system-x86_64", &args);
     let mut q = Qmp::connect(&sock, true);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&serial)

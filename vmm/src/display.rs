@@ -10,7 +10,7 @@ use kvm_ioctls::VmFd;
 use rehost_devices::bus::Bus;
 use rehost_devices::display::vga::vga_spec::{WINDOW_BASE, WINDOW_LEN};
 use rehost_devices::display::vga::{
-    LfbListener, Vga, VgaLegacyWindow, VgaPci, VgaPorts, VgaScreen,
+    LfbListener, Vga, VgaLegacyWindow, VgaPci, VgaPorts, VgaScreen, WindowListener,
 };
 use rehost_devices::display::{Console, Frame};
 use rehost_devices::pci::{DevFn, PciRoot};
@@ -81,56 +81,71 @@ fn load_vga_bios(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(image)
 }
 
-/// Video memory mapped into the guest at BAR 0 through a KVM slot, so
-/// framebuffer writes run at memory speed instead of exiting per access.
-/// KVM's dirty page log would say which pages changed, but under PVM (this
-/// project's hosts) KVM_GET_DIRTY_LOG reports no page at all while the
-/// guest draws; the renderer compares what it shows with video memory
-/// instead (a few hundred microseconds for 1024x768x32).
-struct LfbSlot {
+/// Video memory mapped into the guest through a KVM slot, so the guest's
+/// accesses run at memory speed instead of exiting one by one to the
+/// device: the whole of it at BAR 0 (the linear framebuffer), and a part
+/// of it at the A0000h window in chain-4 modes (mode 13h, VBE banked
+/// modes; QEMU maps the same "vga.chain4" alias). KVM's dirty page log
+/// would say which pages changed, but under PVM (this project's hosts)
+/// KVM_GET_DIRTY_LOG reports no page at all while the guest draws; the
+/// renderer compares what it shows with video memory instead (a few
+/// hundred microseconds for 1024x768x32).
+struct VramSlot {
     /// Weak: the console keeps the adapter (and with it this slot) past
     /// the machine's end, and must not keep the VM.
     vm: Weak<VmFd>,
+    slot: u32,
+    /// What the slot shows, for the log.
+    what: &'static str,
+    /// Host address of video memory and its length.
     host: u64,
     len: usize,
-    /// Where the slot is mapped now.
+    /// The guest address where the slot is mapped now.
     mapped: Mutex<Option<u64>>,
 }
 
-impl LfbSlot {
-    /// Moves the slot to `base` (or removes it); true when mapped. If KVM
-    /// refuses, the framebuffer stays reachable through MMIO exits to the
-    /// device.
-    fn place(&self, base: Option<u64>) -> bool {
+impl VramSlot {
+    /// Maps `len` bytes of video memory from `offset` at guest address
+    /// `base` (or removes the slot); true when mapped. If KVM refuses, the
+    /// guest reaches that memory through MMIO exits to the device.
+    fn place(&self, at: Option<(u64, usize, usize)>) -> bool {
         let Some(vm) = self.vm.upgrade() else {
             return false;
         };
         let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         if mapped.is_some() {
-            if let Err(e) = crate::memory::set_slot(&vm, crate::memory::SLOT_VRAM, 0, 0, 0, 0) {
-                tracing::warn!("VGA: removing the framebuffer slot: {e}");
+            if let Err(e) = crate::memory::set_slot(&vm, self.slot, 0, 0, 0, 0) {
+                tracing::warn!("VGA: removing the {} slot: {e}", self.what);
             }
             *mapped = None;
         }
-        let Some(base) = base else {
+        let Some((base, len, offset)) = at else {
             return false;
         };
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            tracing::warn!(
+                "VGA: the {} ({len} bytes from video memory offset {offset:#x}) is outside video memory",
+                self.what
+            );
+            return false;
+        }
         match crate::memory::set_slot(
             &vm,
-            crate::memory::SLOT_VRAM,
+            self.slot,
             base,
-            self.len as u64,
-            self.host,
+            len as u64,
+            self.host + offset as u64,
             0,
         ) {
             Ok(()) => {
-                tracing::debug!("VGA: framebuffer mapped at {base:#x}");
+                tracing::debug!("VGA: {} mapped at {base:#x}", self.what);
                 *mapped = Some(base);
                 true
             }
             Err(e) => {
                 tracing::warn!(
-                    "VGA: framebuffer at {base:#x} stays on MMIO exits (KVM refused the slot: {e})"
+                    "VGA: {} at {base:#x} stays on MMIO exits (KVM refused the slot: {e})",
+                    self.what
                 );
                 false
             }
@@ -155,15 +170,24 @@ pub fn attach(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .vram_host_range();
-    let slot = Arc::new(LfbSlot {
+    let slot = |slot, what| VramSlot {
         vm: Arc::downgrade(vm),
+        slot,
+        what,
         host,
         len,
         mapped: Mutex::new(None),
-    });
+    };
+    let lfb = slot(crate::memory::SLOT_VRAM, "framebuffer");
+    let window = slot(crate::memory::SLOT_VGA_WINDOW, "chain-4 window");
     let mut function = VgaPci::new(vga.clone(), bios.clone());
-    let listener: LfbListener = Arc::new(move |base| slot.place(base));
+    let listener: LfbListener = Arc::new(move |base| lfb.place(base.map(|b| (b, len, 0))));
     function.set_lfb_listener(listener);
+    let listener: WindowListener =
+        Arc::new(move |alias| window.place(alias.map(|a| (a.base, a.len, a.vram_offset))));
+    vga.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_window_listener(listener);
     pci.add(VGA_SLOT, Arc::new(Mutex::new(function)))
         .context("adding the VGA to PCI")?;
     let ports = Arc::new(Mutex::new(VgaPorts(vga.clone())));

@@ -20,6 +20,8 @@ const SLOT_HIGH_RAM: u32 = SLOT_MID_RAM + 1;
 const SLOT_FIRMWARE: u32 = SLOT_HIGH_RAM + 1;
 /// The VGA's video memory behind its linear framebuffer BAR.
 pub const SLOT_VRAM: u32 = SLOT_FIRMWARE + 1;
+/// The VGA's video memory behind its A0000h window in chain-4 modes.
+pub const SLOT_VGA_WINDOW: u32 = SLOT_VRAM + 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {

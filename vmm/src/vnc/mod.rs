@@ -9,8 +9,11 @@
 //! progress for [`WRITE_LIMIT`] close it, at most one update is pending
 //! per viewer (requests only mark it), and ClientCutText is skipped, never
 //! stored. At most [`MAX_VIEWERS`] viewers are connected at once; more
-//! are told why and closed. The console is rendered at most
-//! [`REFRESH_HZ`] times a second, whatever the number of viewers.
+//! are told why and closed. The console is rendered at most once every
+//! [`REFRESH_PERIOD`], whatever the number of viewers; a viewer waiting
+//! for an update sleeps until the next render is due, not a whole period
+//! after its request, so a viewer that asks again as soon as it gets an
+//! update is served at the full rate.
 
 pub mod protocol;
 mod session;
@@ -36,8 +39,10 @@ pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 pub const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// A write that cannot progress for this long closes the viewer.
 pub const WRITE_LIMIT: Duration = Duration::from_secs(10);
-/// Console renders per second at most.
-pub const REFRESH_HZ: u64 = 30;
+/// The shortest time between two renders of the console: QEMU's display
+/// refresh interval (GUI_REFRESH_INTERVAL_DEFAULT, 30 ms), so a viewer
+/// sees the guest at the rate QEMU's VNC server shows it.
+pub const REFRESH_PERIOD: Duration = Duration::from_millis(30);
 /// The picture a viewer sees while the machine has no display.
 pub const BLANK_SIZE: (u32, u32) = (640, 480);
 
@@ -138,16 +143,23 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Renders the console unless someone did within the last
-    /// 1/[`REFRESH_HZ`] s.
+    /// [`REFRESH_PERIOD`].
     pub fn refresh(&self) {
         let mut last = self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
-        let period = Duration::from_millis(1000 / REFRESH_HZ);
-        if last.is_some_and(|t| t.elapsed() < period) {
+        if last.is_some_and(|t| t.elapsed() < REFRESH_PERIOD) {
             return;
         }
         *last = Some(Instant::now());
         drop(last);
         self.console.refresh();
+    }
+
+    /// How long until [`Shared::refresh`] renders again (zero: now).
+    pub fn next_refresh_in(&self) -> Duration {
+        let last = self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
+        last.map_or(Duration::ZERO, |t| {
+            REFRESH_PERIOD.saturating_sub(t.elapsed())
+        })
     }
 }
 

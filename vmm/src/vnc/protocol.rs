@@ -125,6 +125,35 @@ impl PixelFormat {
         usize::from(self.bits_per_pixel / 8)
     }
 
+    /// Appends 0x00RRGGBB pixels in this format. The usual viewer format
+    /// (32 bits, little-endian, 8 bits a channel) takes a fast path
+    /// without scaling; any other goes pixel by pixel through [`Self::put`].
+    pub fn put_row(self, pixels: &[u32], out: &mut Vec<u8>) {
+        let eight_bits = (self.red_max, self.green_max, self.blue_max) == (255, 255, 255);
+        if self.bits_per_pixel != 32 || self.big_endian || !eight_bits {
+            for &p in pixels {
+                self.put(p, out);
+            }
+            return;
+        }
+        let (r, g, b) = (
+            u32::from(self.red_shift),
+            u32::from(self.green_shift),
+            u32::from(self.blue_shift),
+        );
+        out.reserve(pixels.len() * 4);
+        if (r, g, b) == (16, 8, 0) {
+            for &p in pixels {
+                out.extend_from_slice(&(p & 0xff_ffff).to_le_bytes());
+            }
+        } else {
+            for &p in pixels {
+                let v = ((p >> 16) & 0xff) << r | ((p >> 8) & 0xff) << g | (p & 0xff) << b;
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+
     /// Appends one 0x00RRGGBB pixel in this format.
     pub fn put(self, rgb: u32, out: &mut Vec<u8>) {
         let scale = |v: u32, max: u16| (v * u32::from(max) + 127) / 255;
@@ -430,12 +459,9 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn pixels_in_the_formats_viewers_ask_for() {
-        let mut out = Vec::new();
-        PixelFormat::SERVER.put(0x123456, &mut out);
-        assert_eq!(out, [0x56, 0x34, 0x12, 0]);
-        let rgb565_be = PixelFormat {
+    /// 16-bit 5-6-5, big-endian.
+    fn rgb565_be() -> PixelFormat {
+        PixelFormat {
             bits_per_pixel: 16,
             depth: 16,
             big_endian: true,
@@ -446,7 +472,15 @@ mod tests {
             green_shift: 5,
             blue_shift: 0,
             ..PixelFormat::SERVER
-        };
+        }
+    }
+
+    #[test]
+    fn pixels_in_the_formats_viewers_ask_for() {
+        let mut out = Vec::new();
+        PixelFormat::SERVER.put(0x123456, &mut out);
+        assert_eq!(out, [0x56, 0x34, 0x12, 0]);
+        let rgb565_be = rgb565_be();
         out.clear();
         rgb565_be.put(0xff0000, &mut out);
         rgb565_be.put(0x0000ff, &mut out);
@@ -466,6 +500,29 @@ mod tests {
         bgr233.put(0xffffff, &mut out);
         bgr233.put(0x00ff00, &mut out);
         assert_eq!(out, [0xff, 0x38]);
+    }
+
+    #[test]
+    fn rows_take_the_fast_path_with_the_same_bytes() {
+        // Bits above the 24 colour bits must not leak into the pixel.
+        let row = [0x0012_3456, 0xff00_00ff, 0x00ab_cdef];
+        let bgr32 = PixelFormat {
+            red_shift: 0,
+            blue_shift: 16,
+            ..PixelFormat::SERVER
+        };
+        let rgb565_be = rgb565_be();
+        for format in [PixelFormat::SERVER, bgr32, rgb565_be] {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            format.put_row(&row, &mut fast);
+            for p in row {
+                format.put(p, &mut slow);
+            }
+            assert_eq!(fast, slow, "{format:?}");
+        }
+        let mut out = Vec::new();
+        bgr32.put_row(&[0x123456], &mut out);
+        assert_eq!(out, [0x12, 0x34, 0x56, 0]);
     }
 
     #[test]

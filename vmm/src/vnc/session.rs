@@ -15,7 +15,8 @@ use super::protocol::{
     SERVER_VERSION,
 };
 use super::{
-    Shared, Stream, BLANK_SIZE, HANDSHAKE_LIMIT, MAX_VIEWERS, REFRESH_HZ, STALL_LIMIT, WRITE_LIMIT,
+    Shared, Stream, BLANK_SIZE, HANDSHAKE_LIMIT, MAX_VIEWERS, REFRESH_PERIOD, STALL_LIMIT,
+    WRITE_LIMIT,
 };
 
 /// Damage rectangles sent one by one; more are sent as their bounding box.
@@ -201,7 +202,7 @@ impl Viewer {
     }
 
     fn run(&mut self, s: &mut dyn Stream, shared: &Shared) -> anyhow::Result<()> {
-        let tick = Duration::from_millis(1000 / REFRESH_HZ);
+        let tick = REFRESH_PERIOD;
         s.set_timeouts(Some(tick), Some(WRITE_LIMIT))?;
         let mut parser = ClientParser::new();
         let mut buf = vec![0u8; 16 * 1024];
@@ -219,8 +220,16 @@ impl Viewer {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            // Waiting for an update: wake when the next render is due
+            // (rounded up to a whole millisecond, so never a busy loop).
+            let wait = if self.pending.is_some() {
+                shared.next_refresh_in().min(tick)
+            } else {
+                tick
+            };
+            let wait_ms = wait.as_micros().div_ceil(1000) as i32;
             // SAFETY: poll reads and writes only the one pollfd given.
-            let ready = unsafe { libc::poll(&mut pfd, 1, tick.as_millis() as i32) };
+            let ready = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
             if ready > 0 {
                 match s.read(&mut buf) {
                     Ok(0) => return Ok(()),
@@ -352,22 +361,26 @@ impl Viewer {
             rect_header(&mut out, 0, 0, w, h, ENCODING_DESKTOP_SIZE);
         }
         for r in rects {
-            let pixels = shared.console.with_frame(|f, _| copy_rect(f, &r));
-            self.encode(&mut out, &r, &pixels)?;
+            self.encode(&mut out, &r, shared)?;
         }
         Ok(Some(out))
     }
 
-    fn encode(&mut self, out: &mut Vec<u8>, r: &Rect, pixels: &[u32]) -> anyhow::Result<()> {
-        let mut raw = Vec::with_capacity(pixels.len() * self.format.bytes_per_pixel());
-        for &p in pixels {
-            self.format.put(p, &mut raw);
-        }
+    /// Appends rectangle `r` of the console's picture, in the viewer's
+    /// pixel format and encoding, converted straight from the frame.
+    fn encode(&mut self, out: &mut Vec<u8>, r: &Rect, shared: &Shared) -> anyhow::Result<()> {
+        let format = self.format;
         if !self.zlib {
             rect_header(out, r.x, r.y, r.w, r.h, ENCODING_RAW);
-            out.extend_from_slice(&raw);
+            shared
+                .console
+                .with_frame(|f, _| put_rect(f, r, format, out));
             return Ok(());
         }
+        let mut raw = Vec::new();
+        shared
+            .console
+            .with_frame(|f, _| put_rect(f, r, format, &mut raw));
         rect_header(out, r.x, r.y, r.w, r.h, ENCODING_ZLIB);
         let z = self
             .deflate
@@ -406,14 +419,17 @@ fn bounding_box(rects: &[Rect]) -> Rect {
     Rect::new(x0, y0, x1 - x0, y1 - y0)
 }
 
-/// The rectangle's pixels (black where the frame has none: no display).
-fn copy_rect(f: &rehost_devices::display::Frame, r: &Rect) -> Vec<u32> {
-    let mut out = Vec::with_capacity(r.w as usize * r.h as usize);
+/// Appends the rectangle's pixels in `format` (black where the frame has
+/// none: no display).
+fn put_rect(f: &rehost_devices::display::Frame, r: &Rect, format: PixelFormat, out: &mut Vec<u8>) {
+    out.reserve(r.w as usize * r.h as usize * format.bytes_per_pixel());
+    let (x0, x1) = (r.x as usize, r.x as usize + r.w as usize);
     for y in r.y..r.y + r.h {
         let row = if y < f.height { f.row(y) } else { &[] };
-        for x in r.x..r.x + r.w {
-            out.push(row.get(x as usize).copied().unwrap_or(0));
+        let shown = row.get(x0.min(row.len())..x1.min(row.len())).unwrap_or(&[]);
+        format.put_row(shown, out);
+        for _ in shown.len()..r.w as usize {
+            format.put(0, out);
         }
     }
-    out
 }

@@ -81,6 +81,23 @@ impl DerefMut for Vram {
     }
 }
 
+/// Where the memory window shows video memory byte for byte, so the
+/// guest can reach it as plain memory: chain-4 with every plane enabled
+/// in the map mask (mode 13h and the VBE banked modes), as QEMU maps its
+/// "vga.chain4" alias. `base` is the guest address, `vram_offset` the
+/// first video memory byte shown there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowAlias {
+    pub base: u64,
+    pub len: usize,
+    pub vram_offset: usize,
+}
+
+/// Told where the window should map video memory directly (or that it
+/// should not), whenever that changes; returns whether it mapped it, so
+/// that the guest's accesses there no longer reach the device.
+pub type WindowListener = Arc<dyn Fn(Option<WindowAlias>) -> bool + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VgaError {
     #[error("cannot map 16 MiB of video memory: {0}")]
@@ -94,6 +111,11 @@ pub struct Vga {
     /// KVM memory slot), so writes there do not pass through the device
     /// and the renderer must look for changes itself.
     pub(crate) lfb_mapped: bool,
+    /// Maps the window straight onto video memory in chain-4 modes.
+    window_listener: Option<WindowListener>,
+    /// The alias last asked of the listener, and whether it is mapped.
+    window_alias: Option<WindowAlias>,
+    pub(crate) window_mapped: bool,
     pub(crate) misc: u8,
     seq_index: u8,
     pub(crate) seq: [u8; SEQ_COUNT],
@@ -138,6 +160,9 @@ impl Vga {
         Ok(Self {
             vram: Vram::new()?,
             lfb_mapped: false,
+            window_listener: None,
+            window_alias: None,
+            window_mapped: false,
             misc: 0,
             seq_index: 0,
             seq: [0; SEQ_COUNT],
@@ -182,6 +207,52 @@ impl Vga {
     /// behind BAR 0) rather than through the device.
     pub fn set_lfb_mapped(&mut self, mapped: bool) {
         self.lfb_mapped = mapped;
+    }
+
+    /// Sets who maps the window onto video memory (see [`WindowAlias`]).
+    pub fn set_window_listener(&mut self, listener: WindowListener) {
+        self.window_listener = Some(listener);
+        self.sync_window_alias();
+    }
+
+    /// The alias the registers call for now: chain-4, all four planes
+    /// writable, and the memory map select's range of the window.
+    pub fn wanted_window_alias(&self) -> Option<WindowAlias> {
+        if self.seq[SEQ_MEMORY_MODE] & MEMORY_CHAIN4 == 0 || self.seq[SEQ_MAP_MASK] & 0x0f != 0x0f {
+            return None;
+        }
+        let (base, len, vram_offset) = match (self.gfx[GFX_MISC] >> 2) & 3 {
+            0 => (WINDOW_BASE, 0x20000, 0),
+            1 => (WINDOW_BASE, 0x10000, self.bank_offset),
+            2 => (WINDOW_BASE + 0x10000, 0x8000, 0),
+            _ => (WINDOW_BASE + 0x18000, 0x8000, 0),
+        };
+        (vram_offset + len <= self.vram.len()).then_some(WindowAlias {
+            base,
+            len,
+            vram_offset,
+        })
+    }
+
+    /// After a register write: asks the listener to map or unmap the
+    /// window when the alias the registers call for changed. Whatever the
+    /// guest wrote through an alias being removed is marked dirty, since
+    /// those writes never passed through the device.
+    pub fn sync_window_alias(&mut self) {
+        let Some(listener) = self.window_listener.clone() else {
+            return;
+        };
+        let want = self.wanted_window_alias();
+        if want == self.window_alias {
+            return;
+        }
+        if let (Some(old), true) = (self.window_alias, self.window_mapped) {
+            for a in (old.vram_offset..old.vram_offset + old.len).step_by(DIRTY_PAGE) {
+                self.mark_dirty(a);
+            }
+        }
+        self.window_alias = want;
+        self.window_mapped = listener(want) && want.is_some();
     }
 
     fn mark_dirty(&mut self, offset: usize) {

@@ -146,6 +146,9 @@ impl BusDevice for VgaPorts {
                 }
             }
         }
+        // The write may have switched chain-4, the map mask, the memory
+        // map or the bank.
+        vga.sync_window_alias();
     }
 }
 

@@ -426,9 +426,10 @@ fn draw_graphics(vga: &Vga, frame: &mut Frame, full: bool, shadow: &mut Vec<u8>)
     let resized = frame.width as usize != disp_width || frame.height as usize != height;
     frame.resize(disp_width as u32, height as u32);
     let full = full || resized;
-    // With the framebuffer mapped, compare each line's bytes with those it
-    // was drawn from; otherwise the dirty bits say what was written.
-    let compare = vga.lfb_mapped;
+    // With the framebuffer or the window mapped as memory, compare each
+    // line's bytes with those it was drawn from; otherwise the dirty bits
+    // say what was written.
+    let compare = vga.lfb_mapped || vga.window_mapped;
     if full || !compare {
         shadow.clear();
     }

@@ -512,27 +512,33 @@ fn vbe_32bpp_through_the_lfb_redraws_only_written_lines() {
     assert_eq!(screen.refresh(&mut frame), Damage::Rects(vec![]));
 }
 
+/// Mode 13h as the VGA BIOS programs it (chain-4, 320x200 doubled to
+/// 640x400), with DAC entry 9 set to a colour of its own.
+fn mode_13h(v: &mut Vga) {
+    out(v, PORT_MISC_WRITE, 0x63);
+    seq(v, 1, 0x01);
+    seq(v, 2, 0x0f);
+    seq(v, 4, 0x0e);
+    crtc(v, 0x01, 0x4f);
+    crtc(v, 0x07, 0x1f);
+    crtc(v, 0x09, 0x41);
+    crtc(v, 0x12, 0x8f);
+    crtc(v, 0x13, 0x28);
+    crtc(v, 0x17, 0xa3);
+    crtc(v, 0x18, 0xff);
+    gfx(v, 5, 0x40);
+    gfx(v, 6, 0x05);
+    attr(v, 0x10, 0x41);
+    out(v, PORT_ATTR_INDEX, 0x20);
+    dac(v, 9, [63, 0, 21]);
+}
+
 #[test]
 fn mode_13h_doubles_pixels_to_640x400() {
     let vga = Vga::shared().unwrap();
     {
         let mut v = vga.lock().unwrap();
-        out(&mut v, PORT_MISC_WRITE, 0x63);
-        seq(&mut v, 1, 0x01);
-        seq(&mut v, 2, 0x0f);
-        seq(&mut v, 4, 0x0e);
-        crtc(&mut v, 0x01, 0x4f);
-        crtc(&mut v, 0x07, 0x1f);
-        crtc(&mut v, 0x09, 0x41);
-        crtc(&mut v, 0x12, 0x8f);
-        crtc(&mut v, 0x13, 0x28);
-        crtc(&mut v, 0x17, 0xa3);
-        crtc(&mut v, 0x18, 0xff);
-        gfx(&mut v, 5, 0x40);
-        gfx(&mut v, 6, 0x05);
-        attr(&mut v, 0x10, 0x41);
-        out(&mut v, PORT_ATTR_INDEX, 0x20);
-        dac(&mut v, 9, [63, 0, 21]);
+        mode_13h(&mut v);
         // Pixel (1, 1).
         v.window_write(321, 9);
     }
@@ -546,6 +552,97 @@ fn mode_13h_doubles_pixels_to_640x400() {
     }
     assert_eq!(frame.row(1)[2], 0);
     assert_eq!(frame.row(2)[4], 0);
+}
+
+/// A port write through the I/O bus device, as a vCPU exit delivers it.
+fn port(ports: &mut VgaPorts, port: u64, val: u8) {
+    ports.write(port, &[val]);
+}
+
+#[test]
+fn chain4_with_all_planes_maps_the_window_onto_video_memory() {
+    let vga = Vga::shared().unwrap();
+    let asked: Arc<Mutex<Vec<Option<WindowAlias>>>> = Arc::default();
+    let log = asked.clone();
+    vga.lock().unwrap().set_window_listener(Arc::new(move |a| {
+        log.lock().unwrap().push(a);
+        true
+    }));
+    let mut ports = VgaPorts(vga.clone());
+    // Mode 13h as the VGA BIOS sets it: memory map A0000h 64 KiB,
+    // chain-4, all planes.
+    port(&mut ports, PORT_GFX_INDEX, 6);
+    port(&mut ports, PORT_GFX_DATA, 0x05);
+    port(&mut ports, PORT_SEQ_INDEX, 2);
+    port(&mut ports, PORT_SEQ_DATA, 0x0f);
+    assert!(asked.lock().unwrap().is_empty(), "no chain-4 yet: no alias");
+    port(&mut ports, PORT_SEQ_INDEX, 4);
+    port(&mut ports, PORT_SEQ_DATA, 0x0e);
+    let mode13 = WindowAlias {
+        base: 0xa0000,
+        len: 0x10000,
+        vram_offset: 0,
+    };
+    assert_eq!(*asked.lock().unwrap(), vec![Some(mode13)]);
+    assert!(vga.lock().unwrap().window_mapped);
+    // Rewriting the same values asks nothing more.
+    port(&mut ports, PORT_SEQ_DATA, 0x0e);
+    assert_eq!(asked.lock().unwrap().len(), 1);
+
+    // The guest writes through the mapping (not through the device): the
+    // renderer finds the change by comparison.
+    // The rest of the mode (the same values again for those above).
+    mode_13h(&mut vga.lock().unwrap());
+    let mut screen = VgaScreen::new(vga.clone());
+    let mut frame = Frame::default();
+    screen.refresh(&mut frame);
+    assert_eq!(screen.refresh(&mut frame), Damage::Rects(vec![]));
+    vga.lock().unwrap().vram[10 * 320 + 7] = 9;
+    assert_eq!(
+        screen.refresh(&mut frame),
+        Damage::Rects(vec![Rect::new(0, 20, 640, 2)])
+    );
+    assert_eq!(frame.row(20)[14], rgb8(0xff, 0, 0x57));
+
+    // One plane masked off: the window goes back to the device, and what
+    // was written through the mapping is marked written.
+    vga.lock().unwrap().clear_dirty();
+    port(&mut ports, PORT_SEQ_INDEX, 2);
+    port(&mut ports, PORT_SEQ_DATA, 0x0e);
+    assert_eq!(asked.lock().unwrap().last(), Some(&None));
+    let v = vga.lock().unwrap();
+    assert!(!v.window_mapped);
+    assert!(v.is_dirty(0, 1) && v.is_dirty(0xffff, 1) && !v.is_dirty(0x10000, 1));
+    drop(v);
+
+    // VBE banked memory (map select 1): the bank moves the alias.
+    port(&mut ports, PORT_SEQ_DATA, 0x0f);
+    ports.write(PORT_DISPI_INDEX, &(DISPI_INDEX_BANK as u16).to_le_bytes());
+    ports.write(PORT_DISPI_DATA, &3u16.to_le_bytes());
+    assert_eq!(
+        asked.lock().unwrap().last(),
+        Some(&Some(WindowAlias {
+            vram_offset: 3 << 16,
+            ..mode13
+        }))
+    );
+}
+
+#[test]
+fn a_refused_window_mapping_keeps_the_device_watching_writes() {
+    let vga = Vga::shared().unwrap();
+    vga.lock().unwrap().set_window_listener(Arc::new(|_| false));
+    let mut ports = VgaPorts(vga.clone());
+    port(&mut ports, PORT_SEQ_INDEX, 2);
+    port(&mut ports, PORT_SEQ_DATA, 0x0f);
+    port(&mut ports, PORT_SEQ_INDEX, 4);
+    port(&mut ports, PORT_SEQ_DATA, 0x0e);
+    let mut v = vga.lock().unwrap();
+    assert!(v.wanted_window_alias().is_some());
+    assert!(!v.window_mapped, "KVM refused: writes still exit");
+    v.clear_dirty();
+    v.window_write(5, 1);
+    assert!(v.is_dirty(5, 1));
 }
 
 /// Not a check but a measurement (run with `--ignored --nocapture`): the
