@@ -150,6 +150,11 @@ pub fn screendump(q: &mut Qmp, file: &Path) {
     assert!(file.exists(), "screendump wrote no {}", file.display());
 }
 
+/// How long SeaBIOS may take to reach a boot sector's "ready" line on
+/// COM1: seconds on an idle host, but a 2-core host running several
+/// guests (load 16) took over 60 s, on rehost and on QEMU alike.
+pub const BOOT_SECTOR_READY: Duration = Duration::from_secs(240);
+
 /// True when QEMU (`qemu-system-x86_64`) runs here.
 pub fn qemu_installed() -> bool {
     std::process::Command::new("qemu-system-x86_64")
@@ -280,7 +285,7 @@ impl QemuVga {
 pub fn qemu_screendump(disk: &Path, ready: &str, out: &Path) {
     let qemu = QemuVga::start(disk);
     let mut q = qemu.qmp();
-    qemu.wait_serial(ready, Duration::from_secs(60));
+    qemu.wait_serial(ready, BOOT_SECTOR_READY);
     screendump(&mut q, out);
     drop(q);
     qemu.quit();

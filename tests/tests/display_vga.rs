@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rehost_tests::display::{
     assert_same_screen, decode_png, qemu_installed, qemu_screendump, screendump, screens_dir,
-    start_rehost_vga, wait_com1, Picture, Tolerance,
+    start_rehost_vga, wait_com1, Picture, Tolerance, BOOT_SECTOR_READY,
 };
 use rehost_tests::{kvm_available, roms_dir, skip_unless_ci};
 
@@ -39,7 +39,7 @@ fn compare_with_qemu(name: &str, tolerance: Option<Tolerance>) {
     let theirs = screens_dir().join(format!("{name}-qemu.png"));
     {
         let (mut vm, mut q) = start_rehost_vga(REHOST, &disk, &sock, &[]);
-        wait_com1(&mut vm, &ready, Duration::from_secs(60));
+        wait_com1(&mut vm, &ready, BOOT_SECTOR_READY);
         screendump(&mut q, &ours);
         q.execute("quit", None);
         vm.wait(Duration::from_secs(20));
@@ -147,7 +147,7 @@ fn vncsnapshot_capture_of_mode_13h_equals_screendump() {
     let port = free_port();
     let vnc = format!("127.0.0.1:{port}");
     let (mut vm, mut q) = start_rehost_vga(REHOST, &disk, &sock, &["--vnc", &vnc]);
-    wait_com1(&mut vm, "mode13: ready", Duration::from_secs(60));
+    wait_com1(&mut vm, "mode13: ready", BOOT_SECTOR_READY);
     let png = screens_dir().join("vncsnapshot-screendump.png");
     screendump(&mut q, &png);
     let want = decode_png(&png);
