@@ -1030,9 +1030,14 @@ impl DirtyTracker {
             return Ok(());
         }
         let stamp = stamp_of(&self.image_path)?;
-        if !st.changed && st.al.is_empty() && st.file.is_some() && st.last_stamp == Some(stamp) {
+        let same_stamp = st
+            .last_stamp
+            .is_some_and(|last| same_image_state(&last, &stamp));
+        if !st.changed && st.al.is_empty() && st.file.is_some() && same_stamp {
             // The sidecar already says all of it (a flush with no write
-            // since the last one).
+            // since the last one, or a VHDX closed after its last flush:
+            // its headers rewritten, its data and DataWriteGuid not, which
+            // is all an open compares).
             return Ok(());
         }
         let mut record = StateRecord {

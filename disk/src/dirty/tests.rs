@@ -946,3 +946,22 @@ fn opening_a_clean_sidecar_writes_nothing() {
         vec![0..65536, (1 << 20)..(1 << 20) + 65536]
     );
 }
+
+#[test]
+fn closing_a_flushed_vhdx_needs_no_second_persist() {
+    let s = scratch_of(3);
+    let path = sidecar_path(&s.image);
+    let t = track_any(&s.image, &TrackerOptions::default());
+    t.add_bitmap("b", 65536).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap();
+    t.flush().unwrap();
+    let flushed = std::fs::read(&path).unwrap();
+    // Closing rewrites the VHDX headers (its modification time), not its
+    // data or DataWriteGuid: the record written at the flush still holds.
+    t.close().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), flushed);
+    let t = track_any(&s.image, &TrackerOptions::default());
+    assert_eq!(t.problem(), None);
+    assert_eq!(state_of(&t, "b"), BitmapState::Tracking);
+    assert_eq!(t.dirty_extents("b").unwrap(), vec![0..65536]);
+}
