@@ -3,13 +3,14 @@
 //! state ("clean"): every bitmap it still names is resync-required.
 //!
 //! The first input byte picks the starting point: the input as the whole
-//! file, or a valid sidecar (two bitmaps, a non-empty activity log) with the
-//! rest of the input applied as patches, which reaches past the checksums.
+//! file, or a valid sidecar (two state records, the newer with two bitmaps,
+//! and a non-empty activity log of the newer) with the rest of the input
+//! applied as patches, which reaches past the checksums.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use rehost_disk::dirty::sidecar_spec::{
-    AlSlot, ImageStamp, StateRecord, StoredBitmap, STATE_OFFSET,
+    state_slots, AlSlot, ImageStamp, StateRecord, StoredBitmap, STATE_OFFSET, VERSION,
 };
 use rehost_disk::dirty::{decode_sidecar_bytes, BitmapState};
 
@@ -31,7 +32,10 @@ fn base() -> Vec<u8> {
     if let Some(w) = b1.words.last_mut() {
         *w = 1;
     }
-    let record = StateRecord {
+    let mut record = StateRecord {
+        version: VERSION,
+        sequence: 2,
+        slot_size: 4096,
         state_id: 77,
         virtual_size: SIZE,
         stamp: Some(ImageStamp {
@@ -47,13 +51,31 @@ fn base() -> Vec<u8> {
     let mut out = vec![0u8; STATE_OFFSET];
     let slot = AlSlot {
         sequence: 1,
-        state_id: 77,
+        owner: record.al_owner(),
         extent_size: 64 << 10,
         extents: vec![3, 9],
     };
     out[4096..8192].copy_from_slice(&slot.to_bytes());
-    out.extend_from_slice(&record.to_bytes());
+    let newer = record.to_slot_bytes();
+    record.sequence = 1;
+    record.state_id = 76;
+    record.bitmaps.truncate(1);
+    out.extend_from_slice(&record.to_slot_bytes());
+    out.extend_from_slice(&newer);
     out
+}
+
+/// The state records of a file that parse (with or without their
+/// checksums), each with its slot's bytes.
+fn records(bytes: &[u8], verify: bool) -> Vec<(StateRecord, &[u8])> {
+    state_slots(bytes)
+        .map(|s| {
+            s.slots
+                .into_iter()
+                .filter_map(|(at, b)| StateRecord::parse(b, at, verify).ok().map(|r| (r, b)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn patched(base: &[u8], patches: &[u8]) -> Vec<u8> {
@@ -87,15 +109,14 @@ fuzz_target!(|data: &[u8]| {
     };
     // The image stamp as the file claims it (the kindest case for the
     // parser: an unchanged image), and the size it was written for.
-    let claimed = bytes
-        .get(STATE_OFFSET..)
-        .and_then(|r| StateRecord::parse(r, false).ok());
+    let claimed = records(&bytes, false)
+        .into_iter()
+        .max_by_key(|(r, _)| r.sequence)
+        .map(|(r, _)| r);
     let size = claimed.as_ref().map_or(SIZE, |r| r.virtual_size);
     let stamp = claimed.as_ref().and_then(|r| r.stamp);
     let (bitmaps, problem) = decode_sidecar_bytes(&bytes, size, stamp);
-    let well_formed = bytes
-        .get(STATE_OFFSET..)
-        .and_then(|r| StateRecord::parse(r, true).ok());
+    let well_formed = records(&bytes, true);
     if problem.is_some() {
         for b in &bitmaps {
             assert_eq!(b.state, BitmapState::ResyncRequired, "{problem:?}");
@@ -103,8 +124,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if bitmaps.iter().any(|b| b.state == BitmapState::Tracking) {
-        let record = well_formed.expect("a tracking bitmap from a damaged state record");
+        assert!(
+            !well_formed.is_empty(),
+            "a tracking bitmap without a valid state record"
+        );
         // Canonical: what was parsed serialises back to the same bytes.
-        assert_eq!(record.to_bytes(), bytes[STATE_OFFSET..]);
+        for (record, slot) in &well_formed {
+            if record.version == VERSION {
+                assert_eq!(record.to_slot_bytes(), *slot);
+            }
+        }
     }
 });

@@ -25,26 +25,45 @@
 //! first write to an extent that is not in the activity log, the extent is
 //! added to the log on disk and the log is made durable (`fdatasync`);
 //! only then does the data write proceed. A persist (every flush, and
-//! closing) flushes the image, writes the bitmaps with an image stamp and
-//! an empty log. On open, a non-empty log means the last session did not
-//! persist after some writes: each logged extent is marked dirty in every
-//! bitmap. When the log is full, a write to a new extent persists first
-//! (which empties the log).
+//! closing; skipped when the sidecar already says it all) flushes the
+//! image (closing: only when it was written since its last flush) and
+//! writes the bitmaps with an image stamp as a new state record, which
+//! starts an empty log. On open, a
+//! non-empty log means the last session did not persist after some
+//! writes: each logged extent is marked dirty in every bitmap. When the
+//! log is full, a write to a new extent persists first (which empties the
+//! log). Opening a clean sidecar writes nothing: its record stays in force
+//! until the next persist.
 //!
-//! # Sidecar format, version 1 (all integers little-endian)
+//! # Sidecar format, version 2 (all integers little-endian)
 //!
 //! ```text
-//! offset 0     activity log slot 0 (4096 bytes)
-//! offset 4096  activity log slot 1 (4096 bytes)
-//! offset 8192  state record (to the end of the file)
+//! offset 0          activity log slot 0 (4096 bytes)
+//! offset 4096       activity log slot 1 (4096 bytes)
+//! offset 8192       state slot 0 (S bytes, a multiple of 4096)
+//! offset 8192 + S   state slot 1 (S bytes)
 //! ```
+//!
+//! The file is 8192 + 2 x S bytes. A persist writes the new state record
+//! into the state slot that does not hold the record in force, zero-padded
+//! to S bytes, and makes it durable (`pwrite` + `fdatasync`, the file's
+//! size unchanged): until then the record in force and its log stand, and
+//! a torn write fails the new record's checksum. Of the two, the valid
+//! record with the highest sequence number is in force; a slot of all zeros
+//! was never written. Only when the sidecar is created, is of version 1,
+//! or its slots are too small for the bitmaps (one was added) is a whole
+//! new file written (`IMAGE.rehost-bitmaps.tmp`, both log slots and state
+//! slot 1 zero, S = the record's length rounded up to 4096), fsynced and
+//! renamed over the sidecar, and the directory fsynced.
 //!
 //! Activity log slot (all zeros = never written):
 //!
 //! ```text
 //!  0   8  magic "RHDIRTAL"
-//!  8   8  sequence number (the valid slot with the highest one is current)
-//! 16  16  state id of the state record this log belongs to
+//!  8   8  sequence number (of the slots that belong to the state record
+//!         in force, the valid one with the highest number is current)
+//! 16   8  owner: the sequence number of the state record it belongs to
+//! 24   8  owner: bytes 0..8 of that record's state id
 //! 32   8  extent size in bytes (power of two, 64 KiB .. 1 GiB)
 //! 40   4  number of extents N (at most 505)
 //! 44   4  reserved, zero
@@ -55,14 +74,19 @@
 //!
 //! Log updates alternate between the slots, so a torn slot write leaves
 //! the previous log (a subset: the log only grows between persists) in
-//! the other slot, and the data write it announced had not started.
+//! the other slot, and the data write it announced had not started. A
+//! slot owned by an older record than the one in force is stale: that
+//! record was written after every write the slot announced. A slot owned
+//! by a newer record than the one in force (whose slot is then damaged)
+//! announced writes no readable record covers: every bitmap needs a resync.
+//! So does a log whose every slot is damaged.
 //!
-//! State record:
+//! State record (in a state slot; the slot's bytes after it are zero):
 //!
 //! ```text
 //!  0   8  magic "RHDIRTY\0"
-//!  8   4  version (1)
-//! 12   4  header length (112)
+//!  8   4  version (2)
+//! 12   4  header length (128)
 //! 16  16  state id (random, new at every persist)
 //! 32   8  virtual size of the disk in bytes
 //! 40   8  image stamp: file size in bytes
@@ -73,11 +97,13 @@
 //! 72   4  number of bitmaps (at most 64)
 //! 76   4  flags: bit 0 = the image stamp is valid; bit 1 = the stamp
 //!         includes a VHDX DataWriteGuid (only with bit 0); other bits zero
-//! 80   8  length of the whole state record in bytes
+//! 80   8  length L of the state record in bytes (128 .. S)
 //! 88   4  reserved, zero
-//! 92   4  CRC-32C of the whole state record with this field taken as zero
+//! 92   4  CRC-32C of the record's L bytes with this field taken as zero
 //! 96  16  image stamp: the VHDX DataWriteGuid (zero without flag bit 1)
-//! 112     bitmaps, one after another:
+//! 112  8  sequence number (1 for the first record, one more at each persist)
+//! 120  8  slot size S in bytes
+//! 128     bitmaps, one after another:
 //!          0   2  name length L (1 .. 64; letters, digits, '-', '_', '.')
 //!          2   2  reserved, zero
 //!          4   4  state: 0 = tracking, 1 = resync required
@@ -89,9 +115,15 @@
 //!         set = granule i dirty; bits past B are zero
 //! ```
 //!
-//! The state record is only ever written whole, into a new file
-//! (`IMAGE.rehost-bitmaps.tmp`, both log slots zero) that is fsynced and
-//! renamed over the sidecar, then the directory is fsynced.
+//! # Version 1 (read; the first persist rewrites it as version 2)
+//!
+//! A version-1 file is the two activity log slots, then one state record
+//! from offset 8192 to the end of the file, which was only ever replaced
+//! whole by renaming a new file over it (both log slots zero). Its record
+//! is the version-2 record without bytes 112..128: version 1, header length
+//! 112, the bitmaps from byte 112 on, and its length (bytes 80..88) equal to
+//! the rest of the file. Its log slots hold the record's whole state id at
+//! bytes 16..32; a valid slot with another state id needs a resync.
 
 pub mod point_in_time;
 pub mod sidecar_spec;
@@ -107,7 +139,7 @@ use crate::hostfile::{self, HostFile};
 use crate::{check_request, BlockDevice, BlockError, BlockGeometry, DiskImage, Result};
 use sidecar_spec::{
     AlSlot, ImageStamp, SidecarError, StateRecord, StoredBitmap, AL_MAX_EXTENTS, AL_SLOT_SIZE,
-    STATE_OFFSET,
+    STATE_OFFSET, STATE_SLOT_ALIGN,
 };
 
 /// The default granularity of a new bitmap.
@@ -372,6 +404,22 @@ struct Decoded {
     al_extent_size: u64,
     problem: Option<String>,
     recovered: usize,
+    /// Set when the sidecar is clean (no problem, an empty activity log,
+    /// the image unchanged): the record a tracker can carry on from
+    /// without writing anything.
+    current: Option<Current>,
+}
+
+/// Where the state record in force is, and what it says about the file.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    version: u32,
+    sequence: u64,
+    /// Its state slot (0 or 1).
+    slot: usize,
+    slot_size: u64,
+    al_owner: u128,
+    stamp: Option<ImageStamp>,
 }
 
 /// Reads and judges a sidecar's bytes against the image's current stamp
@@ -381,7 +429,7 @@ fn decode(
     sidecar: &Path,
     bytes: &[u8],
     size: u64,
-    current: Option<ImageStamp>,
+    current_stamp: Option<ImageStamp>,
     opts: &TrackerOptions,
 ) -> Decoded {
     let mut d = Decoded {
@@ -390,35 +438,74 @@ fn decode(
         al_extent_size: opts.al_extent_size,
         problem: None,
         recovered: 0,
+        current: None,
     };
     let describe = |e: SidecarError| sidecar_err(sidecar, e).to_string();
-    if bytes.len() < STATE_OFFSET {
-        d.problem = Some(format!(
-            "{}: only {} bytes, shorter than its two activity log slots (truncated?)",
-            sidecar.display(),
-            bytes.len()
-        ));
-        return d;
-    }
-    let state = match StateRecord::parse(&bytes[STATE_OFFSET..], true) {
+    let slots = match sidecar_spec::state_slots(bytes) {
         Ok(s) => s,
         Err(e) => {
             d.problem = Some(describe(e));
-            // Salvage the names of the bitmaps (the structure still has to
-            // hold together); their bits are never trusted.
-            if let Ok(s) = StateRecord::parse(&bytes[STATE_OFFSET..], false) {
-                if s.virtual_size == size {
-                    d.bitmaps = s.bitmaps.into_iter().map(Bitmap::from_stored).collect();
-                }
-            }
-            for b in &mut d.bitmaps {
-                b.resync_required();
-            }
             return d;
         }
     };
+    // The state: the valid slot with the highest sequence number. A
+    // damaged slot beside a valid one is a torn or lost persist (the
+    // activity log decides below whether the valid one still covers every
+    // write).
+    let mut records: Vec<(usize, StateRecord)> = Vec::new();
+    let mut damaged: Vec<String> = Vec::new();
+    for (i, (at, b)) in slots.slots.iter().enumerate() {
+        if slots.version == sidecar_spec::VERSION && b.iter().all(|&x| x == 0) {
+            continue;
+        }
+        match StateRecord::parse(b, *at, true) {
+            Ok(r) => records.push((i, r)),
+            Err(e) => damaged.push(describe(e)),
+        }
+    }
+    let Some((slot, state)) = records.into_iter().max_by_key(|(_, r)| r.sequence) else {
+        d.problem = Some(if damaged.is_empty() {
+            format!("{}: both state slots are empty", sidecar.display())
+        } else {
+            damaged.join("; ")
+        });
+        // Salvage the names of the bitmaps (the structure still has to
+        // hold together); their bits are never trusted.
+        let salvaged = slots
+            .slots
+            .iter()
+            .filter_map(|(at, b)| StateRecord::parse(b, *at, false).ok())
+            .filter(|s| s.virtual_size == size)
+            .max_by_key(|s| s.sequence);
+        if let Some(s) = salvaged {
+            d.bitmaps = s.bitmaps.into_iter().map(Bitmap::from_stored).collect();
+        }
+        for b in &mut d.bitmaps {
+            b.resync_required();
+        }
+        return d;
+    };
+    if !damaged.is_empty() {
+        tracing::debug!(
+            "{}: using state record {} ({}); the other slot: {}",
+            sidecar.display(),
+            state.sequence,
+            slot,
+            damaged.join("; ")
+        );
+    }
     d.al_capacity = state.al_capacity;
     d.al_extent_size = state.al_extent_size;
+    let owner = state.al_owner();
+    let (sequence, state_stamp) = (state.sequence, state.stamp);
+    let current = Current {
+        version: state.version,
+        sequence,
+        slot,
+        slot_size: state.slot_size,
+        al_owner: owner,
+        stamp: state.stamp,
+    };
     d.bitmaps = state.bitmaps.into_iter().map(Bitmap::from_stored).collect();
     let all_resync = |d: &mut Decoded, why: String| {
         d.problem = Some(why);
@@ -441,12 +528,15 @@ fn decode(
         );
         return d;
     }
-    // The activity log: the valid slot with the highest sequence number.
-    // A damaged slot next to a valid one is a torn log update: the valid
-    // one (written and synced before) covers every data write started,
-    // since a data write starts only after its log update is synced. A
-    // damaged slot with no valid one beside it cannot be told from a lost
-    // log: every bitmap needs a resync.
+    // The activity log: of the valid slots that belong to the state
+    // record, the one with the highest sequence number. A damaged slot
+    // next to a valid one is a torn log update: the valid one (written and
+    // synced before) covers every data write started, since a data write
+    // starts only after its log update is synced; when the valid one
+    // belongs to an older state record, the torn update was the first of
+    // this one and nothing it announced was written. A damaged slot with
+    // no valid one beside it cannot be told from a lost log: every bitmap
+    // needs a resync.
     let mut valid: Vec<AlSlot> = Vec::new();
     let mut damaged: Vec<String> = Vec::new();
     for i in 0..2 {
@@ -464,8 +554,11 @@ fn decode(
         );
         return d;
     }
-    if let Some(log) = valid.iter().max_by_key(|s| s.sequence) {
-        if log.state_id != state.state_id || log.extent_size != state.al_extent_size {
+    let log = if slots.version == sidecar_spec::VERSION_1 {
+        // Version 1 emptied both slots at every persist: a log that is
+        // there belongs to the record.
+        let log = valid.iter().max_by_key(|s| s.sequence);
+        if log.is_some_and(|l| l.owner != owner) {
             all_resync(
                 &mut d,
                 format!(
@@ -473,6 +566,42 @@ fn decode(
                     sidecar.display()
                 ),
             );
+            return d;
+        }
+        log
+    } else {
+        // Logs of older records are stale (the record covers them); a log
+        // of a newer record means that record was written and then lost:
+        // the writes it announced are not known.
+        if let Some(l) = valid
+            .iter()
+            .find(|l| l.owner as u64 >= sequence && l.owner != owner)
+        {
+            all_resync(
+                &mut d,
+                format!(
+                    "{}: the activity log belongs to state record {}, but the newest readable one is {sequence} ({})",
+                    sidecar.display(),
+                    l.owner as u64,
+                    if damaged.is_empty() { "no slot damaged".to_owned() } else { damaged.join("; ") }
+                ),
+            );
+            return d;
+        }
+        valid
+            .iter()
+            .filter(|l| l.owner == owner)
+            .max_by_key(|l| l.sequence)
+    };
+    if let Some(log) = log {
+        if log.extent_size != d.al_extent_size {
+            let why = format!(
+                "{}: the activity log's extent size {} differs from the state's {}",
+                sidecar.display(),
+                log.extent_size,
+                d.al_extent_size
+            );
+            all_resync(&mut d, why);
             return d;
         }
         if !log.extents.is_empty() {
@@ -488,8 +617,8 @@ fn decode(
         }
     }
     // Cleanly persisted: the image must not have changed since.
-    match (state.stamp, current) {
-        (Some(s), Some(c)) if same_image_state(&s, &c) => {}
+    match (state_stamp, current_stamp) {
+        (Some(s), Some(c)) if same_image_state(&s, &c) => d.current = Some(current),
         (s, c) => all_resync(
             &mut d,
             format!(
@@ -562,14 +691,24 @@ struct State {
     /// Extents in the on-disk activity log.
     al: Vec<u64>,
     al_sequence: u64,
-    state_id: u128,
-    /// The sidecar, open for log updates (None until it exists).
+    /// What the log slots of the state record in force say they belong to.
+    al_owner: u128,
+    /// The sequence number of the state record in force (0: none yet).
+    record_sequence: u64,
+    /// Its state slot; the next persist writes the other one.
+    record_slot: usize,
+    /// The size of each state slot of the open sidecar (0 when it has
+    /// none of this version: the next persist writes a new file).
+    slot_size: u64,
+    /// The sidecar, open for log and state updates (None until it exists).
     file: Option<HostFile>,
     /// Set by the test hook that simulates a crash: nothing more is
     /// written.
     crashed: bool,
     /// Bits or bitmaps changed since the last persist.
     changed: bool,
+    /// The image was written since it was last flushed.
+    unflushed: bool,
     /// The image stamp the sidecar holds.
     last_stamp: Option<ImageStamp>,
 }
@@ -658,7 +797,26 @@ impl DirtyTracker {
                 al_extent_size: opts.al_extent_size,
                 problem: None,
                 recovered: 0,
+                current: None,
             },
+        };
+        // A clean sidecar of this version is carried on from as it is: its
+        // record stays in force until the next persist writes the other
+        // slot, and the first log update names it.
+        let adopt = match decoded.current {
+            Some(c) if c.version == sidecar_spec::VERSION && !geometry.read_only => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(sidecar)
+                    .map_err(|source| BlockError::Io {
+                        path: sidecar.to_owned(),
+                        offset: 0,
+                        source,
+                    })?;
+                Some((c, HostFile::new(file)))
+            }
+            _ => None,
         };
         if let Some(p) = &decoded.problem {
             tracing::warn!("{p}; every bitmap needs a full resync");
@@ -675,19 +833,25 @@ impl DirtyTracker {
                 al_extent_size: decoded.al_extent_size,
                 al: Vec::new(),
                 al_sequence: 0,
-                state_id: 0,
-                file: None,
+                al_owner: adopt.as_ref().map_or(0, |(c, _)| c.al_owner),
+                record_sequence: adopt.as_ref().map_or(0, |(c, _)| c.sequence),
+                record_slot: adopt.as_ref().map_or(0, |(c, _)| c.slot),
+                slot_size: adopt.as_ref().map_or(0, |(c, _)| c.slot_size),
+                last_stamp: adopt.as_ref().and_then(|(c, _)| c.stamp),
+                changed: adopt.is_none(),
+                file: adopt.map(|(_, f)| f),
                 crashed: false,
-                changed: true,
-                last_stamp: None,
+                unflushed: false,
             }),
             problem: decoded.problem,
             recovered: decoded.recovered,
             views: Mutex::new(Vec::new()),
         };
-        // Recovery is written down at once (a second crash must not lose
-        // it), and a read-only image's sidecar is left alone.
-        if bytes.is_some() && !geometry.read_only {
+        // Recovery and anything older or damaged are written down at once
+        // (a second crash must not lose the recovery), and a read-only
+        // image's sidecar is left alone.
+        let adopted = tracker.lock().file.is_some();
+        if bytes.is_some() && !geometry.read_only && !adopted {
             tracker.persist()?;
         }
         Ok(tracker)
@@ -854,6 +1018,7 @@ impl DirtyTracker {
             if let Some(inner) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone() {
                 inner.flush()?;
             }
+            self.lock().unflushed = false;
         }
         let mut st = self.lock();
         if st.crashed {
@@ -865,12 +1030,20 @@ impl DirtyTracker {
             return Ok(());
         }
         let stamp = stamp_of(&self.image_path)?;
-        if !st.changed && st.al.is_empty() && st.file.is_some() && st.last_stamp == Some(stamp) {
+        let same_stamp = st
+            .last_stamp
+            .is_some_and(|last| same_image_state(&last, &stamp));
+        if !st.changed && st.al.is_empty() && st.file.is_some() && same_stamp {
             // The sidecar already says all of it (a flush with no write
-            // since the last one).
+            // since the last one, or a VHDX closed after its last flush:
+            // its headers rewritten, its data and DataWriteGuid not, which
+            // is all an open compares).
             return Ok(());
         }
-        let record = StateRecord {
+        let mut record = StateRecord {
+            version: sidecar_spec::VERSION,
+            sequence: st.record_sequence + 1,
+            slot_size: st.slot_size,
             state_id: random_u128(),
             virtual_size: self.geometry.size,
             stamp: Some(stamp),
@@ -878,31 +1051,55 @@ impl DirtyTracker {
             al_extent_size: st.al_extent_size,
             bitmaps: st.bitmaps.iter().map(Bitmap::to_stored).collect(),
         };
-        let mut bytes = vec![0u8; STATE_OFFSET];
-        bytes.extend_from_slice(&record.to_bytes());
-        let tmp = {
-            let mut s = self.sidecar.as_os_str().to_owned();
-            s.push(".tmp");
-            PathBuf::from(s)
-        };
-        let f = hostfile::create_truncated(&tmp).map_err(|e| self.io_err(0, e))?;
-        f.write_all_at(&bytes, 0).map_err(|e| self.io_err(0, e))?;
-        f.sync_all().map_err(|e| self.io_err(0, e))?;
-        hostfile::rename(&tmp, &self.sidecar).map_err(|e| self.io_err(0, e))?;
-        if let Some(dir) = self.sidecar.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
+        let len = record.encoded_len() as u64;
+        if st.file.is_some() && len <= st.slot_size {
+            // In place: the record goes into the slot not in force and is
+            // made durable; until then the one in force (with its log)
+            // still stands, and a torn write fails its checksum.
+            let slot = 1 - st.record_slot;
+            let at = STATE_OFFSET as u64 + slot as u64 * st.slot_size;
+            let Some(f) = st.file.as_ref() else {
+                return Err(self.io_err(at, std::io::Error::other("sidecar is not open")));
             };
-            hostfile::sync_dir(dir).map_err(|e| self.io_err(0, e))?;
+            f.write_all_at(&record.to_slot_bytes(), at)
+                .map_err(|e| self.io_err(at, e))?;
+            f.sync_data().map_err(|e| self.io_err(at, e))?;
+            st.record_slot = slot;
+        } else {
+            // A new sidecar, one of the first version, or one whose slots
+            // are too small for the bitmaps now: a new file, synced, then
+            // renamed over the old one.
+            record.slot_size = len.div_ceil(STATE_SLOT_ALIGN) * STATE_SLOT_ALIGN;
+            let mut bytes = vec![0u8; STATE_OFFSET];
+            bytes.extend_from_slice(&record.to_slot_bytes());
+            bytes.resize(STATE_OFFSET + 2 * record.slot_size as usize, 0);
+            let tmp = {
+                let mut s = self.sidecar.as_os_str().to_owned();
+                s.push(".tmp");
+                PathBuf::from(s)
+            };
+            let f = hostfile::create_truncated(&tmp).map_err(|e| self.io_err(0, e))?;
+            f.write_all_at(&bytes, 0).map_err(|e| self.io_err(0, e))?;
+            f.sync_all().map_err(|e| self.io_err(0, e))?;
+            hostfile::rename(&tmp, &self.sidecar).map_err(|e| self.io_err(0, e))?;
+            if let Some(dir) = self.sidecar.parent() {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                hostfile::sync_dir(dir).map_err(|e| self.io_err(0, e))?;
+            }
+            st.file = Some(f);
+            st.slot_size = record.slot_size;
+            st.record_slot = 0;
         }
-        st.file = Some(f);
         st.changed = false;
         st.last_stamp = Some(stamp);
         st.al.clear();
         st.al_sequence = 0;
-        st.state_id = record.state_id;
+        st.record_sequence = record.sequence;
+        st.al_owner = record.al_owner();
         Ok(())
     }
 
@@ -950,7 +1147,7 @@ impl DirtyTracker {
             al.extend_from_slice(&new);
             let slot = AlSlot {
                 sequence: st.al_sequence + 1,
-                state_id: st.state_id,
+                owner: st.al_owner,
                 extent_size: es,
                 extents: al.clone(),
             };
@@ -968,6 +1165,7 @@ impl DirtyTracker {
             b.mark(range.clone());
         }
         st.changed = true;
+        st.unflushed = true;
         Ok(true)
     }
 
@@ -1046,10 +1244,20 @@ impl DirtyTracker {
     /// was its last holder, so formats that write on close have done so)
     /// and the final stamp is written.
     pub fn close(self) -> Result<()> {
-        self.persist()?;
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(inner);
         let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(inner) = inner {
+            // Written since the last flush: the data first. (The bitmaps
+            // would cover it either way; a flushed image keeps the stamp
+            // written below true after a power loss.)
+            if self.lock().unflushed {
+                inner.flush()?;
+                self.lock().unflushed = false;
+            }
+            drop(inner);
+        }
+        // One persist, with the stamp of the closed image; none when the
+        // sidecar already says all of it.
         self.persist_locked(false)
     }
 }

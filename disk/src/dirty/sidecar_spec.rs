@@ -1,5 +1,5 @@
-//! The bitmap sidecar file's layout (version 1): parsing and serialising,
-//! apart from behaviour. The byte-by-byte description is in the module
+//! The bitmap sidecar file's layout (version 2, and version 1 read):
+//! parsing and serialising, apart from behaviour. The byte-by-byte description is in the module
 //! documentation of [`crate::dirty`].
 //!
 //! Every field is validated against the file's length before use; any
@@ -9,11 +9,18 @@ use std::fmt;
 
 /// Size of one activity-log slot; two slots start the file.
 pub const AL_SLOT_SIZE: usize = 4096;
-/// Offset of the state record (after the two activity-log slots).
+/// Offset of the first state slot (after the two activity-log slots).
 pub const STATE_OFFSET: usize = 2 * AL_SLOT_SIZE;
+/// State slots are a multiple of this size (so that each starts on a
+/// page of the file).
+pub const STATE_SLOT_ALIGN: u64 = 4096;
 pub const AL_SLOT_MAGIC: &[u8; 8] = b"RHDIRTAL";
 pub const STATE_MAGIC: &[u8; 8] = b"RHDIRTY\0";
-pub const VERSION: u32 = 1;
+/// The version written: two state slots updated in place.
+pub const VERSION: u32 = 2;
+/// The first version (one state record to the end of the file, replaced
+/// by renaming a new file over it): still read.
+pub const VERSION_1: u32 = 1;
 /// Fixed part of an activity-log slot before its extent list.
 pub const AL_HEADER_SIZE: usize = 48;
 /// Where an activity-log slot keeps its CRC-32C (its last 4 bytes).
@@ -21,7 +28,9 @@ pub const AL_CRC_AT: usize = AL_SLOT_SIZE - 4;
 /// The most extents one activity-log slot holds.
 pub const AL_MAX_EXTENTS: usize = (AL_CRC_AT - AL_HEADER_SIZE) / 8;
 /// Size of the state record's header.
-pub const STATE_HEADER_SIZE: usize = 112;
+pub const STATE_HEADER_SIZE: usize = 128;
+/// Size of a version-1 state record's header.
+pub const STATE_HEADER_SIZE_V1: usize = 112;
 /// Where the state record header keeps the CRC-32C of the whole record.
 pub const STATE_CRC_AT: usize = 92;
 /// Size of a bitmap entry's fixed part (the name follows, padded to 8).
@@ -95,6 +104,15 @@ pub struct StoredBitmap {
 /// The state record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRecord {
+    /// [`VERSION`] or [`VERSION_1`] when parsed; always written as
+    /// [`VERSION`].
+    pub version: u32,
+    /// Version 2: grows by one at every persist; the valid slot with the
+    /// highest one is current. Zero in version 1.
+    pub sequence: u64,
+    /// Version 2: the size of each state slot (the file is
+    /// [`STATE_OFFSET`] + 2 x this). Zero in version 1.
+    pub slot_size: u64,
     pub state_id: u128,
     pub virtual_size: u64,
     pub stamp: Option<ImageStamp>,
@@ -107,7 +125,10 @@ pub struct StateRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlSlot {
     pub sequence: u64,
-    pub state_id: u128,
+    /// The state record the log belongs to: version 1, its state id;
+    /// version 2, [`StateRecord::al_owner`] (its sequence number and the
+    /// low half of its state id).
+    pub owner: u128,
     pub extent_size: u64,
     pub extents: Vec<u64>,
 }
@@ -168,7 +189,7 @@ impl AlSlot {
         let mut b = [0u8; AL_SLOT_SIZE];
         b[..8].copy_from_slice(AL_SLOT_MAGIC);
         b[8..16].copy_from_slice(&self.sequence.to_le_bytes());
-        b[16..32].copy_from_slice(&self.state_id.to_le_bytes());
+        b[16..32].copy_from_slice(&self.owner.to_le_bytes());
         b[32..40].copy_from_slice(&self.extent_size.to_le_bytes());
         let n = self.extents.len().min(AL_MAX_EXTENTS);
         b[40..44].copy_from_slice(&(n as u32).to_le_bytes());
@@ -226,7 +247,7 @@ impl AlSlot {
         let extents = (0..n).map(|i| le64(b, AL_HEADER_SIZE + i * 8)).collect();
         Ok(Some(AlSlot {
             sequence: le64(b, 8),
-            state_id: le128(b, 16),
+            owner: le128(b, 16),
             extent_size,
             extents,
         }))
@@ -234,6 +255,27 @@ impl AlSlot {
 }
 
 impl StateRecord {
+    /// Bytes the record takes (without a slot's zero padding).
+    pub fn encoded_len(&self) -> usize {
+        STATE_HEADER_SIZE
+            + self
+                .bitmaps
+                .iter()
+                .map(|b| BITMAP_ENTRY_SIZE + padded(b.name.len()) + 8 * b.words.len())
+                .sum::<usize>()
+    }
+
+    /// What an activity-log slot holds to say it belongs to this record
+    /// (version 2): the record's sequence number in the low 8 bytes, the
+    /// low 8 bytes of its state id in the high ones.
+    pub fn al_owner(&self) -> u128 {
+        if self.version == VERSION_1 {
+            return self.state_id;
+        }
+        u128::from(self.sequence) | u128::from(self.state_id as u64) << 64
+    }
+
+    /// The record as version 2, unpadded.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = vec![0u8; STATE_HEADER_SIZE];
         out[..8].copy_from_slice(STATE_MAGIC);
@@ -257,6 +299,8 @@ impl StateRecord {
             }
         }
         out[76..80].copy_from_slice(&flags.to_le_bytes());
+        out[112..120].copy_from_slice(&self.sequence.to_le_bytes());
+        out[120..128].copy_from_slice(&self.slot_size.to_le_bytes());
         for bm in &self.bitmaps {
             let name = bm.name.as_bytes();
             let mut e = vec![0u8; BITMAP_ENTRY_SIZE + padded(name.len())];
@@ -278,19 +322,27 @@ impl StateRecord {
         out
     }
 
-    /// Parses the state record `b` (the file from [`STATE_OFFSET`] to its
-    /// end). With `verify_checksum` false the structure is still checked
-    /// field by field (used to salvage bitmap names from a damaged file,
-    /// whose bits are then never trusted).
-    pub fn parse(b: &[u8], verify_checksum: bool) -> Result<StateRecord, SidecarError> {
+    /// The whole state slot: the record, then zeros to `slot_size` bytes.
+    pub fn to_slot_bytes(&self) -> Vec<u8> {
+        let mut out = self.to_bytes();
+        out.resize(out.len().max(self.slot_size as usize), 0);
+        out
+    }
+
+    /// Parses a state record: a version-2 state slot `b` (its whole
+    /// `slot_size` bytes, read at file offset `base`), or a version-1
+    /// record (the file from [`STATE_OFFSET`] to its end). With
+    /// `verify_checksum` false the structure is still checked field by
+    /// field (used to salvage bitmap names from a damaged file, whose bits
+    /// are then never trusted).
+    pub fn parse(b: &[u8], base: u64, verify_checksum: bool) -> Result<StateRecord, SidecarError> {
         const S: &str = "bitmap state record";
-        let base = STATE_OFFSET as u64;
         let err = |at: usize, reason: String| SidecarError::new(S, base + at as u64, reason);
-        if b.len() < STATE_HEADER_SIZE {
+        if b.len() < STATE_HEADER_SIZE_V1 {
             return Err(err(
                 0,
                 format!(
-                    "only {} bytes; the header is {STATE_HEADER_SIZE} (truncated?)",
+                    "only {} bytes; the header is {STATE_HEADER_SIZE_V1} or more (truncated?)",
                     b.len()
                 ),
             ));
@@ -299,18 +351,47 @@ impl StateRecord {
             return Err(err(0, "bad magic".into()));
         }
         let version = le32(b, 8);
-        if version != VERSION {
-            return Err(err(8, format!("unsupported version {version}")));
-        }
+        let expected_header = match version {
+            VERSION => STATE_HEADER_SIZE,
+            VERSION_1 => STATE_HEADER_SIZE_V1,
+            _ => return Err(err(8, format!("unsupported version {version}"))),
+        };
         let header_len = le32(b, 12) as usize;
-        if header_len != STATE_HEADER_SIZE {
+        if header_len != expected_header {
             return Err(err(
                 12,
-                format!("header length {header_len}, expected {STATE_HEADER_SIZE}"),
+                format!(
+                    "header length {header_len}, expected {expected_header} for version {version}"
+                ),
+            ));
+        }
+        if b.len() < header_len {
+            return Err(err(
+                0,
+                format!(
+                    "only {} bytes; the header is {header_len} (truncated?)",
+                    b.len()
+                ),
             ));
         }
         let total = le64(b, 80);
-        if total != b.len() as u64 {
+        let (sequence, slot_size) = if version == VERSION {
+            (le64(b, 112), le64(b, 120))
+        } else {
+            (0, 0)
+        };
+        if version == VERSION && slot_size != b.len() as u64 {
+            return Err(err(
+                120,
+                format!("slot size {slot_size} but the slot is {} bytes", b.len()),
+            ));
+        }
+        let fits = if version == VERSION {
+            total >= header_len as u64 && total <= b.len() as u64
+        } else {
+            total == b.len() as u64
+        };
+        if !fits {
             return Err(err(
                 80,
                 format!(
@@ -319,6 +400,14 @@ impl StateRecord {
                 ),
             ));
         }
+        let total = total as usize;
+        if let Some(at) = b[total..].iter().position(|&x| x != 0) {
+            return Err(err(
+                total + at,
+                "the state slot is not zero after its record".into(),
+            ));
+        }
+        let b = &b[..total];
         if verify_checksum {
             let stored = le32(b, STATE_CRC_AT);
             let computed = checksum(b, STATE_CRC_AT);
@@ -370,7 +459,7 @@ impl StateRecord {
         if count > MAX_BITMAPS {
             return Err(err(72, format!("{count} bitmaps, at most {MAX_BITMAPS}")));
         }
-        let mut at = STATE_HEADER_SIZE;
+        let mut at = header_len;
         let mut bitmaps: Vec<StoredBitmap> = Vec::new();
         for _ in 0..count {
             if b.len() - at < BITMAP_ENTRY_SIZE {
@@ -465,6 +554,9 @@ impl StateRecord {
             ));
         }
         Ok(StateRecord {
+            version,
+            sequence,
+            slot_size,
             state_id: le128(b, 16),
             virtual_size,
             stamp,
@@ -473,4 +565,55 @@ impl StateRecord {
             bitmaps,
         })
     }
+}
+
+/// The state slots of a sidecar file, each with its file offset.
+#[derive(Debug)]
+pub struct StateSlots<'a> {
+    /// [`VERSION_1`]: one record, to the end of the file; [`VERSION`]: two
+    /// slots of equal size.
+    pub version: u32,
+    pub slots: Vec<(u64, &'a [u8])>,
+}
+
+/// Splits a sidecar file (at least [`STATE_OFFSET`] bytes) into its state
+/// slots. A file whose first state bytes are a version-1 record is version
+/// 1; any other is version 2, whose length must be [`STATE_OFFSET`] plus
+/// two equal slots of a multiple of [`STATE_SLOT_ALIGN`] bytes.
+pub fn state_slots(file: &[u8]) -> Result<StateSlots<'_>, SidecarError> {
+    const S: &str = "bitmap sidecar";
+    let Some(rest) = file.get(STATE_OFFSET..) else {
+        return Err(SidecarError::new(
+            S,
+            0,
+            format!(
+                "only {} bytes, shorter than its two activity log slots (truncated?)",
+                file.len()
+            ),
+        ));
+    };
+    if rest.len() >= 12 && &rest[..8] == STATE_MAGIC && le32(rest, 8) == VERSION_1 {
+        return Ok(StateSlots {
+            version: VERSION_1,
+            slots: vec![(STATE_OFFSET as u64, rest)],
+        });
+    }
+    let slot = rest.len() / 2;
+    if rest.is_empty() || rest.len() % 2 != 0 || !(slot as u64).is_multiple_of(STATE_SLOT_ALIGN) {
+        return Err(SidecarError::new(
+            S,
+            file.len() as u64,
+            format!(
+                "file length {} is not {STATE_OFFSET} bytes and two state slots of a multiple of {STATE_SLOT_ALIGN} bytes (truncated?)",
+                file.len()
+            ),
+        ));
+    }
+    Ok(StateSlots {
+        version: VERSION,
+        slots: vec![
+            (STATE_OFFSET as u64, &rest[..slot]),
+            ((STATE_OFFSET + slot) as u64, &rest[slot..]),
+        ],
+    })
 }

@@ -186,6 +186,17 @@ fn a_missing_sidecar_means_no_bitmaps_and_a_resized_image_a_resync() {
     assert_eq!(state_of(&t, "b"), BitmapState::ResyncRequired);
 }
 
+/// The state record in force in a sidecar's bytes, and its file offset.
+fn current_record(bytes: &[u8]) -> (StateRecord, u64) {
+    let slots = sidecar_spec::state_slots(bytes).unwrap();
+    slots
+        .slots
+        .iter()
+        .filter_map(|(at, b)| StateRecord::parse(b, *at, true).ok().map(|r| (r, *at)))
+        .max_by_key(|(r, _)| r.sequence)
+        .expect("a valid state record")
+}
+
 /// A sidecar as a clean close leaves it, with its stamp.
 fn clean_sidecar(s: &Scratch) -> (Vec<u8>, ImageStamp) {
     let t = open(&s.image, &small_al());
@@ -194,10 +205,7 @@ fn clean_sidecar(s: &Scratch) -> (Vec<u8>, ImageStamp) {
     t.write_at(40960, &[3u8; 4096]).unwrap();
     t.close().unwrap();
     let bytes = std::fs::read(sidecar_path(&s.image)).unwrap();
-    let stamp = StateRecord::parse(&bytes[STATE_OFFSET..], true)
-        .unwrap()
-        .stamp
-        .unwrap();
+    let stamp = current_record(&bytes).0.stamp.unwrap();
     (bytes, stamp)
 }
 
@@ -209,18 +217,47 @@ fn every_flipped_byte_of_a_sidecar_is_detected() {
     let ok = decode(&path, &bytes, DISK, Some(stamp), &small_al());
     assert!(ok.problem.is_none());
     assert!(ok.bitmaps.iter().all(|b| b.state == BitmapState::Tracking));
+    let clean: Vec<Vec<Range<u64>>> = ok.bitmaps.iter().map(|b| b.extents(DISK)).collect();
+    let (record, at) = current_record(&bytes);
+    let in_force = at as usize..at as usize + record.encoded_len();
+    let mut fell_back = 0;
     for i in 0..bytes.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut b = bytes.clone();
             b[i] ^= flip;
             let d = decode(&path, &b, DISK, Some(stamp), &small_al());
-            assert!(d.problem.is_some(), "flip {flip:#x} at {i} not detected");
-            for bm in &d.bitmaps {
-                assert_eq!(bm.state, BitmapState::ResyncRequired, "flip at {i}");
-                assert_eq!(bm.info(DISK).dirty_bytes, DISK, "flip at {i}");
+            if d.problem.is_some() {
+                for bm in &d.bitmaps {
+                    assert_eq!(bm.state, BitmapState::ResyncRequired, "flip at {i}");
+                    assert_eq!(bm.info(DISK).dirty_bytes, DISK, "flip at {i}");
+                }
+                continue;
+            }
+            // Damage outside the record in force that leaves it standing
+            // (the older state slot, a stale log slot) changes nothing;
+            // damage to the record in force falls back to the older one
+            // and its log, which covers every write since.
+            assert!(
+                !(AL_SLOT_SIZE..STATE_OFFSET).contains(&i),
+                "flip {flip:#x} at {i}: the only log slot damaged, yet no resync"
+            );
+            if in_force.contains(&i) {
+                fell_back += 1;
+            }
+            for (bm, want) in d.bitmaps.iter().zip(&clean) {
+                assert_eq!(bm.state, BitmapState::Tracking, "flip at {i}");
+                let got = bm.extents(DISK);
+                for r in want {
+                    assert!(
+                        got.iter().any(|g| g.start <= r.start && r.end <= g.end),
+                        "flip {flip:#x} at {i}: {r:?} of {} no longer dirty: {got:?}",
+                        bm.name
+                    );
+                }
             }
         }
     }
+    assert!(fell_back > 0, "no flip fell back to the older record");
 }
 
 #[test]
@@ -253,10 +290,17 @@ fn every_truncation_of_a_sidecar_is_detected() {
 fn a_damaged_state_record_keeps_the_bitmap_names_as_resync_required() {
     let s = scratch();
     let (mut bytes, _) = clean_sidecar(&s);
-    // Damage a bit of the first bitmap's words: the checksum fails, the
-    // structure holds.
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
+    // Damage a bit of the last bitmap word of both state records: the
+    // checksums fail, the structure holds.
+    let slots = sidecar_spec::state_slots(&bytes).unwrap();
+    let ends: Vec<usize> = slots
+        .slots
+        .iter()
+        .map(|(at, b)| *at as usize + sidecar_spec::le64(b, 80) as usize - 1)
+        .collect();
+    for end in ends {
+        bytes[end] ^= 0x01;
+    }
     std::fs::write(sidecar_path(&s.image), &bytes).unwrap();
     let t = open(&s.image, &small_al());
     let names: Vec<String> = t.bitmaps().into_iter().map(|b| b.name).collect();
@@ -490,12 +534,10 @@ fn a_torn_activity_log_update_falls_back_to_the_other_slot() {
     t.write_at(5 * 65536, &[1u8; 4096]).unwrap(); // log: [0, 5] in slot 0
     t.crash();
     let bytes = std::fs::read(&path).unwrap();
-    let state_id = StateRecord::parse(&bytes[STATE_OFFSET..], true)
-        .unwrap()
-        .state_id;
+    let owner = current_record(&bytes).0.al_owner();
     let newer = AlSlot {
         sequence: 3,
-        state_id,
+        owner,
         extent_size: 65536,
         extents: vec![0, 5, 9],
     }
@@ -529,12 +571,19 @@ fn a_flush_without_writes_leaves_the_sidecar_alone() {
     t.add_bitmap("b", 65536).unwrap();
     t.write_at(0, &[1u8; 512]).unwrap();
     t.flush().unwrap();
-    let ino = std::fs::metadata(&path).unwrap().ino();
+    let before = std::fs::read(&path).unwrap();
     t.flush().unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
     t.write_at(512, &[1u8; 512]).unwrap();
     t.flush().unwrap();
-    assert_ne!(std::fs::metadata(&path).unwrap().ino(), ino);
+    let after = std::fs::read(&path).unwrap();
+    assert_ne!(after, before);
+    // The new state went into the other slot, in place.
+    assert_eq!(after.len(), before.len());
+    assert_eq!(
+        current_record(&after).0.sequence,
+        current_record(&before).0.sequence + 1
+    );
 }
 
 #[test]
@@ -772,4 +821,147 @@ mod crash_everywhere {
     fn vhdx_dynamic() {
         run(|d| image(d, ImageFormat::Vhdx, Subformat::Dynamic));
     }
+}
+
+/// A version-1 sidecar as the first rehost wrote it: the version-2 record
+/// without its sequence number and slot size, to the end of the file.
+fn version_1(record: &StateRecord, log: Option<&AlSlot>) -> Vec<u8> {
+    let v2 = record.to_bytes();
+    let mut r = v2[..sidecar_spec::STATE_HEADER_SIZE_V1].to_vec();
+    r.extend_from_slice(&v2[sidecar_spec::STATE_HEADER_SIZE..]);
+    r[8..12].copy_from_slice(&1u32.to_le_bytes());
+    r[12..16].copy_from_slice(&112u32.to_le_bytes());
+    let len = r.len() as u64;
+    r[80..88].copy_from_slice(&len.to_le_bytes());
+    let crc = sidecar_spec::checksum(&r, sidecar_spec::STATE_CRC_AT);
+    r[92..96].copy_from_slice(&crc.to_le_bytes());
+    let mut out = vec![0u8; STATE_OFFSET];
+    if let Some(l) = log {
+        out[AL_SLOT_SIZE..STATE_OFFSET].copy_from_slice(&l.to_bytes());
+    }
+    out.extend_from_slice(&r);
+    out
+}
+
+#[test]
+fn a_version_1_sidecar_is_read_and_rewritten_as_version_2() {
+    let s = scratch();
+    let (bytes, _) = clean_sidecar(&s);
+    let path = sidecar_path(&s.image);
+    let (record, _) = current_record(&bytes);
+    let want = {
+        let t = open(&s.image, &small_al());
+        let w = dirty_blocks(&t, "one");
+        drop(t);
+        w
+    };
+    // Clean: the bits as they were, and the file is version 2 now.
+    std::fs::write(&path, version_1(&record, None)).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(t.problem(), None);
+    assert_eq!(state_of(&t, "one"), BitmapState::Tracking);
+    assert_eq!(dirty_blocks(&t, "one"), want);
+    drop(t);
+    let now = std::fs::read(&path).unwrap();
+    assert_eq!(sidecar_spec::state_slots(&now).unwrap().version, 2);
+    // With a log left by a crash: the logged extent (64 KiB at 1 MiB) is
+    // recovered.
+    let log = AlSlot {
+        sequence: 1,
+        owner: record.state_id,
+        extent_size: 64 << 10,
+        extents: vec![16],
+    };
+    std::fs::write(&path, version_1(&record, Some(&log))).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(t.recovered_extents(), 1);
+    assert_eq!(state_of(&t, "one"), BitmapState::Tracking);
+    let mut with_log = want.clone();
+    with_log.extend(256..272);
+    assert_eq!(dirty_blocks(&t, "one"), with_log);
+    drop(t);
+    // A version-1 log of another state: nothing says what was written.
+    let stranger = AlSlot {
+        owner: record.state_id ^ 1,
+        ..log
+    };
+    std::fs::write(&path, version_1(&record, Some(&stranger))).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(state_of(&t, "one"), BitmapState::ResyncRequired);
+}
+
+#[test]
+fn a_lost_newer_record_whose_log_was_used_needs_a_resync() {
+    let s = scratch();
+    let path = sidecar_path(&s.image);
+    let t = open(&s.image, &small_al());
+    t.add_bitmap("b", 4096).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap();
+    t.flush().unwrap();
+    // A write announced under the record just written, then a crash.
+    t.write_at(1 << 20, &[1u8; 4096]).unwrap();
+    t.crash();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (record, at) = current_record(&bytes);
+    // The record in force is lost (damaged): the older one stands, but the
+    // log belongs to the lost one, so what it covered is not known.
+    bytes[at as usize + record.encoded_len() - 1] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let t = open(&s.image, &small_al());
+    assert_eq!(state_of(&t, "b"), BitmapState::ResyncRequired);
+    assert!(
+        t.problem()
+            .is_some_and(|p| p.contains("belongs to state record")),
+        "{:?}",
+        t.problem()
+    );
+}
+
+#[test]
+fn opening_a_clean_sidecar_writes_nothing() {
+    let s = scratch();
+    let path = sidecar_path(&s.image);
+    let t = open(&s.image, &TrackerOptions::default());
+    t.add_bitmap("b", 65536).unwrap();
+    t.write_at(0, &[1u8; 512]).unwrap();
+    t.close().unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let t = open(&s.image, &TrackerOptions::default());
+    t.close().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // A write then goes under the record in force, and closing writes the
+    // next one into the other slot.
+    let t = open(&s.image, &TrackerOptions::default());
+    t.write_at(1 << 20, &[1u8; 512]).unwrap();
+    t.close().unwrap();
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(
+        current_record(&after).0.sequence,
+        current_record(&before).0.sequence + 1
+    );
+    let t = open(&s.image, &TrackerOptions::default());
+    assert_eq!(t.problem(), None);
+    assert_eq!(
+        t.dirty_extents("b").unwrap(),
+        vec![0..65536, (1 << 20)..(1 << 20) + 65536]
+    );
+}
+
+#[test]
+fn closing_a_flushed_vhdx_needs_no_second_persist() {
+    let s = scratch_of(3);
+    let path = sidecar_path(&s.image);
+    let t = track_any(&s.image, &TrackerOptions::default());
+    t.add_bitmap("b", 65536).unwrap();
+    t.write_at(0, &[1u8; 4096]).unwrap();
+    t.flush().unwrap();
+    let flushed = std::fs::read(&path).unwrap();
+    // Closing rewrites the VHDX headers (its modification time), not its
+    // data or DataWriteGuid: the record written at the flush still holds.
+    t.close().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), flushed);
+    let t = track_any(&s.image, &TrackerOptions::default());
+    assert_eq!(t.problem(), None);
+    assert_eq!(state_of(&t, "b"), BitmapState::Tracking);
+    assert_eq!(t.dirty_extents("b").unwrap(), vec![0..65536]);
 }
