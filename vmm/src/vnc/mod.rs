@@ -146,10 +146,17 @@ impl Shared {
     /// [`REFRESH_PERIOD`].
     pub fn refresh(&self) {
         let mut last = self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < REFRESH_PERIOD) {
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REFRESH_PERIOD) {
             return;
         }
-        *last = Some(Instant::now());
+        // Renders stay on a grid of whole periods while viewers keep up:
+        // a viewer's wake-up latency (poll rounds up to a millisecond)
+        // must not stretch every period (30 ms became 30.6).
+        *last = Some(match *last {
+            Some(t) if now.duration_since(t) < 2 * REFRESH_PERIOD => t + REFRESH_PERIOD,
+            _ => now,
+        });
         drop(last);
         self.console.refresh();
     }
