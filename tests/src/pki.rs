@@ -16,10 +16,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {out:?}");
 }
 
-/// A CA (`NAME-ca-key.pem`, `NAME-ca-cert.pem`) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    let key = format!("{name}-ca-key.pem");
-    let cert = format!("{name}-ca-cert.pem");
+/// A new P-256 private key in `dir/key`.
+fn ec_key(dir: &Path, key: &str) {
     openssl(
         dir,
         &[
@@ -29,9 +27,16 @@ fn make_ca(dir: &Path, name: &str) {
             "-genkey",
             "-noout",
             "-out",
-            &key,
+            key,
         ],
     );
+}
+
+/// A CA (`NAME-ca-key.pem`, `NAME-ca-cert.pem`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    let key = format!("{name}-ca-key.pem");
+    let cert = format!("{name}-ca-cert.pem");
+    ec_key(dir, &key);
     openssl(
         dir,
         &[
@@ -58,18 +63,7 @@ fn make_ca(dir: &Path, name: &str) {
 /// the given extensions.
 fn make_cert(dir: &Path, ca: &str, out: &str, cn: &str, ext: &str) {
     let key = format!("{out}-key.pem");
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &key,
-        ],
-    );
+    ec_key(dir, &key);
     // PKCS#8, as certtool and QEMU's documentation make them.
     openssl(
         dir,

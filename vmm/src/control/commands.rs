@@ -552,12 +552,7 @@ fn object_add(ctl: &VmControl, args: &serde_json::Map<String, Value>) -> Result<
         ],
     )?;
     let id = a.str("id")?;
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !crate::usb::valid_id(id) {
         return Err(QmpError::generic(format!(
             "Parameter 'id' expects an identifier (letters, digits, '-', '_', '.'; at most 64), not '{id}'"
         )));
