@@ -364,15 +364,21 @@ pub enum DiskCommand {
         child: PathBuf,
     },
     /// Export the image over NBD until SIGINT or SIGTERM, then flush and
-    /// close it. NBD has no authentication (and rehost no TLS yet): anyone
-    /// who can connect can read (and, without --read-only, write) the disk.
+    /// close it. Without --tls-creds anyone who can connect can read (and,
+    /// without --read-only, write) the disk; with it only TLS clients (with
+    /// a certificate from the CA, unless --tls-verify-peer off) are served.
     /// A unix socket is made mode 0600 and serves only this user (and
     /// root); TCP listens on loopback unless HOST says otherwise.
     #[command(after_help = crate::disk_serve::SERVE_HELP)]
     Serve(crate::disk_serve::ServeArgs),
     /// Run a read or write pattern through rehost's block stack, in this
     /// process, one request at a time, and print MiB/s and IOPS. Writing
-    /// patterns change the image and end with a flush (timed).
+    /// patterns change the image and end with a flush (timed). An image
+    /// with dirty bitmaps is written through its tracker (they stay up to
+    /// date) and the tracker's own cost is printed: activity log updates,
+    /// persists and the time spent in the tracker (recording writes and
+    /// persisting, without the image's own flush; with --json as
+    /// "tracking": {"log_updates", "persists", "seconds"}).
     #[command(after_help = SIZE_HELP)]
     Bench {
         /// seq-read and seq-write: 1 MiB requests from offset 0;
@@ -591,22 +597,33 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
             // Writes go through the dirty tracker when the image has
             // bitmaps, so they stay up to date.
             let tracked = pattern.is_write() && dirty::sidecar_path(&path).exists();
-            let r = if tracked {
+            let (r, cost) = if tracked {
                 let tracker = DirtyTracker::open_image(
                     std::sync::Arc::from(image),
                     &TrackerOptions::default(),
                 )?;
                 let r = bench::run(&tracker, &options);
+                // Taken before closing: the run ends with a flush, after
+                // which closing has nothing more to persist.
+                let cost = tracker.cost();
                 tracker.close()?;
-                r?
+                (r?, Some(cost))
             } else {
                 let r = bench::run(image.as_ref(), &options)?;
                 drop(image);
-                r
+                (r, None)
             };
             if json {
+                let tracking = cost.map_or(String::new(), |c| {
+                    format!(
+                        ",\"tracking\":{{\"log_updates\":{},\"persists\":{},\"seconds\":{:.6}}}",
+                        c.log_updates,
+                        c.persists,
+                        c.seconds()
+                    )
+                });
                 println!(
-                    "{{\"pattern\":\"{}\",\"requests\":{},\"bytes\":{},\"seconds\":{:.6},\"mib_per_sec\":{:.2},\"iops\":{:.1}}}",
+                    "{{\"pattern\":\"{}\",\"requests\":{},\"bytes\":{},\"seconds\":{:.6},\"mib_per_sec\":{:.2},\"iops\":{:.1}{tracking}}}",
                     pattern.name(),
                     r.requests,
                     r.bytes,
@@ -624,6 +641,14 @@ fn run(cmd: DiskCommand) -> anyhow::Result<u8> {
                     r.mib_per_sec(),
                     r.iops()
                 );
+                if let Some(c) = cost {
+                    println!(
+                        "dirty tracking: {} activity log updates, {} persists, {:.3} s in the tracker",
+                        c.log_updates,
+                        c.persists,
+                        c.seconds()
+                    );
+                }
             }
             Ok(0)
         }

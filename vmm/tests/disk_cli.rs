@@ -478,16 +478,7 @@ fn bench_prints_throughput_and_iops() {
     let img = dir.path().join("b.vhd");
     rehost_ok(&[&"disk", &"create", &"-f", &"vhd", &img, &"16M"]);
     for pattern in ["seq-write", "seq-read", "rand-write-4k", "rand-read-4k"] {
-        let out = rehost_ok(&[
-            &"disk",
-            &"bench",
-            &"--pattern",
-            &pattern,
-            &"--bytes",
-            &"4M",
-            &"--json",
-            &img,
-        ]);
+        let out = bench_json(&img, pattern);
         assert!(out.contains(&format!("\"pattern\":\"{pattern}\"")), "{out}");
         assert!(
             out.contains("\"mib_per_sec\":") && out.contains("\"iops\":"),
@@ -497,5 +488,51 @@ fn bench_prints_throughput_and_iops() {
         assert!(out.contains(&format!("\"requests\":{expect},")), "{out}");
     }
     rehost_ok(&[&"disk", &"check", &img]);
-    let _ = Path::new("");
+    assert!(
+        !out_has_tracking(&img, "seq-write"),
+        "no bitmap, no tracker"
+    );
+    // With a bitmap the writes go through the tracker, which says what it
+    // cost and keeps the bitmap up to date.
+    rehost_ok(&[&"disk", &"bitmap", &"add", &img, &"b1"]);
+    assert!(out_has_tracking(&img, "seq-write"));
+    let list = rehost_ok(&[&"disk", &"bitmap", &"list", &"--json", &img]);
+    assert!(list.contains("\"dirty_bytes\":4194304"), "{list}");
+    let text = rehost_ok(&[
+        &"disk",
+        &"bench",
+        &"--pattern",
+        &"rand-write-4k",
+        &"--bytes",
+        &"64K",
+        &img,
+    ]);
+    assert!(
+        text.contains("dirty tracking: ") && text.contains(" s in the tracker"),
+        "{text}"
+    );
+}
+
+/// `rehost disk bench --json` of 4 MiB of `pattern` on `img`.
+fn bench_json(img: &Path, pattern: &str) -> String {
+    disk_bench(img, pattern, "4M", "1", true)
+}
+
+/// Whether `disk bench --json` of `pattern` (4 MiB) reports the tracker:
+/// its log updates, persists and time.
+fn out_has_tracking(img: &Path, pattern: &str) -> bool {
+    let out = bench_json(img, pattern);
+    let Some(at) = out.find("\"tracking\":{\"log_updates\":") else {
+        return false;
+    };
+    let t = &out[at..];
+    let n = |key: &str| -> f64 {
+        let k = format!("\"{key}\":");
+        let v = &t[t.find(&k).expect(key) + k.len()..];
+        v.split([',', '}']).next().unwrap().parse().expect(key)
+    };
+    assert!(n("log_updates") >= 1.0, "{out}");
+    assert!(n("persists") >= 1.0, "{out}");
+    assert!(n("seconds") > 0.0, "{out}");
+    true
 }

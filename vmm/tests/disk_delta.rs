@@ -41,17 +41,7 @@ fn assert_equal(format: Option<ImageFormat>, a: &Path, b: &Path, what: &str) {
 
 /// Writes through rehost (so bitmaps are kept): `disk bench` patterns.
 fn bench_write(img: &Path, pattern: &str, bytes: &str, seed: &str) {
-    rehost_ok(&[
-        &"disk",
-        &"bench",
-        &"--pattern",
-        &pattern,
-        &"--bytes",
-        &bytes,
-        &"--seed",
-        &seed,
-        &img,
-    ]);
+    disk_bench(img, pattern, bytes, seed, false);
 }
 
 fn export(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {

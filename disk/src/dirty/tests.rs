@@ -564,6 +564,29 @@ fn a_torn_activity_log_update_falls_back_to_the_other_slot() {
 }
 
 #[test]
+fn the_tracker_counts_its_own_log_updates_persists_and_time() {
+    let s = scratch();
+    let t = open(&s.image, &small_al());
+    assert_eq!(t.cost(), TrackerCost::default());
+    t.add_bitmap("b", 65536).unwrap();
+    let added = t.cost();
+    assert_eq!((added.log_updates, added.persists), (0, 1));
+    // The first write to an extent updates the log; more writes to it do not.
+    t.write_at(0, &[1u8; 512]).unwrap();
+    t.write_at(4096, &[1u8; 512]).unwrap();
+    assert_eq!(t.cost().log_updates, 1);
+    t.write_at(5 * 65536, &[1u8; 512]).unwrap();
+    let written = t.cost();
+    assert_eq!((written.log_updates, written.persists), (2, 1));
+    assert!(written.record_nanos > 0 && written.seconds() > added.seconds());
+    t.flush().unwrap();
+    assert_eq!(t.cost().persists, 2);
+    // Nothing new to say: no persist counted.
+    t.flush().unwrap();
+    assert_eq!(t.cost().persists, 2);
+}
+
+#[test]
 fn a_flush_without_writes_leaves_the_sidecar_alone() {
     let s = scratch();
     let path = sidecar_path(&s.image);

@@ -13,12 +13,19 @@
 //! `--tracking` measures dirty tracking's cost instead: seq-write and
 //! rand-write-4k through `rehost disk bench` on fresh images without a
 //! bitmap and with one (`rehost disk bitmap add`, default granularity and
-//! activity log), alternating as below; the ratio is tracked / untracked.
-//! Each side's time is its process's wall time, so the tracked side's
-//! includes what tracking costs per session (reading the sidecar, and the
-//! persist at close); adding the bitmap is not timed. rehost's in-process
-//! figures (the requests and the final flush, without open and close) and
-//! their ratio are shown beside them.
+//! activity log), alternating as below; the ratio is tracked / untracked
+//! medians, and `paired` the median of each round's two runs' ratio
+//! (which cancels drift across rounds). Each side's time is its process's
+//! wall time, so the tracked side's includes what tracking costs per
+//! session (reading the sidecar, and the persist at close); adding the
+//! bitmap is not timed. Every run starts after `sync`, so no run pays for
+//! the writeback of the one before it (the page cache's dirty data is the
+//! largest source of spread in write figures). `own` is the time rehost
+//! counts in its tracker (recording each write: its bits, and activity log
+//! updates with their syncs; persists, without the image's own flush), as
+//! a share of the tracked run's wall time: the cost of tracking read directly, where the
+//! throughput ratio carries the noise of the host's writeback. Without
+//! `--runs`, `--tracking` runs 9 per side.
 //!
 //! The references, named in every row:
 //! - sequential patterns: `qemu-img bench` (QEMU's in-process block
@@ -87,6 +94,7 @@ fn args() -> Args {
         rehost: exe.with_file_name("rehost"),
         tracking: false,
     };
+    let mut runs_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -94,7 +102,10 @@ fn args() -> Args {
             "--size" => a.size = parse_size(&value()),
             "--rand-bytes" => a.rand_bytes = parse_size(&value()),
             "--seed" => a.seed = value().parse().expect("seed"),
-            "--runs" => a.runs = value().parse().expect("--runs N"),
+            "--runs" => {
+                a.runs = value().parse().expect("--runs N");
+                runs_given = true;
+            }
             "--formats" => a.formats = value().split(',').map(str::to_owned).collect(),
             "--dir" => a.dir = PathBuf::from(value()),
             "--rehost" => a.rehost = PathBuf::from(value()),
@@ -105,6 +116,9 @@ fn args() -> Args {
             }
             other => panic!("unknown argument {other}"),
         }
+    }
+    if a.tracking && !runs_given {
+        a.runs = 9;
     }
     assert!(a.runs > 0, "--runs must be at least 1");
     a
@@ -176,9 +190,29 @@ fn qemu_format(fmt: &str) -> &str {
     }
 }
 
+/// The number after `"key":` in rehost's one-line JSON, NaN if absent.
+fn json_number(out: &str, key: &str) -> f64 {
+    let tag = format!("\"{key}\":");
+    out.find(&tag)
+        .and_then(|at| {
+            out[at + tag.len()..]
+                .split([',', '}'])
+                .next()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// One pass of rehost: MiB/s over the process's wall time, and its own
 /// in-process figure.
 fn rehost_run(a: &Args, img: &Path, p: Pattern, bytes: u64) -> (f64, f64) {
+    let (wall, out) = rehost_pass(a, img, p, bytes);
+    (wall, json_number(&out, "mib_per_sec"))
+}
+
+/// One pass of `rehost disk bench --json`: MiB/s over the process's wall
+/// time and what it printed.
+fn rehost_pass(a: &Args, img: &Path, p: Pattern, bytes: u64) -> (f64, String) {
     let start = Instant::now();
     let out = check(
         Command::new(&a.rehost)
@@ -189,16 +223,7 @@ fn rehost_run(a: &Args, img: &Path, p: Pattern, bytes: u64) -> (f64, f64) {
             .arg(img),
     );
     let secs = start.elapsed().as_secs_f64();
-    let inner = out
-        .find("\"mib_per_sec\":")
-        .and_then(|at| {
-            out[at + 14..]
-                .split([',', '}'])
-                .next()
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(f64::NAN);
-    (bytes as f64 / 1048576.0 / secs, inner)
+    (bytes as f64 / 1048576.0 / secs, out)
 }
 
 /// Seconds `qemu-io` takes to run `script` on the image `target` (given
@@ -314,20 +339,14 @@ struct Row {
 /// `--tracking`: the same writes without and with a dirty bitmap.
 fn tracking(a: &Args) {
     println!(
-        "dirty tracking cost: disk {} bytes, rand-write-4k {} bytes, seed {}, {} runs per side (sides alternate, first side rotates)",
+        "dirty tracking cost: disk {} bytes, rand-write-4k {} bytes, seed {}, {} runs per side (sides alternate, first side rotates; `sync` before every run)",
         a.size, a.rand_bytes, a.seed, a.runs
     );
-    println!("MiB/s over each process's wall time: median (min-max); ratio = tracked / untracked; (in-proc) medians and their ratio");
+    println!("MiB/s over each process's wall time: median (min-max); ratio = tracked / untracked medians; paired = median of each round's tracked / untracked;");
+    println!("own = the time rehost counts in its tracker (recording writes: bits and activity log updates with their syncs; persists without the image's flush) as a share of the tracked run's wall time, median; log = activity log updates per run, median");
     println!(
-        "{:<5} {:<13} {:>26} {:>9} {:>26} {:>9} {:>7} {:>9}",
-        "fmt",
-        "pattern",
-        "untracked MiB/s",
-        "(in-proc)",
-        "tracked MiB/s",
-        "(in-proc)",
-        "ratio",
-        "(in-proc)"
+        "{:<5} {:<13} {:>26} {:>26} {:>7} {:>7} {:>7} {:>5}",
+        "fmt", "pattern", "untracked MiB/s", "tracked MiB/s", "ratio", "paired", "own", "log"
     );
     for fmt in &a.formats {
         for p in [Pattern::SeqWrite, Pattern::RandWrite4k] {
@@ -337,8 +356,11 @@ fn tracking(a: &Args) {
                 a.rand_bytes
             };
             let mut runs = [Vec::new(), Vec::new()];
-            let mut inner = [Vec::new(), Vec::new()];
+            let mut paired = Vec::new();
+            let mut own = Vec::new();
+            let mut log = Vec::new();
             for round in 0..a.runs {
+                let mut this = [f64::NAN; 2];
                 for side in round_order(round, 2) {
                     let img = fresh(a, fmt, "tracking");
                     let sidecar = rehost_disk::dirty::sidecar_path(&img);
@@ -351,6 +373,9 @@ fn tracking(a: &Args) {
                                 .arg("b1"),
                         );
                     }
+                    // The last run's writeback (and the new image's) is
+                    // on disk before this run starts, for both sides.
+                    check(&mut Command::new("sync"));
                     eprintln!(
                         "{fmt} {}: round {}/{}: {}",
                         p.name(),
@@ -358,24 +383,31 @@ fn tracking(a: &Args) {
                         a.runs,
                         ["untracked", "tracked"][side]
                     );
-                    let (wall, in_proc) = rehost_run(a, &img, p, bytes);
+                    let start = Instant::now();
+                    let (wall, out) = rehost_pass(a, &img, p, bytes);
+                    let secs = start.elapsed().as_secs_f64();
+                    if side == 1 {
+                        let t = out.find("\"tracking\":").map_or("", |at| &out[at..]);
+                        own.push(json_number(t, "seconds") / secs * 100.0);
+                        log.push(json_number(t, "log_updates"));
+                    }
                     runs[side].push(wall);
-                    inner[side].push(in_proc);
+                    this[side] = wall;
                     let _ = std::fs::remove_file(&img);
                     let _ = std::fs::remove_file(&sidecar);
                 }
+                paired.push(this[1] / this[0]);
             }
             let (off, on) = (Spread::of(&runs[0]), Spread::of(&runs[1]));
-            let (off_in, on_in) = (Spread::of(&inner[0]).median, Spread::of(&inner[1]).median);
             println!(
-                "{fmt:<5} {:<13} {:>26} {:>9.1} {:>26} {:>9.1} {:>6.3}x {:>8.3}x",
+                "{fmt:<5} {:<13} {:>26} {:>26} {:>6.3}x {:>6.3}x {:>6.2}% {:>5.0}",
                 p.name(),
                 off.show(1),
-                off_in,
                 on.show(1),
-                on_in,
                 on.median / off.median,
-                on_in / off_in
+                Spread::of(&paired).median,
+                Spread::of(&own).median,
+                Spread::of(&log).median,
             );
         }
     }

@@ -29,6 +29,27 @@ pub fn rehost(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
     )
 }
 
+/// `rehost disk bench --pattern PATTERN --bytes BYTES --seed SEED
+/// [--json] IMG`, which must succeed; returns stdout. Writes go through the
+/// image's dirty tracker when it has bitmaps.
+pub fn disk_bench(img: &Path, pattern: &str, bytes: &str, seed: &str, json: bool) -> String {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"disk",
+        &"bench",
+        &"--pattern",
+        &pattern,
+        &"--bytes",
+        &bytes,
+        &"--seed",
+        &seed,
+    ];
+    if json {
+        args.push(&"--json");
+    }
+    args.push(&img);
+    rehost_ok(&args)
+}
+
 /// `rehost ARGS...`, which must succeed; returns stdout.
 pub fn rehost_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     let (code, out, err) = rehost(args);
