@@ -116,6 +116,14 @@ pub struct RunArgs {
     /// Exit (code 3) instead of restarting when the guest resets the machine.
     #[arg(long = "no-reboot")]
     pub no_reboot: bool,
+    /// Do not run the P2V check before booting. By default every IDE and
+    /// AHCI hard disk that holds Windows is checked as `rehost p2v check`
+    /// does (read-only, a fraction of a second), and when Windows is
+    /// predicted not to boot on that disk's controller (e.g. STOP 0x7B: its
+    /// driver disabled) one warning line says why before the machine
+    /// starts; it boots anyway.
+    #[arg(long = "no-p2v-check")]
+    pub no_p2v_check: bool,
     /// A hard disk: a raw, VHD or VHDX image (the format is read from the
     /// file), on the PIIX3 IDE controller (default) or the ICH9 AHCI
     /// controller; `readonly=on` makes guest writes fail with ATA errors.

@@ -119,6 +119,11 @@ impl MachineConfig {
         }
         crate::serial::settle_specs(&mut com_ports);
         let drives = crate::storage::open_drives(&args.disks, &args.cdroms)?;
+        if !args.no_p2v_check {
+            for w in crate::p2v_cmd::boot_warnings(&drives) {
+                tracing::warn!("{w}");
+            }
+        }
         let in_use: Vec<PathBuf> = drives
             .iter()
             .filter_map(|d| std::fs::canonicalize(&d.spec.path).ok())

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
-use rehost_boot::p2v::check::{check_image, Controller};
+use rehost_boot::p2v::check::{check_device, check_image, Controller};
 use rehost_boot::p2v::fix::fix_image;
 
 const FIX_HELP: &str = "\
@@ -209,4 +209,45 @@ pub fn execute(cmd: P2vCommand) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+/// What `rehost run` says before booting (unless `--no-p2v-check`): one
+/// line for each IDE or AHCI hard disk that holds a Windows installation
+/// which the P2V check predicts will not boot on that disk's controller.
+/// Disks without Windows (Linux, GRUB, data disks) and disks the check
+/// cannot read give no line: the doctor judges migrated Windows only.
+pub fn boot_warnings(drives: &[crate::storage::DriveConfig]) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in drives {
+        let Some(image) = &d.image else { continue };
+        if d.kind != crate::storage::DriveKind::Disk {
+            continue;
+        }
+        let controller = match d.spec.controller {
+            crate::storage::Controller::Ide => Controller::Ide,
+            crate::storage::Controller::Ahci => Controller::Ahci,
+        };
+        let path = d.spec.path.display().to_string();
+        let report = match check_device(&path, image.as_ref(), &[controller]) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("p2v check of --disk {path}: {e}");
+                continue;
+            }
+        };
+        let windows = report
+            .findings
+            .iter()
+            .any(|f| f.check == "windows_install" && f.ok);
+        if !windows || report.boots() {
+            continue;
+        }
+        for v in &report.controllers {
+            out.push(format!(
+                "--disk {path}: {} (`rehost p2v check {path}` shows the evidence, `rehost p2v fix` repairs it in a differencing child; --no-p2v-check skips this check)",
+                v.line
+            ));
+        }
+    }
+    out
 }

@@ -878,3 +878,101 @@ fn software_hive_gives_the_windows_version() {
         "SOFTWARE has no Microsoft\\Windows NT\\CurrentVersion key; version unknown"
     );
 }
+
+/// `rehost run --disk IMAGE,controller=C EXTRA...` until SeaBIOS says on
+/// COM1 that it boots the disk (the check, if any, is over by then), or
+/// 60 s: (stdout, stderr).
+fn run_until_booting(image: &Path, controller: &str, extra: &[&str]) -> (String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let disk = format!("{},controller={controller}", image.display());
+    let mut child = Command::new(REHOST)
+        .args(["run", "--memory", "32M", "--disk", &disk])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if text.contains("Booting from Hard Disk") {
+                let _ = tx.send(text);
+                return;
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    (out, err.join().unwrap())
+}
+
+#[test]
+fn run_warns_before_booting_windows_on_a_controller_it_has_no_driver_for() {
+    if !have_tools() {
+        return;
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        let reason = format!("rehost run needs /dev/kvm: {e}");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{reason}");
+        }
+        skip(&reason);
+        return;
+    }
+    let dir = tempdir();
+    let d = dir.path();
+    let system = hive(d, "SYSTEM");
+    let img = build(d, "win7.raw", &system, &[]);
+    let warning = "AHCI: will stop with 0x7B: msahci Start = 3 in ControlSet001";
+    for (controller, extra, warns) in [
+        ("ahci", &[][..], true),
+        ("ide", &[][..], false),
+        ("ahci", &["--no-p2v-check"][..], false),
+    ] {
+        let (out, err) = run_until_booting(&img, controller, extra);
+        assert!(
+            out.contains("Booting from Hard Disk"),
+            "{controller} {extra:?}: the machine did not start booting\nstdout: {out}\nstderr: {err}"
+        );
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("--disk ")).collect();
+        if warns {
+            assert_eq!(lines.len(), 1, "{err}");
+            assert!(lines[0].contains(warning), "{err}");
+            assert!(lines[0].contains(&img.display().to_string()), "{err}");
+            assert!(lines[0].contains("--no-p2v-check"), "{err}");
+        } else {
+            assert!(lines.is_empty(), "{controller} {extra:?}: {err}");
+        }
+    }
+    // A disk without Windows gets no warning on either controller.
+    let plain = d.join("plain.raw");
+    std::fs::write(&plain, vec![0u8; 1 << 20]).unwrap();
+    for controller in ["ide", "ahci"] {
+        let (out, err) = run_until_booting(&plain, controller, &[]);
+        assert!(out.contains("Booting from Hard Disk"), "{out}\n{err}");
+        assert!(!err.contains("--disk "), "{err}");
+    }
+}
