@@ -25,16 +25,16 @@
 //! plain files), and QEMU gets `-enable-kvm -nodefaults -nographic`.
 //!
 //! `--chunk` is the sectors per INT 13h call (default 16, 8 KiB), the same
-//! on both sides. QEMU 7.2's UHCI fails a run now and then here with
-//! `int13: FAIL read ah=0c` (SeaBIOS's "bad track": its USB mass-storage
-//! request failed), at a different LBA each time, in warm and cold reads,
-//! with 32 KiB and 8 KiB calls alike, while most runs of the same image
-//! pass: SeaBIOS gives each USB transfer a time limit, and QEMU's UHCI
-//! answers NAK until its asynchronous read from the host completes,
-//! which on a loaded host with every guest instruction emulated (KVM on
-//! PVM) now and then takes longer. A failed run is therefore run again
-//! (at most [`ATTEMPTS`] times in all) and the failures are printed with
-//! the figures, per side; a side that fails every attempt has no figures.
+//! on both sides. QEMU 7.2's UHCI fails runs here with `int13: FAIL read
+//! ah=0c` (SeaBIOS's "bad track": its USB mass-storage request failed), at
+//! a different LBA each time, in warm and cold reads (never in writes),
+//! with 32 KiB and 8 KiB calls alike; the longer the read, the likelier.
+//! SeaBIOS's debug port then says `Timeout on wait_pipe (... s=18400000)`:
+//! QEMU completed a bulk TD with Stalled set, which halts the queue, and
+//! SeaBIOS gave up waiting for it. A failed run is therefore run again (at
+//! most [`ATTEMPTS`] times in all) and the failures are printed with the
+//! figures, per side; a side that fails every attempt has no figures, and
+//! a smaller `--mib` gives QEMU a better chance of a figure.
 //!
 //! Each round runs both VMMs (which one goes first swaps every round); the
 //! figures are those of bench-storage: the write, a warm read (the data
