@@ -195,7 +195,7 @@ fn main() {
         // Every failed attempt, per side.
         let mut retried: [Vec<String>; 2] = Default::default();
         if !has_rehost {
-            failed[0] = Some("rehost: controller not available".into());
+            failed[0] = Some("controller not available".into());
         }
         for r in 0..a.runs {
             for side in round_order(r, 2) {
@@ -226,7 +226,7 @@ fn main() {
                             let why = format!("{first} {fail}").trim().to_owned();
                             retried[side].push(why.clone());
                             if attempt == ATTEMPTS {
-                                failed[side] = Some(why);
+                                failed[side] = Some(format!("no figures: {why}"));
                                 break;
                             }
                         }
@@ -237,7 +237,7 @@ fn main() {
         for side in 0..2 {
             let name = ["rehost", "QEMU"][side];
             if let Some(why) = &failed[side] {
-                println!("{controller:<5} {name}: no figures: {why}");
+                println!("{controller:<5} {name}: {why}");
             } else if let Some(last) = retried[side].last() {
                 println!(
                     "{controller:<5} {name}: {} failed run(s) run again; last: {last}",
