@@ -6,6 +6,7 @@ mod skip_record;
 pub use skip_record::{skip, SKIP_LOG_ENV};
 
 pub mod display;
+pub mod int13_bench;
 pub mod pki;
 pub mod qmp;
 pub mod storage;

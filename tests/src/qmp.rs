@@ -8,6 +8,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// Starts `bin` with `args` and `--qmp SOCKET`, the socket in a short
+/// directory of its own (Unix socket paths are limited to 107 bytes;
+/// target/ may be deep), which lives as long as the returned `TempDir`.
+pub fn start_with_qmp(
+    bin: &str,
+    args: &[&str],
+) -> (tempfile::TempDir, std::path::PathBuf, crate::Running) {
+    let dir = tempfile::Builder::new()
+        .prefix("rehost-qmp")
+        .tempdir()
+        .expect("creating a socket directory");
+    let sock = dir.path().join("vm.sock");
+    let sock_arg = sock.to_str().expect("a UTF-8 temporary path").to_owned();
+    let mut all = args.to_vec();
+    all.extend(["--qmp", &sock_arg]);
+    let run = crate::Running::start(bin, &all);
+    (dir, sock, run)
+}
+
 /// Waits until `path` accepts connections (rehost creates it at start).
 pub fn wait_for_socket(path: &Path, timeout: Duration) -> UnixStream {
     let deadline = Instant::now() + timeout;
@@ -148,4 +167,33 @@ pub fn error_class(r: &Value) -> &str {
 pub fn quit(q: &mut Qmp, run: &mut crate::Running, timeout: Duration) {
     assert_eq!(q.ok("quit", None), json!({}));
     run.expect_exit(0, timeout);
+}
+
+/// QEMU qcodes (and whether Shift goes with it) that type `c` on a US
+/// keyboard.
+fn qcode_of(c: char) -> (bool, String) {
+    match c {
+        'a'..='z' | '0'..='9' => (false, c.to_string()),
+        'A'..='Z' => (true, c.to_ascii_lowercase().to_string()),
+        ' ' => (false, "spc".into()),
+        '\n' => (false, "ret".into()),
+        '-' => (false, "minus".into()),
+        '$' => (true, "4".into()),
+        '{' => (true, "bracket_left".into()),
+        '}' => (true, "bracket_right".into()),
+        _ => panic!("no qcode for {c:?}"),
+    }
+}
+
+/// Types `text` through `send-key`, one request per character.
+pub fn send_text(q: &mut Qmp, text: &str) {
+    for c in text.chars() {
+        let (shift, code) = qcode_of(c);
+        let mut keys = Vec::new();
+        if shift {
+            keys.push(json!({"type": "qcode", "data": "shift"}));
+        }
+        keys.push(json!({"type": "qcode", "data": code}));
+        q.ok("send-key", Some(json!({"keys": keys, "hold-time": 30})));
+    }
 }

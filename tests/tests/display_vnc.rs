@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rehost_tests::qmp::Qmp;
+use rehost_tests::qmp::{send_text, Qmp};
 use rehost_tests::storage::{grub_disk, require_tools, scratch};
 use rehost_tests::{kvm_available, Running};
 use serde_json::json;
@@ -41,32 +41,6 @@ fn keys_disk(dir: &Path) -> PathBuf {
     let disk = dir.join("keys.raw");
     grub_disk(&disk, GRUB_CFG, &[]);
     disk
-}
-
-/// QEMU qcodes (and Shift) that type `c` on a US keyboard.
-fn qcodes(c: char) -> (bool, String) {
-    match c {
-        'a'..='z' | '0'..='9' => (false, c.to_string()),
-        'A'..='Z' => (true, c.to_ascii_lowercase().to_string()),
-        ' ' => (false, "spc".into()),
-        '\n' => (false, "ret".into()),
-        '$' => (true, "4".into()),
-        '{' => (true, "bracket_left".into()),
-        '}' => (true, "bracket_right".into()),
-        _ => panic!("no qcode for {c:?}"),
-    }
-}
-
-fn send_text(q: &mut Qmp, text: &str) {
-    for c in text.chars() {
-        let (shift, code) = qcodes(c);
-        let mut keys = Vec::new();
-        if shift {
-            keys.push(json!({"type": "qcode", "data": "shift"}));
-        }
-        keys.push(json!({"type": "qcode", "data": code}));
-        q.ok("send-key", Some(json!({"keys": keys, "hold-time": 30})));
-    }
 }
 
 struct Vm {

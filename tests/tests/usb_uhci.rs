@@ -189,14 +189,7 @@ struct Vm {
 
 impl Vm {
     fn start(args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("rehost-usb")
-            .tempdir()
-            .unwrap();
-        let sock = dir.path().join("vm.sock");
-        let mut all = args.to_vec();
-        all.extend(["--qmp", s(&sock)]);
-        let run = Running::start(REHOST, &all);
+        let (dir, sock, run) = rehost_tests::qmp::start_with_qmp(REHOST, args);
         Self {
             _dir: dir,
             sock,

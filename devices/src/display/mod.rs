@@ -119,6 +119,13 @@ pub mod buttons {
 /// from viewer and control threads, never from a vCPU.
 pub trait InputSink: Send + Sync {
     fn key(&self, key: Key, down: bool);
+    /// Nonzero when this keyboard takes the keys away from the others: a
+    /// USB keyboard the guest has configured says when (a count that grows
+    /// with each configuration), so the latest one wins; see
+    /// [`Console::key`].
+    fn key_claim(&self) -> u64 {
+        0
+    }
     /// A relative pointer move (`dy` grows downwards, as on the screen)
     /// with the buttons now held ([`buttons`] bits).
     fn pointer(&self, dx: i32, dy: i32, buttons: u8);
@@ -223,8 +230,16 @@ impl Console {
         Damage::Rects(rects)
     }
 
+    /// Types one key. The USB keyboard the guest configured last gets it
+    /// alone; while the guest has configured none, every input gets it
+    /// (the PS/2 keyboard, and USB keyboards that drop it until the guest
+    /// configures them). So a guest that drives USB keyboards gets each
+    /// key once, not also through PS/2 or a second keyboard, and one that
+    /// does not still types.
     pub fn key(&self, key: Key, down: bool) {
-        for sink in lock(&self.inputs).iter() {
+        let inputs = lock(&self.inputs);
+        let claim = inputs.iter().map(|s| s.key_claim()).max().unwrap_or(0);
+        for sink in inputs.iter().filter(|s| s.key_claim() == claim) {
             sink.key(key, down);
         }
     }
@@ -332,6 +347,53 @@ mod tests {
             self.0.lock().unwrap().push((key, down));
         }
         fn pointer(&self, _: i32, _: i32, _: u8) {}
+    }
+
+    struct Claimer(Recorder, std::sync::atomic::AtomicU64);
+    impl InputSink for Claimer {
+        fn key(&self, key: Key, down: bool) {
+            self.0.key(key, down);
+        }
+        fn key_claim(&self) -> u64 {
+            self.1.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn pointer(&self, _: i32, _: i32, _: u8) {}
+    }
+
+    #[test]
+    fn the_latest_claiming_keyboard_takes_the_keys_from_the_others() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let console = Console::new();
+        let claimer = || Arc::new(Claimer(Recorder(Mutex::new(Vec::new())), AtomicU64::new(0)));
+        let ps2 = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let (usb1, usb2) = (claimer(), claimer());
+        console.add_input(ps2.clone());
+        console.add_input(usb1.clone());
+        console.add_input(usb2.clone());
+        console.key(Key(0x1e), true); // nobody claims: all
+        usb1.1.store(5, Ordering::Relaxed);
+        console.key(Key(0x1e), false); // usb1 alone
+        usb2.1.store(7, Ordering::Relaxed);
+        console.key(Key(0x20), true); // usb2, the later one
+        usb2.1.store(0, Ordering::Relaxed);
+        console.key(Key(0x20), false); // usb1 again
+        usb1.1.store(0, Ordering::Relaxed);
+        console.key(Key(0x30), true); // all
+        let got = |r: &Recorder| r.0.lock().unwrap().clone();
+        assert_eq!(got(&ps2), vec![(Key(0x1e), true), (Key(0x30), true)]);
+        assert_eq!(
+            got(&usb1.0),
+            vec![
+                (Key(0x1e), true),
+                (Key(0x1e), false),
+                (Key(0x20), false),
+                (Key(0x30), true)
+            ]
+        );
+        assert_eq!(
+            got(&usb2.0),
+            vec![(Key(0x1e), true), (Key(0x20), true), (Key(0x30), true)]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! changed (idle rate 0).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::display::{InputSink, Key};
@@ -27,7 +28,16 @@ struct Keys {
     down: Vec<u8>,
     reports: VecDeque<[u8; hid::BOOT_REPORT_LEN]>,
     dropped: u64,
+    /// When the guest set a configuration (a [`CONFIGURATIONS`] count),
+    /// 0 while it has not: reports are queued only when configured, and
+    /// the latest configured keyboard takes the console's keys
+    /// ([`InputSink::key_claim`]).
+    configured: u64,
 }
+
+/// Counts configurations of every USB keyboard of the process, so the
+/// console can tell which one the guest readied last.
+static CONFIGURATIONS: AtomicU64 = AtomicU64::new(0);
 
 impl Keys {
     fn report(&self) -> [u8; hid::BOOT_REPORT_LEN] {
@@ -106,6 +116,13 @@ impl InputSink for KeyboardHandle {
         }
     }
 
+    fn key_claim(&self) -> u64 {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .configured
+    }
+
     /// A keyboard has no pointer.
     fn pointer(&self, _dx: i32, _dy: i32, _buttons: u8) {}
 }
@@ -135,12 +152,31 @@ impl KeyboardHandle {
         } else {
             k.down.retain(|&u| u != usage);
         }
+        // An unconfigured keyboard reports nothing: keys typed before the
+        // guest drives it are not replayed later.
+        if k.configured == 0 {
+            return;
+        }
         let r = k.report();
         if k.reports.len() >= MAX_QUEUED {
             k.dropped += 1;
             return;
         }
         k.reports.push_back(r);
+    }
+
+    /// The guest set (or cleared, or reset) the configuration: reports
+    /// from before are dropped.
+    fn set_configured(&self, configured: bool) {
+        let mut k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if (k.configured != 0) != configured {
+            k.configured = if configured {
+                CONFIGURATIONS.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                0
+            };
+            k.reports.clear();
+        }
     }
 
     /// Reports waiting for the guest.
@@ -226,6 +262,7 @@ impl UsbKeyboard {
             return done.data_in(d);
         }
         if let Some(a) = device::standard_request(&self.info, &mut self.state, setup, self.speed) {
+            self.keys.set_configured(self.state.configuration != 0);
             return device::complete_control(done, a);
         }
         if setup.request_type & ch9::REQ_TYPE_MASK != ch9::REQ_TYPE_CLASS {
@@ -276,6 +313,7 @@ impl UsbDevice for UsbKeyboard {
     fn reset(&mut self, speed: Speed) {
         self.speed = speed;
         self.state = DeviceState::default();
+        self.keys.set_configured(false);
         self.boot_protocol = false;
         self.idle = 0;
     }
@@ -349,6 +387,7 @@ mod tests {
     #[test]
     fn console_keys_become_boot_reports() {
         let k = KeyboardHandle::default();
+        k.set_configured(true);
         let sink: &dyn InputSink = &k;
         sink.key(Key(0x2a), true); // left Shift
         sink.key(Key(0x1e), true); // a
@@ -411,7 +450,11 @@ mod tests {
         let h = KeyboardHandle::default();
         let mut k = UsbKeyboard::new(h.clone());
         k.reset(Speed::Full);
-        // Not configured: the endpoint does not answer.
+        // Not configured: the endpoint does not answer, keys are dropped.
+        h.key(0x04, true);
+        h.key(0x04, false);
+        assert_eq!(h.queued(), 0);
+        assert_eq!(InputSink::key_claim(&h), 0);
         assert_eq!(interrupt(&mut k).0, TransferStatus::Stall);
         assert_eq!(
             control(&mut k, 0, ch9::SET_CONFIGURATION, 1, 0).0,
@@ -440,6 +483,23 @@ mod tests {
         );
         assert_eq!(interrupt(&mut k), (TransferStatus::Success, vec![0; 8]));
         assert_eq!(interrupt(&mut k).0, TransferStatus::Nak);
+        // Configured, the keyboard claims the console's keys; reset by the
+        // guest, it lets them go and drops what it had queued.
+        assert_ne!(InputSink::key_claim(&h), 0);
+        h.key(0x05, true);
+        k.reset(Speed::Full);
+        assert_eq!(InputSink::key_claim(&h), 0);
+        assert_eq!(h.queued(), 0);
+        h.key(0x05, false);
+        h.key(0x06, true);
+        assert_eq!(h.queued(), 0, "an unconfigured keyboard queued reports");
+        assert_eq!(
+            control(&mut k, 0, ch9::SET_CONFIGURATION, 1, 0).0,
+            TransferStatus::Success
+        );
+        assert_eq!(interrupt(&mut k).0, TransferStatus::Nak);
+        h.key(0x06, false);
+        assert_eq!(interrupt(&mut k), (TransferStatus::Success, vec![0; 8]));
         // The report descriptor is an interface GET_DESCRIPTOR.
         let (s, d) = control(&mut k, 0x81, ch9::GET_DESCRIPTOR, 0x2200, 255);
         assert_eq!(s, TransferStatus::Success);

@@ -26,13 +26,11 @@
 //! Figures are medians with min-max; a cold read that could not be made
 //! cold is not printed.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use rehost_tests::bench::{make_cold, round_order, Spread, DEFAULT_RUNS};
+use rehost_tests::bench::{round_order, Spread, DEFAULT_RUNS};
+use rehost_tests::int13_bench::{qemu_command, round, Figures, PASSES};
 use rehost_tests::storage::Int13Program;
 
 struct Args {
@@ -73,68 +71,6 @@ fn args() -> Args {
     a
 }
 
-/// Seconds of the write pass (if the program wrote) and the read pass of
-/// one run.
-#[derive(Debug, Clone, Copy)]
-struct Passes {
-    write: Option<f64>,
-    read: f64,
-}
-
-/// Runs a VMM to completion, timing the program's console lines.
-fn timed_run(mut cmd: Command, label: &str) -> Passes {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {label}: {e}"));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let text = String::from_utf8_lossy(&line).into_owned();
-            let _ = tx.send((Instant::now(), text.clone()));
-            all.push_str(&text);
-            all.push('\n');
-        }
-        all
-    });
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut marks: Vec<(Instant, String)> = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(m) => marks.push(m),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-            }
-        }
-    }
-    let status = child.wait().expect("wait");
-    let out = reader.join().unwrap_or_default();
-    let at = |what: &str| {
-        marks
-            .iter()
-            .find(|(_, l)| l.contains(what))
-            .map(|(t, _)| *t)
-            .unwrap_or_else(|| panic!("{label}: no {what:?} line (exit {status}); console:\n{out}"))
-    };
-    assert!(
-        out.contains("int13: ok") && !out.contains("FAIL"),
-        "{label}: the program failed (exit {status}); console:\n{out}"
-    );
-    let wrote = marks.iter().any(|(_, l)| l.contains("int13: write start"));
-    Passes {
-        write: wrote.then(|| (at("int13: write done") - at("int13: write start")).as_secs_f64()),
-        read: (at("int13: read done") - at("int13: read start")).as_secs_f64(),
-    }
-}
-
 fn rehost_cmd(a: &Args, image: &Path, controller: &str) -> Command {
     let mut c = Command::new(&a.rehost);
     c.args(["run", "--memory", "64M", "--com1", "stdio", "--firmware"])
@@ -145,21 +81,7 @@ fn rehost_cmd(a: &Args, image: &Path, controller: &str) -> Command {
 }
 
 fn qemu_cmd(a: &Args, image: &Path, controller: &str) -> Command {
-    let mut c = Command::new(&a.qemu);
-    c.args([
-        "-enable-kvm",
-        "-nodefaults",
-        "-nographic",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-m",
-        "64",
-        "-bios",
-    ])
-    .arg(&a.bios)
-    .arg("-drive")
-    .arg(format!("file={},format=raw,if=none,id=d0", image.display()));
+    let mut c = qemu_command(&a.qemu, &a.bios, image);
     match controller {
         "ide" => c.args(["-device", "ide-hd,drive=d0,bus=ide.0"]),
         _ => c.args([
@@ -174,14 +96,6 @@ fn qemu_cmd(a: &Args, image: &Path, controller: &str) -> Command {
 
 /// How one VMM is started on an image with a controller.
 type VmmCommand = fn(&Args, &Path, &str) -> Command;
-
-/// Every figure of one VMM on one controller, in MiB/s.
-#[derive(Default)]
-struct Figures {
-    write: Vec<f64>,
-    warm_read: Vec<f64>,
-    cold_read: Vec<f64>,
-}
 
 fn main() {
     let a = args();
@@ -200,68 +114,36 @@ fn main() {
             verify: false,
             ..Default::default()
         };
-        let reader = Int13Program {
-            read_only: true,
-            ..prog
-        };
         let image = a.dir.join(format!("{controller}.raw"));
         let size = ((prog.start_lba + prog.sectors) * 512).next_multiple_of(1 << 20) + (1 << 20);
-        // Both programs fit before start_lba: the read-only one is put at
-        // LBA 0 of the written image before each cold read.
-        let reader_code = reader.build();
         let mut sides: [Figures; 2] = Default::default();
-        let mut not_cold: Option<String> = None;
-        for round in 0..a.runs {
-            for side in round_order(round, 2) {
+        for r in 0..a.runs {
+            for side in round_order(r, 2) {
                 let (cmd, label): (VmmCommand, &str) = if side == 0 {
                     (rehost_cmd, "rehost")
                 } else {
                     (qemu_cmd, "qemu")
                 };
-                eprintln!("{controller}: round {}/{}: {label}", round + 1, a.runs);
-                prog.raw_disk(&image, size);
-                let rw = timed_run(cmd(&a, &image, controller), label);
-                let f = &mut sides[side];
-                f.write
-                    .push(mib as f64 / rw.write.expect("the write pass ran"));
-                f.warm_read.push(mib as f64 / rw.read);
-                {
-                    use std::os::unix::fs::FileExt;
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&image)
-                        .expect("opening the bench image");
-                    file.write_all_at(&reader_code, 0)
-                        .expect("writing the read-only program");
+                eprintln!("{controller}: round {}/{}: {label}", r + 1, a.runs);
+                let done = round(&prog, &image, size, || cmd(&a, &image, controller), label)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                if let Err(e) = &done.cold_read {
+                    eprintln!("{controller}: not cold: {e}");
                 }
-                match make_cold(&[&image]) {
-                    Ok(()) => {
-                        let ro = timed_run(cmd(&a, &image, controller), label);
-                        assert!(ro.write.is_none(), "{label}: the read-only run wrote");
-                        f.cold_read.push(mib as f64 / ro.read);
-                    }
-                    Err(e) => {
-                        eprintln!("{controller}: not cold: {e}");
-                        not_cold = Some(e);
-                    }
-                }
+                sides[side].add(&done, mib as f64);
             }
         }
-        for pass in ["write", "read-warm", "read-cold"] {
-            let pick = |f: &'_ Figures| -> Vec<f64> {
-                match pass {
-                    "write" => f.write.clone(),
-                    "read-warm" => f.warm_read.clone(),
-                    _ => f.cold_read.clone(),
-                }
-            };
+        for pass in PASSES {
             if pass == "read-cold" {
-                if let Some(why) = &not_cold {
+                if let Some(why) = sides.iter().find_map(|f| f.not_cold.as_ref()) {
                     println!("{controller:<5} {pass:<10} {mib:>5} no cold-read figure: {why}");
                     continue;
                 }
             }
-            let (r, q) = (Spread::of(&pick(&sides[0])), Spread::of(&pick(&sides[1])));
+            let (r, q) = (
+                Spread::of(sides[0].pass(pass)),
+                Spread::of(sides[1].pass(pass)),
+            );
             println!(
                 "{controller:<5} {pass:<10} {mib:>5} {:>24} {:>24} {:>7.2}",
                 r.show(2),

@@ -13,6 +13,7 @@ use super::state::{HostRequest, RunState, VmControl};
 use crate::nbd::{Export, ListenAddr, NbdServer, RemoveMode, ServerOptions};
 use crate::serial::ComSpec;
 use crate::storage::{drive_name, DriveKind};
+use crate::usb::UsbDeviceSpec;
 
 /// Every command rehost answers, for `query-commands`.
 pub const COMMANDS: &[&str] = &[
@@ -457,8 +458,47 @@ fn query_block(ctl: &VmControl) -> Value {
             }
             v
         })
+        .chain(usb_disks(ctl))
         .collect();
     Value::Array(list)
+}
+
+/// `query-block` entries of the USB disks (`--usb disk:` and
+/// `device_add usb-storage`), in root port order: named by their id, or
+/// `usb0-hdPORT` without one.
+fn usb_disks(ctl: &VmControl) -> Vec<Value> {
+    let usb = ctl.usb();
+    let mut disks: Vec<_> = usb
+        .iter()
+        .flat_map(|cfg| cfg.devices.iter())
+        .filter_map(|d| match (&d.spec, &d.image) {
+            (UsbDeviceSpec::Disk { read_only, .. }, Some(image)) => Some((d, *read_only, image)),
+            _ => None,
+        })
+        .collect();
+    disks.sort_by_key(|(d, _, _)| d.port);
+    disks
+        .into_iter()
+        .map(|(d, read_only, image)| {
+            let name = d.id.clone().unwrap_or_else(|| format!("usb0-hd{}", d.port));
+            let mut v = json!({
+                "device": name,
+                "qdev": name,
+                "type": "unknown",
+                "removable": false,
+                "locked": false,
+                "io-status": "ok",
+                "controller": "usb",
+                "slot": d.port,
+                "media": "disk",
+                "inserted": inserted(image.as_ref(), read_only),
+            });
+            if let Some(t) = &d.tracker {
+                v["inserted"]["dirty-bitmaps"] = dirty_bitmaps(t);
+            }
+            v
+        })
+        .collect()
 }
 
 /// The dirty tracker of the writable disk that `node` names (its drive

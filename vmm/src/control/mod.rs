@@ -51,7 +51,7 @@
 //! | `nbd-server-remove` | `name`, `mode` (`safe`: refused while clients are connected; `hard`: disconnects them) | `{}` |
 //! | `nbd-server-stop` | | `{}`; every client is closed, the socket file removed |
 //! | `screendump` | `filename`, `format` (`ppm`, QEMU's default, or `png`), `device` (only `vga`), `head` (only 0) | `{}` once the console's current picture (rendered now) is written to `filename`; an error without `--vga std` |
-//! | `send-key` | `keys`: 1 to 16 of `{"type": "qcode", "data": NAME}` (QEMU's `QKeyCode` names of PC keys) or `{"type": "number", "data": N}` (set 1 code, 0x80 added for 0xE0 keys), `hold-time` (ms, default 100, at most 10000) | `{}` at once; the keys are pressed in order on the PS/2 keyboard, held, released in reverse; requests type one after another (at most 64 waiting) |
+//! | `send-key` | `keys`: 1 to 16 of `{"type": "qcode", "data": NAME}` (QEMU's `QKeyCode` names of PC keys) or `{"type": "number", "data": N}` (set 1 code, 0x80 added for 0xE0 keys), `hold-time` (ms, default 100, at most 10000) | `{}` at once; the keys are pressed in order, held, released in reverse; requests type one after another (at most 64 waiting). Which keyboard: the USB keyboard the guest configured last (SET_CONFIGURATION) takes the keys alone; while the guest has configured none, the PS/2 keyboard gets them (QEMU gives them to the last `usb-kbd` added, configured or not; rehost waits for the guest, so keys typed before a guest drives USB still reach PS/2, and a guest that drives both, as SeaBIOS does, or two USB keyboards, sees each key once) |
 //! | `query-chardev` | | one object per COM port: `label` (`com1`..`com4`), `filename` (its SPEC, e.g. `unix:/tmp/c1,server=on`), `frontend-open`, and rehost's `connected` |
 //! | `device_add` | `driver` (`usb-storage` or `usb-kbd`), `id` (required here: 1 to 64 letters, digits, `-`, `_`, `.`), `bus` (only `usb-bus.0`), `port` (the root port, `"1"` or `"2"`, or a number; default the first free one); for `usb-storage` rehost's `file` (the image's path: raw, VHD or VHDX, opened as `--usb disk:` opens it, through its dirty bitmaps when writable) and `readonly` (bool, or `"on"`/`"off"`) instead of QEMU's `drive` | `{}` once the device is on its port: the guest sees a connect status change and enumerates it; a keyboard takes `send-key`'s keys. Needs a USB controller (`--usb-controller uhci` or any `--usb`) |
 //! | `device_del` | `id` (a `device_add` id or a `--usb ...,id=NAME`) | `{}` once the device is off its port (the guest sees the disconnect; transfers it had in flight end with errors) and its image is flushed and closed, dirty bitmaps saved; event `DEVICE_DELETED` |
@@ -70,9 +70,13 @@
 //! `inserted.dirty-bitmaps` in QEMU's `BlockDirtyInfo` shape (`name`,
 //! `count` in dirty bytes, `granularity`, `recording`, `busy`,
 //! `persistent`) plus `generation` and `state` (`tracking` or
-//! `resync-required`). Every writable disk can carry bitmaps: they are
+//! `resync-required`). USB disks (`--usb disk:`, `device_add
+//! usb-storage`) follow the drives, in root port order, named by their id
+//! (or `usb0-hdPORT`), with `controller` `usb` and `slot` the root port.
+//! Every writable disk can carry bitmaps: they are
 //! added offline with `rehost disk bitmap add` or live with
-//! `block-dirty-bitmap-add`; a CD-ROM or a `readonly=on` disk cannot.
+//! `block-dirty-bitmap-add` (IDE and AHCI disks; a USB disk's bitmaps are
+//! added offline); a CD-ROM or a `readonly=on` disk cannot.
 //!
 //! ## An incremental backup while the guest runs
 //!
