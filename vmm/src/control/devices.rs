@@ -16,7 +16,6 @@ use crate::storage::drive_name;
 use crate::usb::{
     self, UsbDeviceConfig, UsbDeviceSpec, DRIVER_KEYBOARD, DRIVER_STORAGE, USB_BUS_NAME,
 };
-use rehost_devices::usb::uhci_spec;
 
 /// The members `device_add` accepts.
 pub const DEVICE_ADD_ARGS: &[&str] = &["driver", "id", "bus", "port", "file", "readonly", "drive"];
@@ -40,7 +39,7 @@ fn port_arg(args: &Map<String, Value>) -> Result<Option<usize>, QmpError> {
         }
     };
     match usize::try_from(n) {
-        Ok(p) if (1..=uhci_spec::PORTS).contains(&p) => Ok(Some(p)),
+        Ok(p) if (1..=usb::MAX_PORTS).contains(&p) => Ok(Some(p)),
         _ => Err(bad(&n)),
     }
 }
@@ -152,13 +151,18 @@ pub fn device_add(ctl: &VmControl, args: &Map<String, Value>) -> Result<Value, Q
                 "Error: usb port {p} (bus {USB_BUS_NAME}) not found (in use?)"
             )))
         }
+        Some(p) if p > cfg.controller.ports() => {
+            return Err(QmpError::generic(format!(
+                "Error: usb port {p} (bus {USB_BUS_NAME}) not found"
+            )))
+        }
         Some(p) => p,
-        None => (1..=uhci_spec::PORTS)
+        None => (1..=cfg.controller.ports())
             .find(|p| !in_use(*p))
             .ok_or_else(|| {
                 QmpError::generic(format!(
                 "Error: tried to attach usb device {id} to a bus with no free ports (it has {})",
-                uhci_spec::PORTS
+                cfg.controller.ports()
             ))
             })?,
     };
