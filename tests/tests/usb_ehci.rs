@@ -5,12 +5,17 @@
 //! hashes a file through the firmware, then its own `ehci` (+ `uhci` for
 //! the companions) and `usbms` drivers take the controllers, list the
 //! disk with 512-byte bulk packets and the keyboard, and hash the same
-//! file. Every hash equals the host's; the parent is unchanged.
+//! file. Every hash equals the host's; the parent is unchanged. A
+//! real-mode program writes and reads back through SeaBIOS's INT 13h on a
+//! USB disk on the EHCI, and the host finds exactly those bytes in the
+//! child, the parent unchanged.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rehost_tests::storage::{grub_disk, lcg_data, rehost_disk, require_tools, scratch, sha256};
+use rehost_tests::storage::{
+    grub_disk, int13_on_child, lcg_data, rehost_disk, require_tools, scratch, sha256,
+};
 use rehost_tests::{kvm_available, run};
 
 const REHOST: &str = env!("CARGO_BIN_EXE_rehost-under-test");
@@ -150,4 +155,23 @@ halt
     assert!(out.contains("grub: done"), "{out}");
     assert!(err.is_empty(), "a clean run logs nothing: {err}");
     assert_eq!(sha256(&parent), parent_sha, "the parent changed");
+}
+
+#[test]
+fn int13_writes_and_reads_back_through_seabios_usb_on_ehci() {
+    int13_on_child(
+        REHOST,
+        "usb_ehci_int13",
+        2 * 2048,
+        16 << 20,
+        "USB MSC vendor='REHOST' product='USB DISK'",
+        |child| {
+            vec![
+                "--usb-controller".into(),
+                "ehci".into(),
+                "--usb".into(),
+                format!("disk:{child},port=5"),
+            ]
+        },
+    );
 }
