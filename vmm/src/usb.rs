@@ -751,4 +751,30 @@ mod tests {
         let cfg = open_usb(None, &[ro], &[]).unwrap().unwrap();
         assert!(cfg.devices[0].tracker.is_none());
     }
+
+    #[test]
+    fn ehci_offers_six_ports_and_its_own_boot_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u.raw");
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        let disk = format!("disk:{},port=5", p.display());
+        let err = open_usb(None, std::slice::from_ref(&disk), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("root ports 1 to 2"), "{err:#}");
+        let cfg = open_usb(Some(UsbController::Ehci), &[disk], &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(cfg.devices[0].port, 5);
+        assert_eq!(
+            boot_order(&cfg),
+            vec!["/pci@i0cf8/usb@1d,7/storage@5/channel@0/disk@0,0"]
+        );
+        let six: Vec<String> = (0..6).map(|_| "keyboard".to_string()).collect();
+        let cfg = open_usb(Some(UsbController::Ehci), &six, &[])
+            .unwrap()
+            .unwrap();
+        let ports: Vec<usize> = cfg.devices.iter().map(|d| d.port).collect();
+        assert_eq!(ports, vec![1, 2, 3, 4, 5, 6]);
+        let seven: Vec<String> = (0..7).map(|_| "keyboard".to_string()).collect();
+        assert!(open_usb(Some(UsbController::Ehci), &seven, &[]).is_err());
+    }
 }

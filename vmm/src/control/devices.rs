@@ -227,13 +227,52 @@ mod tests {
     use crate::usb::{UsbConfig, UsbController};
 
     fn ctl_with_usb() -> std::sync::Arc<VmControl> {
+        ctl_with(UsbController::Uhci)
+    }
+
+    fn ctl_with(controller: UsbController) -> std::sync::Arc<VmControl> {
         let c = VmControl::new(&[]).unwrap();
         c.set_usb(Some(UsbConfig {
-            controller: UsbController::Uhci,
+            controller,
             devices: Vec::new(),
         }));
         c.enable_events();
         c
+    }
+
+    #[test]
+    fn ports_follow_the_controller() {
+        let kbd = |id: &str, port: &str| args(json!({"driver": "usb-kbd", "id": id, "port": port}));
+        // UHCI has ports 1 and 2; EHCI has 1 to 6.
+        let c = ctl_with(UsbController::Uhci);
+        let e = device_add(&c, &kbd("k5", "5")).unwrap_err();
+        assert!(format!("{e:?}").contains("usb port 5"), "{e:?}");
+        let c = ctl_with(UsbController::Ehci);
+        device_add(&c, &kbd("k5", "5")).unwrap();
+        for n in 0..5 {
+            device_add(
+                &c,
+                &args(json!({"driver": "usb-kbd", "id": format!("k{n}")})),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            ids(&c),
+            vec![
+                ("k5".into(), 5),
+                ("k0".into(), 1),
+                ("k1".into(), 2),
+                ("k2".into(), 3),
+                ("k3".into(), 4),
+                ("k4".into(), 6)
+            ]
+        );
+        let e = device_add(&c, &args(json!({"driver": "usb-kbd", "id": "k6"}))).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("no free ports (it has 6)"),
+            "{e:?}"
+        );
+        assert!(device_add(&c, &kbd("k7", "7")).is_err());
     }
 
     fn args(v: Value) -> Map<String, Value> {
