@@ -164,8 +164,10 @@ pub struct RunArgs {
     /// (8086:293a) at 00:1d.7 with six root ports and three UHCI
     /// companions at 00:1d.0-2; USB disks run at high speed on the EHCI,
     /// keyboards are handed to a companion. Driven by SeaBIOS (bios.bin
-    /// has UHCI and EHCI drivers, as does bios-256k.bin), GRUB's `ehci`
-    /// (plus `uhci` for the companions) and Windows' usbehci.
+    /// has UHCI and EHCI drivers, as does bios-256k.bin; it often misses
+    /// a USB keyboard on ehci, scanning the companions before the EHCI
+    /// hands it over), GRUB's `ehci` (plus `uhci` for the companions) and
+    /// meant for Windows' inbox usbehci (not tried here).
     #[arg(long = "usb-controller", value_enum, value_name = "KIND")]
     pub usb_controller: Option<crate::usb::UsbController>,
     /// A USB device on the --usb-controller (default uhci), repeatable:

@@ -48,8 +48,9 @@ pub enum UsbController {
     /// ICH9 EHCI (8086:293a) at 00:1d.7 with six root ports, and its UHCI
     /// companions (8086:2934-2936) at 00:1d.0-2: high-speed devices (USB
     /// disks) stay on the EHCI, full/low-speed ones (keyboards) are handed
-    /// to a companion. SeaBIOS's bios.bin and bios-256k.bin, GRUB's `ehci`
-    /// (with `uhci` for the companions) and Windows' usbehci drive it.
+    /// to a companion. SeaBIOS's bios.bin and bios-256k.bin and GRUB's
+    /// `ehci` (with `uhci` for the companions) drive it; Windows' inbox
+    /// usbehci is the driver it is meant for (not tried here).
     Ehci,
 }
 
