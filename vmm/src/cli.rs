@@ -168,15 +168,22 @@ pub struct RunArgs {
     /// given or when any --usb device is. `uhci`: the PIIX3 USB function
     /// (8086:7020) at 00:01.2 with two full-speed root ports, driven by
     /// SeaBIOS (Debian's bios.bin and bios-256k.bin alike), GRUB's `uhci`
-    /// module and every Windows since 2000.
+    /// module and every Windows since 2000. `ehci`: the ICH9 EHCI
+    /// (8086:293a) at 00:1d.7 with six root ports and three UHCI
+    /// companions at 00:1d.0-2; USB disks run at high speed on the EHCI,
+    /// keyboards are handed to a companion. Driven by SeaBIOS (bios.bin
+    /// has UHCI and EHCI drivers, as does bios-256k.bin; it often misses
+    /// a USB keyboard on ehci, scanning the companions before the EHCI
+    /// hands it over), GRUB's `ehci` (plus `uhci` for the companions) and
+    /// meant for Windows' inbox usbehci (not tried here).
     #[arg(long = "usb-controller", value_enum, value_name = "KIND")]
     pub usb_controller: Option<crate::usb::UsbController>,
     /// A USB device on the --usb-controller (default uhci), repeatable:
     /// `disk:PATH` is a USB mass-storage disk (bulk-only transport, SCSI)
     /// on a raw, VHD or VHDX image (differencing children too), with
     /// `readonly=on` to refuse guest writes; `keyboard` is a HID boot
-    /// keyboard. `port=N` picks the root port (1 or 2); otherwise devices
-    /// take the free ports in order. `id=NAME` names the device on the
+    /// keyboard. `port=N` picks the root port (1 or 2 on uhci, 1 to 6 on
+    /// ehci); otherwise devices take the free ports in order. `id=NAME` names the device on the
     /// control socket (QMP `device_del` unplugs it; `device_add` plugs
     /// more while the guest runs).
     #[arg(

@@ -129,10 +129,7 @@ impl MachineConfig {
             .filter_map(|d| std::fs::canonicalize(&d.spec.path).ok())
             .collect();
         let usb = crate::usb::open_usb(args.usb_controller, &args.usb, &in_use)?;
-        let usb_disks = usb
-            .as_ref()
-            .map(|u| crate::usb::boot_order(&u.devices))
-            .unwrap_or_default();
+        let usb_disks = usb.as_ref().map(crate::usb::boot_order).unwrap_or_default();
         if args.boot == crate::storage::BootDevice::Usb && usb_disks.is_empty() {
             bail!("--boot usb: no USB disk is given (--usb disk:PATH)");
         }

@@ -1,6 +1,7 @@
 //! USB: the `--usb-controller` and `--usb` options, the images USB disks
-//! open, the PIIX3 UHCI function at 00:01.2 with the emulated devices on
-//! its root ports, and the host timer that runs its frames.
+//! open, the PIIX3 UHCI function at 00:01.2 or the ICH9 EHCI at 00:1d.7
+//! with its UHCI companions at 00:1d.0-2, the emulated devices on their
+//! root ports, and the host timer that runs their frames.
 //!
 //! Devices are plugged and unplugged while the guest runs through
 //! [`UsbHandle`] (QMP `device_add`/`device_del`, see `control::devices`);
@@ -19,9 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rehost_devices::display::{Console, InputSink};
 use rehost_devices::pci::{DevFn, PciInterruptRouter, PciRoot};
+use rehost_devices::usb::ehci::Ehci;
+use rehost_devices::usb::ehci_spec;
 use rehost_devices::usb::keyboard::{KeyboardHandle, UsbKeyboard};
 use rehost_devices::usb::storage::UsbStorage;
-use rehost_devices::usb::uhci::Uhci;
+use rehost_devices::usb::uhci::{Uhci, UhciIdentity};
 use rehost_devices::usb::uhci_spec;
 use rehost_devices::usb::UsbDevice;
 use rehost_devices::GuestMemory;
@@ -30,6 +33,9 @@ use rehost_disk::{BlockDevice, DiskImage};
 
 /// Where the PIIX3 USB function sits: function 2 of the south bridge.
 pub const UHCI_DEVFN: DevFn = DevFn::new(1, 2);
+/// Where the ICH9 EHCI sits (function 7 of slot 0x1d, as on ICH9); its
+/// UHCI companions are functions 0-2 of the same slot.
+pub const EHCI_DEVFN: DevFn = DevFn::new(0x1d, ehci_spec::EHCI_FUNCTION);
 
 /// The USB host controller (`--usb-controller`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -39,7 +45,36 @@ pub enum UsbController {
     /// Windows since 2000 drive it.
     #[default]
     Uhci,
+    /// ICH9 EHCI (8086:293a) at 00:1d.7 with six root ports, and its UHCI
+    /// companions (8086:2934-2936) at 00:1d.0-2: high-speed devices (USB
+    /// disks) stay on the EHCI, full/low-speed ones (keyboards) are handed
+    /// to a companion. SeaBIOS's bios.bin and bios-256k.bin and GRUB's
+    /// `ehci` (with `uhci` for the companions) drive it; Windows' inbox
+    /// usbehci is the driver it is meant for (not tried here).
+    Ehci,
 }
+
+impl UsbController {
+    /// How many root ports the controller offers.
+    pub fn ports(self) -> usize {
+        match self {
+            UsbController::Uhci => uhci_spec::PORTS,
+            UsbController::Ehci => ehci_spec::PORTS,
+        }
+    }
+
+    /// The PCI function SeaBIOS's boot paths name.
+    fn devfn(self) -> DevFn {
+        match self {
+            UsbController::Uhci => UHCI_DEVFN,
+            UsbController::Ehci => EHCI_DEVFN,
+        }
+    }
+}
+
+/// The most root ports any controller has (`port=N` is checked against
+/// the controller's own count once it is known).
+pub const MAX_PORTS: usize = ehci_spec::PORTS;
 
 /// One `--usb` option, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,11 +126,8 @@ pub struct UsbConfig {
 
 fn parse_port(option: &str, text: &str, v: &str) -> anyhow::Result<usize> {
     match v.parse::<usize>() {
-        Ok(p) if (1..=uhci_spec::PORTS).contains(&p) => Ok(p),
-        _ => bail!(
-            "{option} {text}: port={v}: expected a root port from 1 to {}",
-            uhci_spec::PORTS
-        ),
+        Ok(p) if (1..=MAX_PORTS).contains(&p) => Ok(p),
+        _ => bail!("{option} {text}: port={v}: expected a root port from 1 to {MAX_PORTS}"),
     }
 }
 
@@ -192,6 +224,8 @@ pub fn open_usb(
         }
         parsed.push((s, spec, id));
     }
+    let controller = controller.unwrap_or_default();
+    let ports = controller.ports();
     let mut taken: Vec<usize> = parsed
         .iter()
         .filter_map(|(_, p, _)| match p {
@@ -203,6 +237,9 @@ pub fn open_usb(
     if fixed.windows(2).any(|w| w[0] == w[1]) {
         bail!("--usb: two devices ask for the same root port");
     }
+    if let Some(p) = fixed.iter().find(|p| **p > ports) {
+        bail!("--usb: port={p}: the {controller:?} controller has root ports 1 to {ports}");
+    }
     let mut opened: Vec<PathBuf> = in_use.to_vec();
     let mut devices = Vec::new();
     for (text, spec, id) in parsed {
@@ -210,10 +247,9 @@ pub fn open_usb(
             UsbDeviceSpec::Disk { port: Some(p), .. }
             | UsbDeviceSpec::Keyboard { port: Some(p) } => *p,
             _ => {
-                let Some(p) = (1..=uhci_spec::PORTS).find(|p| !taken.contains(p)) else {
+                let Some(p) = (1..=ports).find(|p| !taken.contains(p)) else {
                     bail!(
-                        "--usb {text}: the USB controller has no free root port (it has {})",
-                        uhci_spec::PORTS
+                        "--usb {text}: the USB controller has no free root port (it has {ports})"
                     );
                 };
                 taken.push(p);
@@ -230,7 +266,7 @@ pub fn open_usb(
         });
     }
     Ok(Some(UsbConfig {
-        controller: controller.unwrap_or_default(),
+        controller,
         devices,
     }))
 }
@@ -265,10 +301,11 @@ pub fn open_device(
 /// The OpenFirmware path SeaBIOS matches a USB disk against (SeaBIOS
 /// src/boot.c bootprio_find_usb: the controller's PCI path, then
 /// storage@PORT/channel@0/disk@0,LUN).
-pub fn firmware_path(port: usize) -> String {
+pub fn firmware_path(controller: UsbController, port: usize) -> String {
+    let at = controller.devfn();
     format!(
         "/pci@i0cf8/usb@{:x},{:x}/storage@{port:x}/channel@0/disk@0,0",
-        UHCI_DEVFN.device, UHCI_DEVFN.function
+        at.device, at.function
     )
 }
 
@@ -306,11 +343,11 @@ pub fn close_device(d: UsbDeviceConfig) {
 }
 
 /// Boot order entries of the USB disks.
-pub fn boot_order(devices: &[UsbDeviceConfig]) -> Vec<String> {
-    devices
+pub fn boot_order(usb: &UsbConfig) -> Vec<String> {
+    usb.devices
         .iter()
         .filter(|d| matches!(d.spec, UsbDeviceSpec::Disk { .. }))
-        .map(|d| firmware_path(d.port))
+        .map(|d| firmware_path(usb.controller, d.port))
         .collect()
 }
 
@@ -347,11 +384,46 @@ const MAX_CATCH_UP: u64 = 8;
 /// The pause before walking a busy frame again.
 const REWALK_PAUSE: Duration = Duration::from_micros(50);
 
-fn frame_timer(uhci: Arc<Mutex<Uhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
+/// A host controller whose schedule runs frame by frame.
+trait FrameClock: Send {
+    fn running(&self) -> bool;
+    fn run_frame(&mut self) -> bool;
+    fn walk_again(&mut self) -> bool;
+}
+
+impl FrameClock for Uhci {
+    fn running(&self) -> bool {
+        Uhci::running(self)
+    }
+    fn run_frame(&mut self) -> bool {
+        Uhci::run_frame(self)
+    }
+    fn walk_again(&mut self) -> bool {
+        Uhci::walk_again(self)
+    }
+}
+
+impl FrameClock for Ehci {
+    fn running(&self) -> bool {
+        Ehci::running(self)
+    }
+    fn run_frame(&mut self) -> bool {
+        Ehci::run_frame(self)
+    }
+    fn walk_again(&mut self) -> bool {
+        Ehci::walk_again(self)
+    }
+}
+
+type Clocked = Arc<Mutex<dyn FrameClock>>;
+
+/// Runs the frames of `controllers` (an EHCI and its companions share one
+/// timer) while any of them runs.
+fn frame_timer(controllers: Vec<Clocked>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
     let frame = Duration::from_millis(1);
     let mut epoch: Option<(Instant, u64)> = None;
     while !stop.load(Ordering::Relaxed) {
-        let running = uhci.lock().unwrap_or_else(|e| e.into_inner()).running();
+        let running = controllers.iter().any(|c| lock(c).running());
         if !running {
             epoch = None;
             wake.wait(Duration::from_millis(500));
@@ -361,8 +433,8 @@ fn frame_timer(uhci: Arc<Mutex<Uhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
         let due = (start.elapsed().as_micros() / 1000) as u64 + 1;
         let n = due.saturating_sub(*done).min(MAX_CATCH_UP);
         let mut progress = false;
-        {
-            let mut u = uhci.lock().unwrap_or_else(|e| e.into_inner());
+        for c in &controllers {
+            let mut u = lock(c);
             for _ in 0..n {
                 progress |= u.run_frame();
             }
@@ -374,7 +446,10 @@ fn frame_timer(uhci: Arc<Mutex<Uhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
         // next one. An idle schedule costs one wake-up per frame.
         while progress && Instant::now() + REWALK_PAUSE * 2 < next {
             std::thread::sleep(REWALK_PAUSE);
-            progress = uhci.lock().unwrap_or_else(|e| e.into_inner()).walk_again();
+            progress = false;
+            for c in &controllers {
+                progress |= lock(c).walk_again();
+            }
         }
         if let Some(d) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
@@ -391,8 +466,34 @@ type ConsoleInputs = Arc<Mutex<Vec<(usize, Arc<dyn InputSink>)>>>;
 /// a device comes or goes between two frames, never during one.
 #[derive(Clone)]
 pub struct UsbHandle {
-    uhci: Arc<Mutex<Uhci>>,
+    root: RootHub,
     keyboards: ConsoleInputs,
+}
+
+/// The controller that owns the root ports devices plug into.
+#[derive(Clone)]
+enum RootHub {
+    Uhci(Arc<Mutex<Uhci>>),
+    /// The EHCI: its ports reach the companions too.
+    Ehci(Arc<Mutex<Ehci>>),
+}
+
+impl RootHub {
+    fn attach(&self, port: usize, device: Box<dyn UsbDevice>) -> anyhow::Result<()> {
+        match self {
+            RootHub::Uhci(u) => lock(u).attach(port, device)?,
+            RootHub::Ehci(e) => lock(e).attach(port, device)?,
+        }
+        Ok(())
+    }
+
+    fn detach(&self, port: usize) -> anyhow::Result<()> {
+        match self {
+            RootHub::Uhci(u) => lock(u).detach(port)?,
+            RootHub::Ehci(e) => lock(e).detach(port)?,
+        }
+        Ok(())
+    }
 }
 
 impl UsbHandle {
@@ -400,9 +501,7 @@ impl UsbHandle {
     /// change and enumerates it. A keyboard takes the console's keys.
     pub fn plug(&self, d: &UsbDeviceConfig, console: &Console) -> anyhow::Result<()> {
         let (device, input) = device_model(d)?;
-        self.uhci
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.root
             .attach(d.port, device)
             .with_context(|| format!("USB root port {}", d.port))?;
         if let Some(input) = input {
@@ -417,9 +516,7 @@ impl UsbHandle {
     /// next frame. The device model (and its hold on a disk image) is
     /// dropped before this returns.
     pub fn unplug(&self, port: usize, console: &Console) -> anyhow::Result<()> {
-        self.uhci
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.root
             .detach(port)
             .with_context(|| format!("USB root port {port}"))?;
         let mut keyboards = lock(&self.keyboards);
@@ -431,7 +528,7 @@ impl UsbHandle {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -504,38 +601,79 @@ pub fn attach(
     pci: &mut PciRoot,
     router: &Arc<PciInterruptRouter>,
 ) -> anyhow::Result<AttachedUsb> {
-    let UsbController::Uhci = controller;
-    let intx = router.intx(
-        UHCI_DEVFN.device,
-        uhci_spec::INTERRUPT_PIN - 1,
-        u32::from(UHCI_DEVFN.device) << 3 | u32::from(UHCI_DEVFN.function),
-    );
+    let intx = |at: DevFn, pin: u8| {
+        router.intx(
+            at.device,
+            pin - 1,
+            u32::from(at.device) << 3 | u32::from(at.function),
+        )
+    };
     let wake = Arc::new(Wake::default());
-    let mut uhci = Uhci::new(mem.clone(), intx);
     let w = wake.clone();
-    uhci.set_wake(Some(Arc::new(move || w.signal())));
+    let waker: Arc<dyn Fn() + Send + Sync> = Arc::new(move || w.signal());
     let mut keyboards = Vec::new();
+    let mut models = Vec::new();
     for d in devices {
         let (device, input) = device_model(d)?;
         if let Some(input) = input {
             keyboards.push((d.port, input));
         }
-        uhci.attach(d.port, device)
-            .with_context(|| format!("--usb on port {}", d.port))?;
+        models.push((d.port, device));
     }
-    let uhci = Arc::new(Mutex::new(uhci));
-    pci.add(UHCI_DEVFN, uhci.clone())?;
+    let (root, clocked): (RootHub, Vec<Clocked>) = match controller {
+        UsbController::Uhci => {
+            let mut uhci = Uhci::new(mem.clone(), intx(UHCI_DEVFN, uhci_spec::INTERRUPT_PIN));
+            uhci.set_wake(Some(waker));
+            for (port, device) in models {
+                uhci.attach(port, device)
+                    .with_context(|| format!("--usb on port {port}"))?;
+            }
+            let uhci = Arc::new(Mutex::new(uhci));
+            pci.add(UHCI_DEVFN, uhci.clone())?;
+            (RootHub::Uhci(uhci.clone()), vec![uhci])
+        }
+        UsbController::Ehci => {
+            let mut ehci = Ehci::new(mem.clone(), intx(EHCI_DEVFN, ehci_spec::INTERRUPT_PIN));
+            ehci.set_wake(Some(waker.clone()));
+            for (port, device) in models {
+                ehci.attach(port, device)
+                    .with_context(|| format!("--usb on port {port}"))?;
+            }
+            let mut clocked: Vec<Clocked> = Vec::new();
+            for n in 0..ehci_spec::COMPANIONS {
+                let at = DevFn::new(EHCI_DEVFN.device, n as u8);
+                let id = UhciIdentity {
+                    device_id: ehci_spec::DEVICE_ICH9_UHCI[n],
+                    revision: ehci_spec::REVISION,
+                    interrupt_pin: ehci_spec::COMPANION_INTERRUPT_PINS[n],
+                    multifunction: n == 0,
+                };
+                let first = n * ehci_spec::PORTS_PER_COMPANION;
+                let pin = id.interrupt_pin;
+                let mut u =
+                    Uhci::companion(mem.clone(), intx(at, pin), id, ehci.root_ports(), first);
+                u.set_wake(Some(waker.clone()));
+                let u = Arc::new(Mutex::new(u));
+                pci.add(at, u.clone())?;
+                clocked.push(u);
+            }
+            let ehci = Arc::new(Mutex::new(ehci));
+            pci.add(EHCI_DEVFN, ehci.clone())?;
+            clocked.push(ehci.clone());
+            (RootHub::Ehci(ehci), clocked)
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let timer = {
-        let (u, s, w) = (uhci.clone(), stop.clone(), wake.clone());
+        let (s, w) = (stop.clone(), wake.clone());
         std::thread::Builder::new()
-            .name("uhci-frames".into())
-            .spawn(move || frame_timer(u, s, w))
-            .context("spawning the UHCI frame timer thread")?
+            .name("usb-frames".into())
+            .spawn(move || frame_timer(clocked, s, w))
+            .context("spawning the USB frame timer thread")?
     };
     Ok(AttachedUsb {
         handle: UsbHandle {
-            uhci,
+            root,
             keyboards: Arc::new(Mutex::new(keyboards)),
         },
         stop,
@@ -570,7 +708,7 @@ mod tests {
             "disk:",
             "mouse",
             "disk:x,port=0",
-            "disk:x,port=3",
+            "disk:x,port=7",
             "disk:x,readonly=maybe",
             "keyboard,readonly=on",
             "keyboard,id=",
@@ -593,7 +731,7 @@ mod tests {
         assert_eq!(cfg.controller, UsbController::Uhci);
         assert_eq!(cfg.devices[1].port, 2);
         assert_eq!(
-            boot_order(&cfg.devices),
+            boot_order(&cfg),
             vec!["/pci@i0cf8/usb@1,2/storage@2/channel@0/disk@0,0"]
         );
         let err = open_usb(None, &[disk.clone(), disk.clone()], &[]).unwrap_err();
@@ -613,5 +751,31 @@ mod tests {
         let ro = format!("disk:{},readonly=on", p.display());
         let cfg = open_usb(None, &[ro], &[]).unwrap().unwrap();
         assert!(cfg.devices[0].tracker.is_none());
+    }
+
+    #[test]
+    fn ehci_offers_six_ports_and_its_own_boot_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u.raw");
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        let disk = format!("disk:{},port=5", p.display());
+        let err = open_usb(None, std::slice::from_ref(&disk), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("root ports 1 to 2"), "{err:#}");
+        let cfg = open_usb(Some(UsbController::Ehci), &[disk], &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(cfg.devices[0].port, 5);
+        assert_eq!(
+            boot_order(&cfg),
+            vec!["/pci@i0cf8/usb@1d,7/storage@5/channel@0/disk@0,0"]
+        );
+        let six: Vec<String> = (0..6).map(|_| "keyboard".to_string()).collect();
+        let cfg = open_usb(Some(UsbController::Ehci), &six, &[])
+            .unwrap()
+            .unwrap();
+        let ports: Vec<usize> = cfg.devices.iter().map(|d| d.port).collect();
+        assert_eq!(ports, vec![1, 2, 3, 4, 5, 6]);
+        let seven: Vec<String> = (0..7).map(|_| "keyboard".to_string()).collect();
+        assert!(open_usb(Some(UsbController::Ehci), &seven, &[]).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! USB: one device interface that every host controller carries, the
 //! emulated devices behind it (mass storage on the block stack, a HID boot
-//! keyboard) and the host controllers in front of it (UHCI).
+//! keyboard) and the host controllers in front of it (UHCI, EHCI with UHCI
+//! companions).
 //!
 //! A device sees whole transfers on an endpoint ([`Transfer`]) and answers
 //! each through a [`Completer`], now or later from any thread: the
@@ -11,9 +12,14 @@
 //! direction, answering NAK while it runs.
 
 pub mod device;
+pub mod ehci;
+pub mod ehci_spec;
+#[cfg(test)]
+mod ehci_tests;
 pub mod hid_spec;
 pub mod keyboard;
 pub mod msd_spec;
+pub mod root_ports;
 pub mod storage;
 pub mod uhci;
 pub mod uhci_spec;
@@ -25,6 +31,47 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use usb_spec as ch9;
+
+/// Reads the registers behind an access of `data.len()` bytes at offset
+/// `off`: `reg_at(o)` is the offset of the register holding byte `o`,
+/// `value(reg)` its value (registers are little-endian).
+pub(crate) fn read_registers(
+    off: u64,
+    data: &mut [u8],
+    reg_at: impl Fn(u64) -> u64,
+    mut value: impl FnMut(u64) -> u32,
+) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let o = off + i as u64;
+        let reg = reg_at(o);
+        *b = (value(reg) >> (8 * (o - reg))) as u8;
+    }
+}
+
+/// Splits a write of `data` at offset `off` into one write per register
+/// it touches: `reg_at(o)` gives the offset and width of the register
+/// holding byte `o`; `write(reg, value, mask)` gets the bytes that fall in
+/// it, with a mask of the bytes written.
+pub(crate) fn write_registers(
+    off: u64,
+    data: &[u8],
+    reg_at: impl Fn(u64) -> (u64, u64),
+    mut write: impl FnMut(u64, u32, u32),
+) {
+    let mut i = 0usize;
+    while i < data.len() {
+        let (reg, width) = reg_at(off + i as u64);
+        let mut value = 0u32;
+        let mut mask = 0u32;
+        while i < data.len() && off + (i as u64) < reg + width {
+            let shift = 8 * (off + i as u64 - reg);
+            value |= u32::from(data[i]) << shift;
+            mask |= 0xff << shift;
+            i += 1;
+        }
+        write(reg, value, mask);
+    }
+}
 
 /// Bus speeds (USB 2.0 4.2.1, USB 3.2 for SuperSpeed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -335,6 +382,13 @@ impl UsbPort {
 
     pub fn speed(&self) -> Speed {
         self.speed
+    }
+
+    /// Offers the device a port of another speed (it moved between an
+    /// EHCI and a companion controller); it runs at it from its next bus
+    /// reset on.
+    pub fn set_max_speed(&mut self, max: Speed) {
+        self.speed = self.device.speed(max);
     }
 
     pub fn address(&self) -> u8 {

@@ -8,22 +8,30 @@
 //! host timer calls it once per millisecond while the controller runs.
 //!
 //! Each active TD becomes a packet to the device with its address
-//! ([`UsbPort::packet`]). A transfer the device has not answered yet
+//! ([`super::UsbPort::packet`]). A transfer the device has not answered yet
 //! leaves the TD active (the guest sees a NAK) and is picked up on a later
 //! frame. Schedules that loop are legal (full-speed bandwidth
 //! reclamation): a frame ends when it comes back to an element without
 //! any TD having completed since, or after [`MAX_ELEMENTS`] elements.
 //! A schedule that points outside guest RAM halts the controller with
 //! Host System Error; an illegal MaxLen with Host Controller Process Error.
+//!
+//! The same model is the ICH9 EHCI's UHCI companions ([`Uhci::companion`]):
+//! then its two ports are two of the EHCI's, in a [`RootPortSet`] both
+//! controllers see, and a device is on the UHCI only while the EHCI has
+//! handed its port over.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::root_ports::{lock_ports, PortOwner, RootPortError, RootPortSet, SharedRootPorts};
 use super::uhci_spec as spec;
 use super::usb_spec as ch9;
-use super::{PacketResult, Speed, TransferKind, TransferStatus, UsbDevice, UsbPort};
+use super::{
+    read_registers, write_registers, PacketResult, Speed, TransferKind, TransferStatus, UsbDevice,
+};
 use crate::bus::BusDevice;
 use crate::irq::IrqLine;
 use crate::pci::config::COMMAND_BUS_MASTER;
@@ -33,35 +41,51 @@ use crate::{guest_error, GuestMemory};
 /// The most schedule elements (TDs and QHs) looked at in one frame.
 pub const MAX_ELEMENTS: usize = 4096;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UhciError {
-    #[error("UHCI root port {0} does not exist (ports are 1 and 2)")]
-    NoSuchPort(usize),
-    #[error("UHCI root port {0} is already in use")]
-    PortInUse(usize),
-    #[error("UHCI root port {0} has no device")]
-    PortEmpty(usize),
+pub type UhciError = RootPortError;
+
+/// What tells one UHCI function from another on the PCI bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UhciIdentity {
+    pub device_id: u16,
+    pub revision: u8,
+    /// 1-4 = INTA-INTD.
+    pub interrupt_pin: u8,
+    /// Function 0 of a multi-function slot sets the header's bit 7.
+    pub multifunction: bool,
 }
 
-#[derive(Debug, Default)]
+impl UhciIdentity {
+    /// PIIX3's USB function.
+    pub const PIIX3: Self = Self {
+        device_id: spec::DEVICE_PIIX3_UHCI,
+        revision: spec::REVISION,
+        interrupt_pin: spec::INTERRUPT_PIN,
+        multifunction: false,
+    };
+}
+
+/// The UHCI's own status bits of one root port.
+#[derive(Debug, Default, Clone, Copy)]
 struct RootPort {
-    device: Option<UsbPort>,
     /// PORTSC bits kept: CSC, PE, PEC, RD, PR, SUSP.
     sc: u16,
+    /// The port set's generation of this port when last looked at.
+    seen: u64,
 }
 
 impl RootPort {
-    fn portsc(&self) -> u16 {
+    /// PORTSC with a device of `speed` on the port, if any.
+    fn portsc(&self, speed: Option<Speed>) -> u16 {
         let mut v = self.sc | spec::PORT_ALWAYS_ONE;
-        if let Some(d) = &self.device {
+        if let Some(speed) = speed {
             v |= spec::PORT_CCS;
-            if d.speed() == Speed::Low {
+            if speed == Speed::Low {
                 v |= spec::PORT_LSDA;
             }
             // Idle line state J: D+ high at full speed, D- at low speed;
             // SE0 while the port is in reset.
             if self.sc & spec::PORT_PR == 0 {
-                v |= if d.speed() == Speed::Low {
+                v |= if speed == Speed::Low {
                     spec::PORT_LS_DMINUS
                 } else {
                     spec::PORT_LS_DPLUS
@@ -100,6 +124,12 @@ pub struct Uhci {
     flbase: u32,
     sofmod: u8,
     ports: [RootPort; spec::PORTS],
+    /// Where the devices are: the port set, and the index in it of this
+    /// controller's first port.
+    shared: SharedRootPorts,
+    first: usize,
+    /// Whether the port set is this controller's alone (PIIX3).
+    own_ports: bool,
     /// Why USBINT is set: an IOC TD, a short packet.
     int_ioc: bool,
     int_short: bool,
@@ -108,15 +138,34 @@ pub struct Uhci {
 }
 
 impl Uhci {
+    /// PIIX3's USB function with two root ports of its own.
     pub fn new(mem: GuestMemory, irq: Arc<dyn IrqLine>) -> Self {
+        let ports = RootPortSet::new(spec::PORTS, false);
+        let mut u = Self::companion(mem, irq, UhciIdentity::PIIX3, ports, 0);
+        u.own_ports = true;
+        u
+    }
+
+    /// A UHCI whose two root ports are ports `first` and `first + 1`
+    /// (0-based) of `ports`, shared with an EHCI.
+    pub fn companion(
+        mem: GuestMemory,
+        irq: Arc<dyn IrqLine>,
+        id: UhciIdentity,
+        ports: SharedRootPorts,
+        first: usize,
+    ) -> Self {
         let mut cs = ConfigSpace::new(
             spec::VENDOR_INTEL,
-            spec::DEVICE_PIIX3_UHCI,
+            id.device_id,
             spec::CLASS_UHCI,
-            spec::REVISION,
+            id.revision,
         );
         cs.set_subsystem(0x1af4, 0x1100);
-        cs.set_interrupt_pin(spec::INTERRUPT_PIN);
+        cs.set_interrupt_pin(id.interrupt_pin);
+        if id.multifunction {
+            cs.set_header_multifunction();
+        }
         cs.add_bar(spec::BAR_IO, BarKind::Io, spec::IO_LEN);
         cs.set_u8(spec::REG_SBRN, spec::SBRN_USB10);
         cs.set_u16(spec::REG_LEGSUP, spec::LEGSUP_DEFAULT);
@@ -133,6 +182,9 @@ impl Uhci {
             flbase: 0,
             sofmod: 0,
             ports: Default::default(),
+            shared: ports,
+            first,
+            own_ports: false,
             int_ioc: false,
             int_short: false,
             wake: None,
@@ -141,58 +193,85 @@ impl Uhci {
         u
     }
 
-    /// Called whenever software starts the schedule.
+    /// Called whenever software starts the schedule, and (for a UHCI
+    /// with ports of its own) when a device completes a transfer.
     pub fn set_wake(&mut self, wake: Option<Arc<dyn Fn() + Send + Sync>>) {
+        if self.own_ports {
+            lock_ports(&self.shared).set_waker(wake.clone());
+        }
         self.wake = wake;
     }
 
     /// Plugs `device` into root port `port` (1 or 2): a connect status
     /// change the guest sees on its next look at PORTSC.
     pub fn attach(&mut self, port: usize, device: Box<dyn UsbDevice>) -> Result<(), UhciError> {
-        let p = self.port_mut(port)?;
-        if p.device.is_some() {
-            return Err(UhciError::PortInUse(port));
-        }
-        let d = UsbPort::new(device, Speed::Full);
-        if let Some(w) = &self.wake {
-            let w = w.clone();
-            d.queue().set_waker(Some(Arc::new(move || w())));
-        }
-        let p = self.port_mut(port)?;
-        p.device = Some(d);
-        p.sc |= spec::PORT_CSC;
-        self.set_resume_detect();
+        let i = self.port_index(port)?;
+        lock_ports(&self.shared).attach(self.first + i + 1, device)?;
+        self.sync_ports();
         Ok(())
     }
 
     /// Unplugs the device on `port`: the port is disabled, connect and
     /// enable changes are flagged, transfers in flight end.
     pub fn detach(&mut self, port: usize) -> Result<(), UhciError> {
-        let p = self.port_mut(port)?;
-        if p.device.take().is_none() {
-            return Err(UhciError::PortEmpty(port));
-        }
-        if p.sc & spec::PORT_PE != 0 {
-            p.sc |= spec::PORT_PEC;
-        }
-        p.sc &= !spec::PORT_PE;
-        p.sc |= spec::PORT_CSC;
-        self.set_resume_detect();
+        let i = self.port_index(port)?;
+        lock_ports(&self.shared)
+            .detach(self.first + i + 1)
+            .map_err(|_| UhciError::PortEmpty(port))?;
+        self.sync_ports();
         Ok(())
     }
 
     /// The first root port without a device.
     pub fn free_port(&self) -> Option<usize> {
-        self.ports
-            .iter()
-            .position(|p| p.device.is_none())
-            .map(|i| i + 1)
+        lock_ports(&self.shared)
+            .free_port(self.first..self.first + spec::PORTS)
+            .map(|p| p - self.first)
     }
 
-    fn port_mut(&mut self, port: usize) -> Result<&mut RootPort, UhciError> {
+    fn port_index(&self, port: usize) -> Result<usize, UhciError> {
         port.checked_sub(1)
-            .and_then(|i| self.ports.get_mut(i))
-            .ok_or(UhciError::NoSuchPort(port))
+            .filter(|i| *i < spec::PORTS)
+            .ok_or(UhciError::NoSuchPort {
+                port,
+                count: spec::PORTS,
+            })
+    }
+
+    /// Brings the ports' status in line with the port set: a device that
+    /// came, went or changed controller since the last look is a connect
+    /// status change, and a port whose device is gone is disabled.
+    fn sync_ports(&mut self) {
+        let set = lock_ports(&self.shared);
+        let mut changed = false;
+        for (i, p) in self.ports.iter_mut().enumerate() {
+            let gen = set.generation(self.first + i);
+            if gen == p.seen {
+                continue;
+            }
+            p.seen = gen;
+            p.sc |= spec::PORT_CSC;
+            changed = true;
+            if set.owner(self.first + i) != Some(PortOwner::Companion)
+                || !set.has_device(self.first + i)
+            {
+                if p.sc & spec::PORT_PE != 0 {
+                    p.sc |= spec::PORT_PEC;
+                }
+                p.sc &= !spec::PORT_PE;
+            }
+        }
+        drop(set);
+        if changed {
+            self.set_resume_detect();
+        }
+    }
+
+    /// The speed of the device this controller sees on port `i`.
+    fn device_speed(&self, i: usize) -> Option<Speed> {
+        lock_ports(&self.shared)
+            .device(self.first + i, PortOwner::Companion)
+            .map(|d| d.speed())
     }
 
     /// A connect change while the bus is globally suspended resumes it
@@ -218,12 +297,9 @@ impl Uhci {
         self.sofmod = spec::SOFMOD_DEFAULT;
         self.int_ioc = false;
         self.int_short = false;
-        for p in &mut self.ports {
-            p.sc = if p.device.is_some() {
-                spec::PORT_CSC
-            } else {
-                0
-            };
+        for i in 0..spec::PORTS {
+            let present = self.device_speed(i).is_some();
+            self.ports[i].sc = if present { spec::PORT_CSC } else { 0 };
         }
         self.update_irq();
     }
@@ -272,6 +348,7 @@ impl Uhci {
     /// Runs one frame: walks the frame list entry of the current frame
     /// number, then advances it. Does nothing while stopped.
     pub fn run_frame(&mut self) -> bool {
+        self.sync_ports();
         let progress = self.walk_frame(self.frnum);
         if self.running() {
             self.advance_frame();
@@ -386,14 +463,6 @@ impl Uhci {
         }
     }
 
-    fn device_for(&mut self, address: u8) -> Option<&mut UsbPort> {
-        self.ports
-            .iter_mut()
-            .filter(|p| p.sc & spec::PORT_PE != 0 && p.sc & spec::PORT_SUSP == 0)
-            .filter_map(|p| p.device.as_mut())
-            .find(|d| d.address() == address)
-    }
-
     /// Executes the TD at `td` (3.2).
     fn run_td(&mut self, td: u32) -> TdOutcome {
         let base = u64::from(td);
@@ -441,7 +510,13 @@ impl Uhci {
         }
         let kind = TransferKind::Bulk;
         let key = u64::from(td) | u64::from(token) << 32;
-        let result = match self.device_for(address) {
+        let enabled = (0..spec::PORTS)
+            .filter(|i| {
+                let sc = self.ports[*i].sc;
+                sc & spec::PORT_PE != 0 && sc & spec::PORT_SUSP == 0
+            })
+            .map(|i| self.first + i);
+        let result = match lock_ports(&self.shared).find(PortOwner::Companion, enabled, address) {
             Some(d) => d.packet(pid, endpoint, &out, max_len, key, kind),
             // Nobody answers: a timeout (3.2.2 CRC/Time Out).
             None => PacketResult::Done(TransferStatus::Timeout, Vec::new()),
@@ -527,7 +602,8 @@ impl Uhci {
             spec::FLBASEADD => self.flbase,
             spec::SOFMOD => u32::from(self.sofmod),
             r if (spec::PORTSC1..spec::PORTSC1 + 2 * spec::PORTS as u64).contains(&r) => {
-                u32::from(self.ports[((r - spec::PORTSC1) / 2) as usize].portsc())
+                let i = ((r - spec::PORTSC1) / 2) as usize;
+                u32::from(self.ports[i].portsc(self.device_speed(i)))
             }
             _ => 0,
         }
@@ -598,12 +674,13 @@ impl Uhci {
                 let i = ((r - spec::PORTSC1) / 2) as usize;
                 let v = value as u16;
                 let m = mask as u16;
+                let present = self.device_speed(i).is_some();
                 let p = &mut self.ports[i];
                 p.sc &= !(v & m & spec::PORT_W1C);
                 let was_reset = p.sc & spec::PORT_PR != 0;
                 let writable = m & spec::PORT_WRITABLE;
                 p.sc = (p.sc & !writable) | (v & writable);
-                if p.device.is_none() {
+                if !present {
                     // A port with nothing on it cannot be enabled.
                     p.sc &= !spec::PORT_PE;
                 }
@@ -613,7 +690,8 @@ impl Uhci {
                     p.sc &= !spec::PORT_PE;
                 }
                 if was_reset && !now_reset {
-                    if let Some(d) = p.device.as_mut() {
+                    let at = self.first + i;
+                    if let Some(d) = lock_ports(&self.shared).device(at, PortOwner::Companion) {
                         d.reset();
                     }
                 }
@@ -637,31 +715,16 @@ impl BusDevice for Uhci {
             data.fill(0xff);
             return;
         };
-        for (i, b) in data.iter_mut().enumerate() {
-            let o = off + i as u64;
-            let (reg, _) = Self::reg_at(o);
-            *b = (self.reg_value(reg) >> (8 * (o - reg))) as u8;
-        }
+        self.sync_ports();
+        read_registers(off, data, |o| Self::reg_at(o).0, |r| self.reg_value(r));
     }
 
     fn write(&mut self, addr: u64, data: &[u8]) {
         let Some(off) = self.io_offset(addr) else {
             return;
         };
-        let mut i = 0usize;
-        while i < data.len() {
-            let o = off + i as u64;
-            let (reg, width) = Self::reg_at(o);
-            let mut value = 0u32;
-            let mut mask = 0u32;
-            while i < data.len() && off + (i as u64) < reg + width {
-                let shift = 8 * (off + i as u64 - reg);
-                value |= u32::from(data[i]) << shift;
-                mask |= 0xff << shift;
-                i += 1;
-            }
-            self.write_reg(reg, value, mask);
-        }
+        self.sync_ports();
+        write_registers(off, data, Self::reg_at, |r, v, m| self.write_reg(r, v, m));
     }
 }
 

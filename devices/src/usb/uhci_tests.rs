@@ -328,7 +328,7 @@ impl Rig {
     }
 }
 
-fn disk() -> (Arc<MemDisk>, Box<UsbStorage>) {
+pub(super) fn disk() -> (Arc<MemDisk>, Box<UsbStorage>) {
     let d = Arc::new(MemDisk::patterned(4 << 20, |o| (o / 512) as u8 ^ (o as u8)));
     let s = Box::new(UsbStorage::new(d.clone(), false, "0123456789AB"));
     (d, s)

@@ -16,7 +16,6 @@ use crate::storage::drive_name;
 use crate::usb::{
     self, UsbDeviceConfig, UsbDeviceSpec, DRIVER_KEYBOARD, DRIVER_STORAGE, USB_BUS_NAME,
 };
-use rehost_devices::usb::uhci_spec;
 
 /// The members `device_add` accepts.
 pub const DEVICE_ADD_ARGS: &[&str] = &["driver", "id", "bus", "port", "file", "readonly", "drive"];
@@ -40,7 +39,7 @@ fn port_arg(args: &Map<String, Value>) -> Result<Option<usize>, QmpError> {
         }
     };
     match usize::try_from(n) {
-        Ok(p) if (1..=uhci_spec::PORTS).contains(&p) => Ok(Some(p)),
+        Ok(p) if (1..=usb::MAX_PORTS).contains(&p) => Ok(Some(p)),
         _ => Err(bad(&n)),
     }
 }
@@ -152,13 +151,18 @@ pub fn device_add(ctl: &VmControl, args: &Map<String, Value>) -> Result<Value, Q
                 "Error: usb port {p} (bus {USB_BUS_NAME}) not found (in use?)"
             )))
         }
+        Some(p) if p > cfg.controller.ports() => {
+            return Err(QmpError::generic(format!(
+                "Error: usb port {p} (bus {USB_BUS_NAME}) not found"
+            )))
+        }
         Some(p) => p,
-        None => (1..=uhci_spec::PORTS)
+        None => (1..=cfg.controller.ports())
             .find(|p| !in_use(*p))
             .ok_or_else(|| {
                 QmpError::generic(format!(
                 "Error: tried to attach usb device {id} to a bus with no free ports (it has {})",
-                uhci_spec::PORTS
+                cfg.controller.ports()
             ))
             })?,
     };
@@ -223,13 +227,52 @@ mod tests {
     use crate::usb::{UsbConfig, UsbController};
 
     fn ctl_with_usb() -> std::sync::Arc<VmControl> {
+        ctl_with(UsbController::Uhci)
+    }
+
+    fn ctl_with(controller: UsbController) -> std::sync::Arc<VmControl> {
         let c = VmControl::new(&[]).unwrap();
         c.set_usb(Some(UsbConfig {
-            controller: UsbController::Uhci,
+            controller,
             devices: Vec::new(),
         }));
         c.enable_events();
         c
+    }
+
+    #[test]
+    fn ports_follow_the_controller() {
+        let kbd = |id: &str, port: &str| args(json!({"driver": "usb-kbd", "id": id, "port": port}));
+        // UHCI has ports 1 and 2; EHCI has 1 to 6.
+        let c = ctl_with(UsbController::Uhci);
+        let e = device_add(&c, &kbd("k5", "5")).unwrap_err();
+        assert!(format!("{e:?}").contains("usb port 5"), "{e:?}");
+        let c = ctl_with(UsbController::Ehci);
+        device_add(&c, &kbd("k5", "5")).unwrap();
+        for n in 0..5 {
+            device_add(
+                &c,
+                &args(json!({"driver": "usb-kbd", "id": format!("k{n}")})),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            ids(&c),
+            vec![
+                ("k5".into(), 5),
+                ("k0".into(), 1),
+                ("k1".into(), 2),
+                ("k2".into(), 3),
+                ("k3".into(), 4),
+                ("k4".into(), 6)
+            ]
+        );
+        let e = device_add(&c, &args(json!({"driver": "usb-kbd", "id": "k6"}))).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("no free ports (it has 6)"),
+            "{e:?}"
+        );
+        assert!(device_add(&c, &kbd("k7", "7")).is_err());
     }
 
     fn args(v: Value) -> Map<String, Value> {
