@@ -33,6 +33,8 @@ pub const STATUS_CAPABILITIES: u16 = 0x0010;
 pub enum BarKind {
     Io,
     Memory32,
+    /// A 64-bit memory BAR: this register and the next hold the address.
+    Memory64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -173,12 +175,17 @@ impl ConfigSpace {
         let type_bits = match kind {
             BarKind::Io => 0x1u32,
             BarKind::Memory32 => 0x0u32,
+            BarKind::Memory64 => 0x4u32,
         };
         // Address bits below the size are hard-wired to zero, as are the
         // type bits, which is how firmware sizes a BAR.
         let mask = !(size as u32).wrapping_sub(1) & if kind == BarKind::Io { !0x3 } else { !0xf };
         self.set_u32(off, type_bits);
         self.set_wmask_u32(off, mask);
+        if kind == BarKind::Memory64 {
+            self.set_u32(off + 4, 0);
+            self.set_wmask_u32(off + 4, 0xffff_ffff);
+        }
     }
 
     pub fn command(&self) -> u16 {
@@ -199,6 +206,12 @@ impl ConfigSpace {
             BarKind::Memory32 => (
                 AddressSpace::Mmio,
                 u64::from(raw & 0xffff_fff0),
+                self.command() & COMMAND_MEMORY != 0,
+            ),
+            BarKind::Memory64 => (
+                AddressSpace::Mmio,
+                u64::from(raw & 0xffff_fff0)
+                    | u64::from(self.read_u32(REG_BAR0 + 4 * index + 4)) << 32,
                 self.command() & COMMAND_MEMORY != 0,
             ),
         };
