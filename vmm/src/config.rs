@@ -96,7 +96,13 @@ impl MachineConfig {
             bail!("--kernel boots without firmware: it cannot be combined with --firmware or --option-rom");
         }
         let firmware = if kernel.is_none() {
-            Some(firmware::load(args.firmware.as_deref())?)
+            // A controller whose driver only the bigger SeaBIOS build has
+            // picks that build when no firmware is named.
+            let default = args
+                .usb_controller
+                .and_then(|c| c.default_firmware())
+                .unwrap_or(firmware::DEFAULT_FIRMWARE);
+            Some(firmware::load_or(args.firmware.as_deref(), default)?)
         } else {
             None
         };
@@ -126,7 +132,7 @@ impl MachineConfig {
         let usb = crate::usb::open_usb(args.usb_controller, &args.usb, &in_use)?;
         let usb_disks = usb
             .as_ref()
-            .map(|u| crate::usb::boot_order(&u.devices))
+            .map(|u| crate::usb::boot_order(u.controller, &u.devices))
             .unwrap_or_default();
         if args.boot == crate::storage::BootDevice::Usb && usb_disks.is_empty() {
             bail!("--boot usb: no USB disk is given (--usb disk:PATH)");

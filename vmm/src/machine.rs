@@ -326,7 +326,7 @@ impl Machine {
                 let drives = crate::storage::boot_order(&drives, cfg.boot);
                 let usb = usb_cfg
                     .as_ref()
-                    .map(|u| crate::usb::boot_order(&u.devices))
+                    .map(|u| crate::usb::boot_order(u.controller, &u.devices))
                     .unwrap_or_default();
                 if cfg.boot == crate::storage::BootDevice::Usb {
                     usb.into_iter().chain(drives).collect()

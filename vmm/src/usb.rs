@@ -1,6 +1,7 @@
 //! USB: the `--usb-controller` and `--usb` options, the images USB disks
-//! open, the PIIX3 UHCI function at 00:01.2 with the emulated devices on
-//! its root ports, and the host timer that runs its frames.
+//! open, the host controller (the PIIX3 UHCI function at 00:01.2, or an
+//! xHCI at 00:05.0) with the emulated devices on its root ports, and the
+//! host thread that runs UHCI frames or completes xHCI transfers.
 //!
 //! Devices are plugged and unplugged while the guest runs through
 //! [`UsbHandle`] (QMP `device_add`/`device_del`, see `control::devices`);
@@ -23,6 +24,7 @@ use rehost_devices::usb::keyboard::{KeyboardHandle, UsbKeyboard};
 use rehost_devices::usb::storage::UsbStorage;
 use rehost_devices::usb::uhci::Uhci;
 use rehost_devices::usb::uhci_spec;
+use rehost_devices::usb::xhci::Xhci;
 use rehost_devices::usb::UsbDevice;
 use rehost_devices::GuestMemory;
 use rehost_disk::dirty::DirtyTracker;
@@ -30,6 +32,12 @@ use rehost_disk::{BlockDevice, DiskImage};
 
 /// Where the PIIX3 USB function sits: function 2 of the south bridge.
 pub const UHCI_DEVFN: DevFn = DevFn::new(1, 2);
+/// Where the xHCI controller sits: a slot of its own.
+pub const XHCI_DEVFN: DevFn = DevFn::new(5, 0);
+
+/// The firmware that has an xHCI driver: Debian's 256 KiB SeaBIOS build
+/// (the 128 KiB bios.bin has UHCI and EHCI only).
+pub const XHCI_FIRMWARE: &str = "/usr/share/seabios/bios-256k.bin";
 
 /// The USB host controller (`--usb-controller`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -39,6 +47,30 @@ pub enum UsbController {
     /// Windows since 2000 drive it.
     #[default]
     Uhci,
+    /// xHCI (QEMU's qemu-xhci, 1b36:000d, class 0c0330) at 00:05.0: USB 2
+    /// root ports 1-4 (low, full, high speed) and USB 3 ports 5-8. SeaBIOS
+    /// drives it only in bios-256k.bin (taken by default with this
+    /// controller); Windows 8 and later and Linux's xhci_hcd drive it.
+    Xhci,
+}
+
+impl UsbController {
+    /// The controller's PCI address.
+    pub fn devfn(self) -> DevFn {
+        match self {
+            UsbController::Uhci => UHCI_DEVFN,
+            UsbController::Xhci => XHCI_DEVFN,
+        }
+    }
+
+    /// The firmware this controller needs when --firmware is not given,
+    /// if not the default bios.bin.
+    pub fn default_firmware(self) -> Option<&'static str> {
+        match self {
+            UsbController::Uhci => None,
+            UsbController::Xhci => Some(XHCI_FIRMWARE),
+        }
+    }
 }
 
 /// One `--usb` option, parsed.
@@ -263,12 +295,18 @@ pub fn open_device(
 }
 
 /// The OpenFirmware path SeaBIOS matches a USB disk against (SeaBIOS
-/// src/boot.c bootprio_find_usb: the controller's PCI path, then
-/// storage@PORT/channel@0/disk@0,LUN).
-pub fn firmware_path(port: usize) -> String {
+/// src/boot.c bootprio_find_usb: the controller's PCI path, its function
+/// only when not 0, then storage@PORT/channel@0/disk@0,LUN).
+pub fn firmware_path(controller: UsbController, port: usize) -> String {
+    let at = controller.devfn();
+    let function = if at.function != 0 {
+        format!(",{:x}", at.function)
+    } else {
+        String::new()
+    };
     format!(
-        "/pci@i0cf8/usb@{:x},{:x}/storage@{port:x}/channel@0/disk@0,0",
-        UHCI_DEVFN.device, UHCI_DEVFN.function
+        "/pci@i0cf8/usb@{:x}{function}/storage@{port:x}/channel@0/disk@0,0",
+        at.device
     )
 }
 
@@ -306,11 +344,11 @@ pub fn close_device(d: UsbDeviceConfig) {
 }
 
 /// Boot order entries of the USB disks.
-pub fn boot_order(devices: &[UsbDeviceConfig]) -> Vec<String> {
+pub fn boot_order(controller: UsbController, devices: &[UsbDeviceConfig]) -> Vec<String> {
     devices
         .iter()
         .filter(|d| matches!(d.spec, UsbDeviceSpec::Disk { .. }))
-        .map(|d| firmware_path(d.port))
+        .map(|d| firmware_path(controller, d.port))
         .collect()
 }
 
@@ -382,6 +420,48 @@ fn frame_timer(uhci: Arc<Mutex<Uhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
     }
 }
 
+/// Completes xHCI transfers the devices answer later and retries NAKed
+/// ones (about once a millisecond while any waits); sleeps otherwise.
+fn xhci_worker(xhci: Arc<Mutex<Xhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
+    while !stop.load(Ordering::Relaxed) {
+        let waiting = {
+            let mut x = lock(&xhci);
+            x.poll();
+            x.wants_poll()
+        };
+        if waiting {
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            wake.wait(Duration::from_millis(500));
+        }
+    }
+}
+
+/// The host controller of one boot.
+#[derive(Clone)]
+enum HostController {
+    Uhci(Arc<Mutex<Uhci>>),
+    Xhci(Arc<Mutex<Xhci>>),
+}
+
+impl HostController {
+    fn attach(&self, port: usize, device: Box<dyn UsbDevice>) -> anyhow::Result<()> {
+        match self {
+            HostController::Uhci(u) => lock(u).attach(port, device)?,
+            HostController::Xhci(x) => lock(x).attach(port, device)?,
+        }
+        Ok(())
+    }
+
+    fn detach(&self, port: usize) -> anyhow::Result<()> {
+        match self {
+            HostController::Uhci(u) => lock(u).detach(port)?,
+            HostController::Xhci(x) => lock(x).detach(port)?,
+        }
+        Ok(())
+    }
+}
+
 /// A keyboard's place on the console, by root port.
 type ConsoleInputs = Arc<Mutex<Vec<(usize, Arc<dyn InputSink>)>>>;
 
@@ -391,7 +471,7 @@ type ConsoleInputs = Arc<Mutex<Vec<(usize, Arc<dyn InputSink>)>>>;
 /// a device comes or goes between two frames, never during one.
 #[derive(Clone)]
 pub struct UsbHandle {
-    uhci: Arc<Mutex<Uhci>>,
+    controller: HostController,
     keyboards: ConsoleInputs,
 }
 
@@ -400,9 +480,7 @@ impl UsbHandle {
     /// change and enumerates it. A keyboard takes the console's keys.
     pub fn plug(&self, d: &UsbDeviceConfig, console: &Console) -> anyhow::Result<()> {
         let (device, input) = device_model(d)?;
-        self.uhci
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.controller
             .attach(d.port, device)
             .with_context(|| format!("USB root port {}", d.port))?;
         if let Some(input) = input {
@@ -417,9 +495,7 @@ impl UsbHandle {
     /// next frame. The device model (and its hold on a disk image) is
     /// dropped before this returns.
     pub fn unplug(&self, port: usize, console: &Console) -> anyhow::Result<()> {
-        self.uhci
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.controller
             .detach(port)
             .with_context(|| format!("USB root port {port}"))?;
         let mut keyboards = lock(&self.keyboards);
@@ -504,38 +580,63 @@ pub fn attach(
     pci: &mut PciRoot,
     router: &Arc<PciInterruptRouter>,
 ) -> anyhow::Result<AttachedUsb> {
-    let UsbController::Uhci = controller;
+    let at = controller.devfn();
+    let pin = match controller {
+        UsbController::Uhci => uhci_spec::INTERRUPT_PIN,
+        UsbController::Xhci => rehost_devices::usb::xhci_spec::INTERRUPT_PIN,
+    };
     let intx = router.intx(
-        UHCI_DEVFN.device,
-        uhci_spec::INTERRUPT_PIN - 1,
-        u32::from(UHCI_DEVFN.device) << 3 | u32::from(UHCI_DEVFN.function),
+        at.device,
+        pin - 1,
+        u32::from(at.device) << 3 | u32::from(at.function),
     );
     let wake = Arc::new(Wake::default());
-    let mut uhci = Uhci::new(mem.clone(), intx);
     let w = wake.clone();
-    uhci.set_wake(Some(Arc::new(move || w.signal())));
+    let signal: Arc<dyn Fn() + Send + Sync> = Arc::new(move || w.signal());
+    let host = match controller {
+        UsbController::Uhci => {
+            let mut uhci = Uhci::new(mem.clone(), intx);
+            uhci.set_wake(Some(signal));
+            HostController::Uhci(Arc::new(Mutex::new(uhci)))
+        }
+        UsbController::Xhci => {
+            let mut xhci = Xhci::new(mem.clone(), intx);
+            xhci.set_wake(Some(signal));
+            HostController::Xhci(Arc::new(Mutex::new(xhci)))
+        }
+    };
     let mut keyboards = Vec::new();
     for d in devices {
         let (device, input) = device_model(d)?;
         if let Some(input) = input {
             keyboards.push((d.port, input));
         }
-        uhci.attach(d.port, device)
+        host.attach(d.port, device)
             .with_context(|| format!("--usb on port {}", d.port))?;
     }
-    let uhci = Arc::new(Mutex::new(uhci));
-    pci.add(UHCI_DEVFN, uhci.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
-    let timer = {
-        let (u, s, w) = (uhci.clone(), stop.clone(), wake.clone());
-        std::thread::Builder::new()
-            .name("uhci-frames".into())
-            .spawn(move || frame_timer(u, s, w))
-            .context("spawning the UHCI frame timer thread")?
+    let (s, w) = (stop.clone(), wake.clone());
+    let timer = match &host {
+        HostController::Uhci(u) => {
+            pci.add(at, u.clone())?;
+            let u = u.clone();
+            std::thread::Builder::new()
+                .name("uhci-frames".into())
+                .spawn(move || frame_timer(u, s, w))
+                .context("spawning the UHCI frame timer thread")?
+        }
+        HostController::Xhci(x) => {
+            pci.add(at, x.clone())?;
+            let x = x.clone();
+            std::thread::Builder::new()
+                .name("xhci-events".into())
+                .spawn(move || xhci_worker(x, s, w))
+                .context("spawning the xHCI transfer thread")?
+        }
     };
     Ok(AttachedUsb {
         handle: UsbHandle {
-            uhci,
+            controller: host,
             keyboards: Arc::new(Mutex::new(keyboards)),
         },
         stop,
@@ -593,8 +694,12 @@ mod tests {
         assert_eq!(cfg.controller, UsbController::Uhci);
         assert_eq!(cfg.devices[1].port, 2);
         assert_eq!(
-            boot_order(&cfg.devices),
+            boot_order(cfg.controller, &cfg.devices),
             vec!["/pci@i0cf8/usb@1,2/storage@2/channel@0/disk@0,0"]
+        );
+        assert_eq!(
+            boot_order(UsbController::Xhci, &cfg.devices),
+            vec!["/pci@i0cf8/usb@5/storage@2/channel@0/disk@0,0"]
         );
         let err = open_usb(None, &[disk.clone(), disk.clone()], &[]).unwrap_err();
         assert!(format!("{err:#}").contains("attached twice"), "{err:#}");
