@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rehost_devices::display::{Console, InputSink};
+use rehost_devices::irq::MsiSender;
 use rehost_devices::pci::{DevFn, PciInterruptRouter, PciRoot};
 use rehost_devices::usb::keyboard::{KeyboardHandle, UsbKeyboard};
 use rehost_devices::usb::storage::UsbStorage;
@@ -579,6 +580,7 @@ pub fn attach(
     mem: &GuestMemory,
     pci: &mut PciRoot,
     router: &Arc<PciInterruptRouter>,
+    msi: Arc<dyn MsiSender>,
 ) -> anyhow::Result<AttachedUsb> {
     let at = controller.devfn();
     let pin = match controller {
@@ -602,6 +604,7 @@ pub fn attach(
         UsbController::Xhci => {
             let mut xhci = Xhci::new(mem.clone(), intx);
             xhci.set_wake(Some(signal));
+            xhci.set_msi(Some(msi));
             HostController::Xhci(Arc::new(Mutex::new(xhci)))
         }
     };

@@ -33,8 +33,11 @@ use super::{
     TransferStatus, UsbDevice,
 };
 use crate::bus::BusDevice;
-use crate::irq::IrqLine;
-use crate::pci::config::COMMAND_BUS_MASTER;
+use crate::irq::{IrqLine, MsiSender};
+use crate::pci::config::{
+    COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, REG_CAPABILITIES, REG_STATUS, STATUS_CAPABILITIES,
+    STATUS_INTERRUPT,
+};
 use crate::pci::{BarKind, ConfigSpace, PciFunction};
 use crate::{guest_error, GuestMemory};
 
@@ -210,6 +213,7 @@ pub struct Xhci {
     mem: GuestMemory,
     irq: Arc<dyn IrqLine>,
     irq_level: bool,
+    msi: Option<Arc<dyn MsiSender>>,
     usbcmd: u32,
     usbsts: u32,
     dnctrl: u32,
@@ -245,11 +249,20 @@ impl Xhci {
         cs.add_bar(spec::BAR_MMIO, BarKind::Memory64, spec::MMIO_LEN);
         cs.set_u8(spec::REG_SBRN, spec::SBRN_USB30);
         cs.set_u8(spec::REG_FLADJ, spec::FLADJ_DEFAULT);
+        cs.set_u16(REG_STATUS, STATUS_CAPABILITIES);
+        cs.set_u8(REG_CAPABILITIES, spec::CAP_MSI_OFFSET as u8);
+        cs.set_u8(spec::CAP_MSI_OFFSET, spec::CAP_ID_MSI);
+        cs.set_u16(spec::MSI_CONTROL, spec::MSI_64BIT);
+        cs.set_wmask_u16(spec::MSI_CONTROL, 0x0071);
+        cs.set_wmask_u32(spec::MSI_ADDRESS, 0xffff_fffc);
+        cs.set_wmask_u32(spec::MSI_ADDRESS_HI, 0xffff_ffff);
+        cs.set_wmask_u16(spec::MSI_DATA, 0xffff);
         let mut x = Self {
             cs,
             mem,
             irq,
             irq_level: false,
+            msi: None,
             usbcmd: 0,
             usbsts: spec::STS_HCH,
             dnctrl: 0,
@@ -273,6 +286,12 @@ impl Xhci {
         };
         x.reset_controller();
         x
+    }
+
+    /// Where MSI messages go once software enables MSI; without it the
+    /// controller signals INTA only.
+    pub fn set_msi(&mut self, msi: Option<Arc<dyn MsiSender>>) {
+        self.msi = msi;
     }
 
     /// Called when a device answers a transfer from another thread, so
@@ -542,15 +561,39 @@ impl Xhci {
         self.update_irq();
     }
 
-    fn update_irq(&mut self) {
-        let level = self.usbcmd & spec::CMD_INTE != 0
+    fn msi_enabled(&self) -> bool {
+        self.msi.is_some() && self.cs.read_u16(spec::MSI_CONTROL) & spec::MSI_ENABLE != 0
+    }
+
+    /// Drives INTA from interrupter 0 (4.17.2); with MSI enabled, sends a
+    /// message instead when `new_event` made it pending.
+    fn signal(&mut self, new_event: bool) {
+        let pending = self.usbcmd & spec::CMD_INTE != 0
             && self.iman & spec::IMAN_IE != 0
-            && self.iman & spec::IMAN_IP != 0
-            && self.cs.command() & crate::pci::config::COMMAND_INTX_DISABLE == 0;
+            && self.iman & spec::IMAN_IP != 0;
+        let msi = self.msi_enabled();
+        let level = pending && !msi && self.cs.command() & COMMAND_INTX_DISABLE == 0;
+        let status = self.cs.read_u16(REG_STATUS) & !STATUS_INTERRUPT;
+        self.cs.set_u16(
+            REG_STATUS,
+            status | if pending { STATUS_INTERRUPT } else { 0 },
+        );
         if level != self.irq_level {
             self.irq_level = level;
             self.irq.set_level(level);
         }
+        if msi && pending && new_event {
+            let addr = u64::from(self.cs.read_u32(spec::MSI_ADDRESS))
+                | u64::from(self.cs.read_u32(spec::MSI_ADDRESS_HI)) << 32;
+            let data = u32::from(self.cs.read_u16(spec::MSI_DATA));
+            if let Some(m) = &self.msi {
+                m.send(addr, data);
+            }
+        }
+    }
+
+    fn update_irq(&mut self) {
+        self.signal(false);
     }
 
     /// A fatal error: Host System Error (a bad bus access) or Host
@@ -658,9 +701,10 @@ impl Xhci {
     /// Writes waiting events while the event ring has room: it is full
     /// when the next enqueue position is software's dequeue pointer.
     fn flush_events(&mut self) {
+        let mut raised = false;
         while let Some(&ev) = self.waiting_events.front() {
             if !self.running() || self.events.segments.is_empty() {
-                return;
+                break;
             }
             let (base, size) = self.events.segments[self.events.segment];
             let at = base + u64::from(self.events.index) * spec::TRB_LEN;
@@ -671,7 +715,7 @@ impl Xhci {
             }
             let next = self.events.segments[seg].0 + u64::from(idx) * spec::TRB_LEN;
             if next == self.erdp & spec::ERDP_PTR_MASK {
-                return;
+                break;
             }
             self.waiting_events.pop_front();
             // Bit 0 of dword 3 carried "no interrupt" (BEI) until here.
@@ -681,7 +725,7 @@ impl Xhci {
                 .write_dwords(at, &[ev[0], ev[1], ev[2], control])
                 .is_none()
             {
-                return;
+                break;
             }
             self.events.index = idx;
             if seg != self.events.segment || idx == 0 {
@@ -691,12 +735,13 @@ impl Xhci {
                 self.events.segment = seg;
             }
             if !no_interrupt {
+                raised |= self.iman & spec::IMAN_IP == 0;
                 self.iman |= spec::IMAN_IP;
                 self.erdp |= spec::ERDP_EHB;
                 self.usbsts |= spec::STS_EINT;
             }
         }
-        self.update_irq();
+        self.signal(raised);
     }
 
     /// Reads the Event Ring Segment Table (5.5.2.3, 6.5): on a bad size
@@ -1806,5 +1851,10 @@ impl PciFunction for Xhci {
     }
     fn config_mut(&mut self) -> &mut ConfigSpace {
         &mut self.cs
+    }
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        self.cs.write(offset, data);
+        // INTx disable or MSI enable may have changed.
+        self.update_irq();
     }
 }

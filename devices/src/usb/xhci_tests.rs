@@ -881,3 +881,101 @@ fn late_answers_naks_and_unplug_complete_tds() {
     r.x.poll();
     assert_eq!(r.event(), None);
 }
+
+#[test]
+fn msi_replaces_inta_once_enabled() {
+    let mut r = Rig::new();
+    let msi = crate::irq::RecordingMsi::new();
+    r.x.set_msi(Some(msi.clone()));
+    // The capability list leads to a 64-bit MSI capability.
+    assert_ne!(r.x.config_read(0x04) >> 16 & 0x10, 0);
+    let cap = (r.x.config_read(0x34) & 0xff) as usize;
+    assert_eq!(r.x.config_read(cap) & 0xff, 0x05);
+    r.x.config_write(cap + 4, &0xfee0_0000u32.to_le_bytes());
+    r.x.config_write(cap + 12, &0x4041u16.to_le_bytes());
+    r.x.config_write(cap + 2, &1u16.to_le_bytes());
+    r.start();
+    let e = r.command(0, spec::CMD_NOOP << spec::TRB_TYPE_SHIFT);
+    assert_eq!(e.cc(), spec::CC_SUCCESS);
+    assert_eq!(msi.messages(), vec![(0xfee0_0000, 0x4041)]);
+    assert!(!r.irq.level(), "no INTA with MSI on");
+    // Another event while IP is still set sends nothing new.
+    r.command(0, spec::CMD_NOOP << spec::TRB_TYPE_SHIFT);
+    assert_eq!(msi.messages().len(), 1);
+    r.w32(Rig::ir(spec::IMAN), spec::IMAN_IP | spec::IMAN_IE);
+    r.command(0, spec::CMD_NOOP << spec::TRB_TYPE_SHIFT);
+    assert_eq!(msi.messages().len(), 2);
+}
+
+#[test]
+fn event_data_trbs_and_short_bulk_reads_report_lengths() {
+    let mut r = Rig::new();
+    let (_, dev) = disk();
+    r.x.attach(1, dev).unwrap();
+    let (slot, _ep0, mut out, mut inr) = configured_disk(&mut r);
+    // A CBW (TEST UNIT READY) in two chained Normal TRBs, then an Event
+    // Data TRB: one event, with the Event Data parameter and the length
+    // of the whole TD.
+    let mut cbw = vec![0u8; msd::CBW_LEN];
+    cbw[0..4].copy_from_slice(&msd::CBW_SIGNATURE.to_le_bytes());
+    cbw[4..8].copy_from_slice(&7u32.to_le_bytes());
+    cbw[14] = 6;
+    r.mem.write_slice(&cbw, GuestAddress(BUF)).unwrap();
+    let normal = spec::TRB_NORMAL << spec::TRB_TYPE_SHIFT | spec::TRB_CH;
+    out.push(&r.mem, BUF, 16, normal);
+    out.push(&r.mem, BUF + 16, 15, normal);
+    out.push(
+        &r.mem,
+        0xabcd_0000,
+        0,
+        spec::TRB_EVENT_DATA << spec::TRB_TYPE_SHIFT | spec::TRB_IOC,
+    );
+    r.w32(spec::DOORBELL_BASE + 4 * slot as u64, 4);
+    let e = r.event().unwrap();
+    assert_eq!(e.param, 0xabcd_0000);
+    assert_ne!(e.control & spec::TRB_EVENT_ED, 0);
+    assert_eq!((e.cc(), e.len()), (spec::CC_SUCCESS, 31));
+    assert_eq!(r.event(), None);
+    // The CSW into a 64-byte buffer with ISP: Short Packet, 51 left over.
+    let at = inr.push(
+        &r.mem,
+        BUF + 0x100,
+        64,
+        spec::TRB_NORMAL << spec::TRB_TYPE_SHIFT | spec::TRB_ISP | spec::TRB_IOC,
+    );
+    r.w32(spec::DOORBELL_BASE + 4 * slot as u64, 3);
+    let e = r.event().unwrap();
+    assert_eq!((e.param, e.cc(), e.len()), (at, spec::CC_SHORT_PACKET, 51));
+    let mut csw = [0u8; 13];
+    r.mem
+        .read_slice(&mut csw, GuestAddress(BUF + 0x100))
+        .unwrap();
+    assert_eq!(&csw[0..4], &msd::CSW_SIGNATURE.to_le_bytes());
+    assert_eq!(csw[12], msd::CSW_PASSED);
+    // A bulk IN with no command pending NAKs; Stop Endpoint gives the TD
+    // up with a Stopped event.
+    let at = inr.push(
+        &r.mem,
+        BUF,
+        512,
+        spec::TRB_NORMAL << spec::TRB_TYPE_SHIFT | spec::TRB_IOC,
+    );
+    r.w32(spec::DOORBELL_BASE + 4 * slot as u64, 3);
+    assert_eq!(r.event(), None);
+    r.cmd.push(
+        &r.mem,
+        0,
+        0,
+        spec::CMD_STOP_ENDPOINT << spec::TRB_TYPE_SHIFT | (slot as u32) << 24 | 3 << 16,
+    );
+    r.w32(spec::DOORBELL_BASE, 0);
+    let stopped = r.event().unwrap();
+    assert_eq!(stopped.ty(), spec::EVENT_TRANSFER);
+    assert_eq!((stopped.param, stopped.cc()), (at, spec::CC_STOPPED));
+    let done = r.event().unwrap();
+    assert_eq!(
+        (done.ty(), done.cc()),
+        (spec::EVENT_COMMAND_COMPLETION, spec::CC_SUCCESS)
+    );
+    assert_eq!(r.ctx_read(OUTPUT + 32 * 3, 0) & 7, spec::EP_STATE_STOPPED);
+}
