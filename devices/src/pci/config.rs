@@ -28,6 +28,15 @@ pub const COMMAND_INTX_DISABLE: u16 = 0x0400;
 pub const STATUS_INTERRUPT: u16 = 0x0008;
 pub const STATUS_CAPABILITIES: u16 = 0x0010;
 
+/// MSI capability layout (PCI 3.0 section 6.8.1), offsets from its start.
+pub const CAP_ID_MSI: u8 = 0x05;
+pub const MSI_CONTROL: usize = 2;
+pub const MSI_ADDRESS: usize = 4;
+pub const MSI_ADDRESS_HI: usize = 8;
+pub const MSI_DATA: usize = 12;
+pub const MSI_CONTROL_ENABLE: u16 = 0x0001;
+pub const MSI_CONTROL_64BIT: u16 = 0x0080;
+
 /// What a base address register decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarKind {
@@ -49,6 +58,8 @@ pub struct ConfigSpace {
     wmask: [u8; 256],
     bars: [Option<Bar>; 6],
     rom_size: Option<u64>,
+    /// Where the MSI capability is, if there is one.
+    msi: Option<usize>,
 }
 
 impl std::fmt::Debug for ConfigSpace {
@@ -71,6 +82,7 @@ impl ConfigSpace {
             wmask: [0; 256],
             bars: [None; 6],
             rom_size: None,
+            msi: None,
         };
         cs.set_u16(REG_VENDOR_ID, vendor);
         cs.set_u16(REG_DEVICE_ID, device);
@@ -186,6 +198,33 @@ impl ConfigSpace {
             self.set_u32(off + 4, 0);
             self.set_wmask_u32(off + 4, 0xffff_ffff);
         }
+    }
+
+    /// Declares an MSI capability (PCI 3.0 section 6.8.1) at `offset` as
+    /// the only capability: 64-bit address, one message.
+    pub fn add_msi_capability(&mut self, offset: usize) {
+        self.msi = Some(offset);
+        self.set_u16(REG_STATUS, self.read_u16(REG_STATUS) | STATUS_CAPABILITIES);
+        self.set_u8(REG_CAPABILITIES, offset as u8);
+        self.set_u8(offset, CAP_ID_MSI);
+        self.set_u8(offset + 1, 0);
+        self.set_u16(offset + MSI_CONTROL, MSI_CONTROL_64BIT);
+        // Enable and the multiple message enable field.
+        self.set_wmask_u16(offset + MSI_CONTROL, 0x0071);
+        self.set_wmask_u32(offset + MSI_ADDRESS, 0xffff_fffc);
+        self.set_wmask_u32(offset + MSI_ADDRESS_HI, 0xffff_ffff);
+        self.set_wmask_u16(offset + MSI_DATA, 0xffff);
+    }
+
+    /// The message (address, data) to send while software has MSI enabled.
+    pub fn msi_message(&self) -> Option<(u64, u32)> {
+        let at = self.msi?;
+        if self.read_u16(at + MSI_CONTROL) & MSI_CONTROL_ENABLE == 0 {
+            return None;
+        }
+        let addr = u64::from(self.read_u32(at + MSI_ADDRESS))
+            | u64::from(self.read_u32(at + MSI_ADDRESS_HI)) << 32;
+        Some((addr, u32::from(self.read_u16(at + MSI_DATA))))
     }
 
     pub fn command(&self) -> u16 {

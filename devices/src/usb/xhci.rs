@@ -34,10 +34,7 @@ use super::{
 };
 use crate::bus::BusDevice;
 use crate::irq::{IrqLine, MsiSender};
-use crate::pci::config::{
-    COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, REG_CAPABILITIES, REG_STATUS, STATUS_CAPABILITIES,
-    STATUS_INTERRUPT,
-};
+use crate::pci::config::{COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, REG_STATUS, STATUS_INTERRUPT};
 use crate::pci::{BarKind, ConfigSpace, PciFunction};
 use crate::{guest_error, GuestMemory};
 
@@ -249,14 +246,7 @@ impl Xhci {
         cs.add_bar(spec::BAR_MMIO, BarKind::Memory64, spec::MMIO_LEN);
         cs.set_u8(spec::REG_SBRN, spec::SBRN_USB30);
         cs.set_u8(spec::REG_FLADJ, spec::FLADJ_DEFAULT);
-        cs.set_u16(REG_STATUS, STATUS_CAPABILITIES);
-        cs.set_u8(REG_CAPABILITIES, spec::CAP_MSI_OFFSET as u8);
-        cs.set_u8(spec::CAP_MSI_OFFSET, spec::CAP_ID_MSI);
-        cs.set_u16(spec::MSI_CONTROL, spec::MSI_64BIT);
-        cs.set_wmask_u16(spec::MSI_CONTROL, 0x0071);
-        cs.set_wmask_u32(spec::MSI_ADDRESS, 0xffff_fffc);
-        cs.set_wmask_u32(spec::MSI_ADDRESS_HI, 0xffff_ffff);
-        cs.set_wmask_u16(spec::MSI_DATA, 0xffff);
+        cs.add_msi_capability(spec::CAP_MSI_OFFSET);
         let mut x = Self {
             cs,
             mem,
@@ -561,17 +551,14 @@ impl Xhci {
         self.update_irq();
     }
 
-    fn msi_enabled(&self) -> bool {
-        self.msi.is_some() && self.cs.read_u16(spec::MSI_CONTROL) & spec::MSI_ENABLE != 0
-    }
-
     /// Drives INTA from interrupter 0 (4.17.2); with MSI enabled, sends a
     /// message instead when `new_event` made it pending.
     fn signal(&mut self, new_event: bool) {
         let pending = self.usbcmd & spec::CMD_INTE != 0
             && self.iman & spec::IMAN_IE != 0
             && self.iman & spec::IMAN_IP != 0;
-        let msi = self.msi_enabled();
+        let message = self.cs.msi_message().filter(|_| self.msi.is_some());
+        let msi = message.is_some();
         let level = pending && !msi && self.cs.command() & COMMAND_INTX_DISABLE == 0;
         let status = self.cs.read_u16(REG_STATUS) & !STATUS_INTERRUPT;
         self.cs.set_u16(
@@ -582,13 +569,9 @@ impl Xhci {
             self.irq_level = level;
             self.irq.set_level(level);
         }
-        if msi && pending && new_event {
-            let addr = u64::from(self.cs.read_u32(spec::MSI_ADDRESS))
-                | u64::from(self.cs.read_u32(spec::MSI_ADDRESS_HI)) << 32;
-            let data = u32::from(self.cs.read_u16(spec::MSI_DATA));
-            if let Some(m) = &self.msi {
-                m.send(addr, data);
-            }
+        if let (true, true, Some(m), Some((addr, data))) = (pending, new_event, &self.msi, message)
+        {
+            m.send(addr, data);
         }
     }
 

@@ -21,15 +21,8 @@ pub const SBRN_USB30: u8 = 0x30;
 pub const REG_FLADJ: usize = 0x61;
 pub const FLADJ_DEFAULT: u8 = 0x20;
 
-/// PCI MSI capability (PCI 3.0 6.8.1): 64-bit, one message.
+/// Where the PCI MSI capability is.
 pub const CAP_MSI_OFFSET: usize = 0x80;
-pub const CAP_ID_MSI: u8 = 0x05;
-pub const MSI_CONTROL: usize = CAP_MSI_OFFSET + 2;
-pub const MSI_ADDRESS: usize = CAP_MSI_OFFSET + 4;
-pub const MSI_ADDRESS_HI: usize = CAP_MSI_OFFSET + 8;
-pub const MSI_DATA: usize = CAP_MSI_OFFSET + 12;
-pub const MSI_ENABLE: u16 = 0x0001;
-pub const MSI_64BIT: u16 = 0x0080;
 
 /// Root ports: 1-4 speak USB 2 (low/full/high speed), 5-8 USB 3.
 pub const USB2_PORTS: usize = 4;
