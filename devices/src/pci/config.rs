@@ -337,6 +337,43 @@ mod tests {
     }
 
     #[test]
+    fn memory64_bars_size_and_decode_across_both_registers() {
+        let mut cs = ConfigSpace::new(0x1b36, 0x000d, 0x0c_03_30, 1);
+        cs.add_bar(0, BarKind::Memory64, 0x4000);
+        cs.write(0x10, &0xffff_ffffu32.to_le_bytes());
+        cs.write(0x14, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(cs.read_u32(0x10), 0xffff_c004, "size mask, 64-bit type");
+        assert_eq!(cs.read_u32(0x14), 0xffff_ffff);
+        cs.write(0x10, &0xfebf_c000u32.to_le_bytes());
+        cs.write(0x14, &1u32.to_le_bytes());
+        cs.write(REG_COMMAND, &COMMAND_MEMORY.to_le_bytes());
+        assert_eq!(
+            cs.bar_regions(),
+            vec![PciRegion {
+                space: AddressSpace::Mmio,
+                base: 0x1_febf_c000,
+                len: 0x4000
+            }]
+        );
+    }
+
+    #[test]
+    fn msi_capability_gives_its_message_only_when_enabled() {
+        let mut cs = ConfigSpace::new(0x1b36, 0x000d, 0x0c_03_30, 1);
+        cs.add_msi_capability(0x80);
+        assert_ne!(cs.read_u16(REG_STATUS) & STATUS_CAPABILITIES, 0);
+        assert_eq!(cs.read_u8(REG_CAPABILITIES), 0x80);
+        assert_eq!(cs.read_u8(0x80), CAP_ID_MSI);
+        cs.write(0x84, &0xfee0_1000u32.to_le_bytes());
+        cs.write(0x8c, &0x41u16.to_le_bytes());
+        assert_eq!(cs.msi_message(), None);
+        cs.write(0x82, &MSI_CONTROL_ENABLE.to_le_bytes());
+        assert_eq!(cs.msi_message(), Some((0xfee0_1000, 0x41)));
+        // 64-bit capable, read-only.
+        assert_ne!(cs.read_u16(0x82) & MSI_CONTROL_64BIT, 0);
+    }
+
+    #[test]
     fn expansion_rom_sizes_and_decodes_only_when_enabled() {
         let mut cs = ConfigSpace::new(0x1234, 0x1111, 0x03_00_00, 2);
         cs.add_rom(40 * 1024);
