@@ -2,7 +2,8 @@
 //! SeaBIOS's xHCI and USB mass-storage drivers (only in Debian's
 //! bios-256k.bin, which `--usb-controller xhci` loads by default) boot
 //! GRUB from a USB disk (a differencing VHDX child) and GRUB hashes a file
-//! through them (GRUB 2.06 has no xHCI driver of its own). A real-mode
+//! through them (GRUB 2.06 has no xHCI driver of its own); SeaBIOS's USB
+//! keyboard driver sets up a keyboard on the same controller. A real-mode
 //! program writes and reads back through SeaBIOS's INT 13h on a USB disk
 //! on xHCI, and the host finds exactly those bytes in the child, the
 //! parent unchanged.
@@ -75,6 +76,8 @@ halt
             "xhci",
             "--usb",
             &usb_disk,
+            "--usb",
+            "keyboard",
             "--boot",
             "usb",
         ],
@@ -94,6 +97,10 @@ halt
         "enabled, pls 0, speed 3 [High]",
         "USB MSC vendor='REHOST' product='USB DISK'",
         "USB MSC blksize=512 sectors=65536",
+        // The keyboard on port 2 at full speed, its interrupt endpoint
+        // polled through a transfer ring.
+        "speed 1 [Full]",
+        "USB keyboard initialized",
     ] {
         assert!(fw.contains(line), "firmware log lacks {line:?}: {fw}");
     }
