@@ -690,13 +690,15 @@ impl Xhci {
                 break;
             }
             let (base, size) = self.events.segments[self.events.segment];
-            let at = base + u64::from(self.events.index) * spec::TRB_LEN;
+            let at = base.wrapping_add(u64::from(self.events.index) * spec::TRB_LEN);
             let (mut seg, mut idx) = (self.events.segment, self.events.index + 1);
             if idx >= size {
                 idx = 0;
                 seg = (seg + 1) % self.events.segments.len();
             }
-            let next = self.events.segments[seg].0 + u64::from(idx) * spec::TRB_LEN;
+            let next = self.events.segments[seg]
+                .0
+                .wrapping_add(u64::from(idx) * spec::TRB_LEN);
             if next == self.erdp & spec::ERDP_PTR_MASK {
                 break;
             }
@@ -748,7 +750,7 @@ impl Xhci {
         }
         let mut segs = Vec::new();
         for i in 0..u64::from(n) {
-            let Some(e) = self.read_dwords::<4>(self.erstba + 16 * i) else {
+            let Some(e) = self.read_dwords::<4>(self.erstba.wrapping_add(16 * i)) else {
                 return;
             };
             let base = (u64::from(e[0]) | u64::from(e[1]) << 32) & !0x3f;
@@ -818,7 +820,7 @@ impl Xhci {
                     return;
                 }
             };
-            ring.dequeue = trb.addr + spec::TRB_LEN;
+            ring.dequeue = trb.addr.wrapping_add(spec::TRB_LEN);
             self.command_ring = ring;
             let (cc, slot) = self.command(&trb);
             if !self.running() {
@@ -833,7 +835,9 @@ impl Xhci {
     }
 
     fn ep_ctx(&self, slot: usize, dci: usize) -> u64 {
-        self.slots[slot].context + spec::CONTEXT_LEN * dci as u64
+        self.slots[slot]
+            .context
+            .wrapping_add(spec::CONTEXT_LEN * dci as u64)
     }
 
     /// Writes the slot state and USB address into the output slot context.
@@ -935,9 +939,9 @@ impl Xhci {
         if icc[0] != 0 || icc[1] & 3 != 3 {
             return Some(spec::CC_TRB_ERROR);
         }
-        let slot_in = self.read_dwords::<8>(input + spec::CONTEXT_LEN)?;
-        let ep0_in = self.read_dwords::<8>(input + 2 * spec::CONTEXT_LEN)?;
-        let out = self.read_u64(self.dcbaap + 8 * slot as u64)? & !0x3f;
+        let slot_in = self.read_dwords::<8>(input.wrapping_add(spec::CONTEXT_LEN))?;
+        let ep0_in = self.read_dwords::<8>(input.wrapping_add(2 * spec::CONTEXT_LEN))?;
+        let out = self.read_u64(self.dcbaap.wrapping_add(8 * slot as u64))? & !0x3f;
         if out == 0 {
             return Some(spec::CC_PARAMETER_ERROR);
         }
@@ -968,7 +972,7 @@ impl Xhci {
         // The whole device context starts out clean.
         self.write_bytes(out, &[0u8; 32 * spec::CONTEXT_LEN as usize])?;
         self.write_dwords(out, &slot_out)?;
-        self.write_dwords(out + spec::CONTEXT_LEN, &ep0_out)?;
+        self.write_dwords(out.wrapping_add(spec::CONTEXT_LEN), &ep0_out)?;
         let s = &mut self.slots[slot];
         s.state = new_state;
         s.port = port;
@@ -1014,7 +1018,8 @@ impl Xhci {
         let mut added = Vec::new();
         for dci in 2..32 {
             if add & (1 << dci) != 0 {
-                let ep = self.read_dwords::<8>(input + spec::CONTEXT_LEN * (dci as u64 + 1))?;
+                let ep = self
+                    .read_dwords::<8>(input.wrapping_add(spec::CONTEXT_LEN * (dci as u64 + 1)))?;
                 let ep_type = (ep[1] >> spec::EP_TYPE_SHIFT) & spec::EP_TYPE_MASK;
                 let want_in = dci % 2 == 1;
                 let is_in = ep_type >= spec::EP_TYPE_CONTROL;
@@ -1045,7 +1050,7 @@ impl Xhci {
             };
         }
         if add & 1 != 0 {
-            let slot_in = self.read_dwords::<8>(input + spec::CONTEXT_LEN)?;
+            let slot_in = self.read_dwords::<8>(input.wrapping_add(spec::CONTEXT_LEN))?;
             let at = self.slot_ctx(slot);
             let mut out = self.read_dwords::<8>(at)?;
             let entries = 0x1f << spec::SLOT_ENTRIES_SHIFT;
@@ -1073,7 +1078,7 @@ impl Xhci {
         let input = trb.param & !0xf;
         let icc = self.read_dwords::<8>(input)?;
         if icc[1] & 1 != 0 {
-            let slot_in = self.read_dwords::<8>(input + spec::CONTEXT_LEN)?;
+            let slot_in = self.read_dwords::<8>(input.wrapping_add(spec::CONTEXT_LEN))?;
             let at = self.slot_ctx(slot);
             let mut out = self.read_dwords::<8>(at)?;
             out[1] = (out[1] & !0xffff) | (slot_in[1] & 0xffff);
@@ -1081,7 +1086,7 @@ impl Xhci {
             self.write_dwords(at, &out)?;
         }
         if icc[1] & 2 != 0 {
-            let ep_in = self.read_dwords::<8>(input + 2 * spec::CONTEXT_LEN)?;
+            let ep_in = self.read_dwords::<8>(input.wrapping_add(2 * spec::CONTEXT_LEN))?;
             let at = self.ep_ctx(slot, 1);
             let mut out = self.read_dwords::<8>(at)?;
             out[1] = (out[1] & 0xffff) | (ep_in[1] & 0xffff_0000);
@@ -1241,7 +1246,7 @@ impl Xhci {
                 guest_error!("xHCI: TRB at {:#x} misuses immediate data", trb.addr);
                 return Err(RingFault::Trb(trb.addr));
             }
-            ring.dequeue = trb.addr + spec::TRB_LEN;
+            ring.dequeue = trb.addr.wrapping_add(spec::TRB_LEN);
             trbs.push(trb);
             let end = if control {
                 match ty {

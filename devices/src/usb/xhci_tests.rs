@@ -743,6 +743,14 @@ fn link_loops_bad_pointers_and_bad_event_rings_are_bounded() {
     assert_ne!(r.r32(Rig::op(spec::USBSTS)) & spec::STS_HCE, 0);
     assert!(!r.x.running());
 
+    // A Link TRB to the very top of the address space: no wrap-around
+    // arithmetic, a Host System Error.
+    let mut r = Rig::new();
+    r.start();
+    ProducerRing::write(&r.mem, CMD_RING, u64::MAX & !0xf, 0, link);
+    r.w32(spec::DOORBELL_BASE, 0);
+    assert_ne!(r.r32(Rig::op(spec::USBSTS)) & spec::STS_HSE, 0);
+
     // An absurd event ring segment table.
     let mut r = Rig::new();
     r.w32(Rig::ir(spec::ERSTSZ), 0xffff);
