@@ -747,7 +747,7 @@ fn link_loops_bad_pointers_and_bad_event_rings_are_bounded() {
     // arithmetic, a Host System Error.
     let mut r = Rig::new();
     r.start();
-    ProducerRing::write(&r.mem, CMD_RING, u64::MAX & !0xf, 0, link);
+    ProducerRing::write(&r.mem, CMD_RING, !0xf, 0, link);
     r.w32(spec::DOORBELL_BASE, 0);
     assert_ne!(r.r32(Rig::op(spec::USBSTS)) & spec::STS_HSE, 0);
 
