@@ -36,9 +36,15 @@ impl Firmware {
 
 /// Loads the firmware at `path`, or the default one.
 pub fn load(path: Option<&Path>) -> Result<Firmware, BootError> {
+    load_or(path, DEFAULT_FIRMWARE)
+}
+
+/// Loads the firmware at `path`, or `default` (a file of Debian's
+/// `seabios` package) when none is given.
+pub fn load_or(path: Option<&Path>, default: &str) -> Result<Firmware, BootError> {
     let (path, default) = match path {
         Some(p) => (p.to_owned(), false),
-        None => (PathBuf::from(DEFAULT_FIRMWARE), true),
+        None => (PathBuf::from(default), true),
     };
     if default && !path.exists() {
         return Err(BootError::file(

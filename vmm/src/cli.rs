@@ -79,7 +79,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u8,
     /// PC firmware image (SeaBIOS), mapped below 4 GiB. Default: Debian's
-    /// /usr/share/seabios/bios.bin (package `seabios`).
+    /// /usr/share/seabios/bios.bin (package `seabios`), or its
+    /// bios-256k.bin with `--usb-controller xhci` (only that build has the
+    /// xHCI driver).
     #[arg(long, value_name = "PATH")]
     pub firmware: Option<PathBuf>,
     /// An option ROM the firmware runs during POST, handed over as the
@@ -176,6 +178,12 @@ pub struct RunArgs {
     /// a USB keyboard on ehci, scanning the companions before the EHCI
     /// hands it over), GRUB's `ehci` (plus `uhci` for the companions) and
     /// meant for Windows' inbox usbehci (not tried here).
+    /// `xhci`: an xHCI controller
+    /// (QEMU's qemu-xhci, 1b36:000d) at 00:05.0, USB 2 root ports 1-4 and
+    /// USB 3 ports 5-8; SeaBIOS drives it only in
+    /// /usr/share/seabios/bios-256k.bin, which rehost then loads unless
+    /// --firmware names another; GRUB 2.06 has no xHCI driver; Windows 8
+    /// and later and Linux drive it.
     #[arg(long = "usb-controller", value_enum, value_name = "KIND")]
     pub usb_controller: Option<crate::usb::UsbController>,
     /// A USB device on the --usb-controller (default uhci), repeatable:

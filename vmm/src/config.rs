@@ -96,7 +96,13 @@ impl MachineConfig {
             bail!("--kernel boots without firmware: it cannot be combined with --firmware or --option-rom");
         }
         let firmware = if kernel.is_none() {
-            Some(firmware::load(args.firmware.as_deref())?)
+            // A controller whose driver only the bigger SeaBIOS build has
+            // picks that build when no firmware is named.
+            let default = args
+                .usb_controller
+                .and_then(|c| c.default_firmware())
+                .unwrap_or(firmware::DEFAULT_FIRMWARE);
+            Some(firmware::load_or(args.firmware.as_deref(), default)?)
         } else {
             None
         };

@@ -237,6 +237,7 @@ impl Machine {
                 &ram.mem,
                 &mut pci,
                 &router,
+                Arc::new(crate::storage::KvmMsi { vm: vm.clone() }),
             )?),
             None => None,
         };

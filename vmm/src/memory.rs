@@ -15,6 +15,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, MmapRegion};
 
 const SLOT_LOW_RAM: u32 = 0;
 const SLOT_PAM_FIRST: u32 = 1;
+/// The most firmware shadowed below 1 MiB at reset: 0xC0000-0xFFFFF.
+const SHADOW_MAX: usize = 256 * 1024;
 const SLOT_MID_RAM: u32 = SLOT_PAM_FIRST + PAM_SEGMENTS as u32;
 const SLOT_HIGH_RAM: u32 = SLOT_MID_RAM + 1;
 const SLOT_FIRMWARE: u32 = SLOT_HIGH_RAM + 1;
@@ -109,7 +111,11 @@ impl GuestRam {
             write_ram: rom.is_none(),
         }; PAM_SEGMENTS];
         if let Some(fw) = fw {
-            let window = fw.isa_window();
+            // Shadowed is all SeaBIOS copies when it shadows itself: its
+            // 32-bit code from wherever it starts (below 0xE0000 in the
+            // 256 KiB build) up to 1 MiB, taken from the image's alias at
+            // 0xFFF00000 + address, i.e. up to the last 256 KiB of it.
+            let window = fw.image.len().min(SHADOW_MAX);
             let start = MIB - window as u64;
             mem.write_slice(&fw.image[fw.image.len() - window..], GuestAddress(start))
                 .map_err(|e| MemoryError::Allocate {

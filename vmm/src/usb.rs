@@ -1,7 +1,8 @@
 //! USB: the `--usb-controller` and `--usb` options, the images USB disks
-//! open, the PIIX3 UHCI function at 00:01.2 or the ICH9 EHCI at 00:1d.7
-//! with its UHCI companions at 00:1d.0-2, the emulated devices on their
-//! root ports, and the host timer that runs their frames.
+//! open, the host controller (the PIIX3 UHCI function at 00:01.2, the
+//! ICH9 EHCI at 00:1d.7 with its UHCI companions at 00:1d.0-2, or an xHCI
+//! at 00:05.0) with the emulated devices on its root ports, and the host
+//! thread that runs UHCI/EHCI frames or completes xHCI transfers.
 //!
 //! Devices are plugged and unplugged while the guest runs through
 //! [`UsbHandle`] (QMP `device_add`/`device_del`, see `control::devices`);
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rehost_devices::display::{Console, InputSink};
+use rehost_devices::irq::MsiSender;
 use rehost_devices::pci::{DevFn, PciInterruptRouter, PciRoot};
 use rehost_devices::usb::ehci::Ehci;
 use rehost_devices::usb::ehci_spec;
@@ -26,6 +28,8 @@ use rehost_devices::usb::keyboard::{KeyboardHandle, UsbKeyboard};
 use rehost_devices::usb::storage::UsbStorage;
 use rehost_devices::usb::uhci::{Uhci, UhciIdentity};
 use rehost_devices::usb::uhci_spec;
+use rehost_devices::usb::xhci::Xhci;
+use rehost_devices::usb::xhci_spec;
 use rehost_devices::usb::UsbDevice;
 use rehost_devices::GuestMemory;
 use rehost_disk::dirty::DirtyTracker;
@@ -36,6 +40,12 @@ pub const UHCI_DEVFN: DevFn = DevFn::new(1, 2);
 /// Where the ICH9 EHCI sits (function 7 of slot 0x1d, as on ICH9); its
 /// UHCI companions are functions 0-2 of the same slot.
 pub const EHCI_DEVFN: DevFn = DevFn::new(0x1d, ehci_spec::EHCI_FUNCTION);
+/// Where the xHCI controller sits: a slot of its own.
+pub const XHCI_DEVFN: DevFn = DevFn::new(5, 0);
+
+/// The firmware that has an xHCI driver: Debian's 256 KiB SeaBIOS build
+/// (the 128 KiB bios.bin has UHCI and EHCI only).
+pub const XHCI_FIRMWARE: &str = "/usr/share/seabios/bios-256k.bin";
 
 /// The USB host controller (`--usb-controller`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -52,6 +62,11 @@ pub enum UsbController {
     /// `ehci` (with `uhci` for the companions) drive it; Windows' inbox
     /// usbehci is the driver it is meant for (not tried here).
     Ehci,
+    /// xHCI (QEMU's qemu-xhci, 1b36:000d, class 0c0330) at 00:05.0: USB 2
+    /// root ports 1-4 (low, full, high speed) and USB 3 ports 5-8. SeaBIOS
+    /// drives it only in bios-256k.bin (taken by default with this
+    /// controller); Windows 8 and later and Linux's xhci_hcd drive it.
+    Xhci,
 }
 
 impl UsbController {
@@ -60,6 +75,18 @@ impl UsbController {
         match self {
             UsbController::Uhci => uhci_spec::PORTS,
             UsbController::Ehci => ehci_spec::PORTS,
+            // The USB 2 ports: the emulated devices have no SuperSpeed
+            // descriptors for the USB 3 ports 5-8.
+            UsbController::Xhci => xhci_spec::USB2_PORTS,
+        }
+    }
+
+    /// The firmware this controller needs when --firmware is not given,
+    /// if not the default bios.bin.
+    pub fn default_firmware(self) -> Option<&'static str> {
+        match self {
+            UsbController::Uhci | UsbController::Ehci => None,
+            UsbController::Xhci => Some(XHCI_FIRMWARE),
         }
     }
 
@@ -68,6 +95,7 @@ impl UsbController {
         match self {
             UsbController::Uhci => UHCI_DEVFN,
             UsbController::Ehci => EHCI_DEVFN,
+            UsbController::Xhci => XHCI_DEVFN,
         }
     }
 }
@@ -299,13 +327,18 @@ pub fn open_device(
 }
 
 /// The OpenFirmware path SeaBIOS matches a USB disk against (SeaBIOS
-/// src/boot.c bootprio_find_usb: the controller's PCI path, then
-/// storage@PORT/channel@0/disk@0,LUN).
+/// src/boot.c bootprio_find_usb: the controller's PCI path, its function
+/// only when not 0, then storage@PORT/channel@0/disk@0,LUN).
 pub fn firmware_path(controller: UsbController, port: usize) -> String {
     let at = controller.devfn();
+    let function = if at.function != 0 {
+        format!(",{:x}", at.function)
+    } else {
+        String::new()
+    };
     format!(
-        "/pci@i0cf8/usb@{:x},{:x}/storage@{port:x}/channel@0/disk@0,0",
-        at.device, at.function
+        "/pci@i0cf8/usb@{:x}{function}/storage@{port:x}/channel@0/disk@0,0",
+        at.device
     )
 }
 
@@ -457,6 +490,23 @@ fn frame_timer(controllers: Vec<Clocked>, stop: Arc<AtomicBool>, wake: Arc<Wake>
     }
 }
 
+/// Completes xHCI transfers the devices answer later and retries NAKed
+/// ones (about once a millisecond while any waits); sleeps otherwise.
+fn xhci_worker(xhci: Arc<Mutex<Xhci>>, stop: Arc<AtomicBool>, wake: Arc<Wake>) {
+    while !stop.load(Ordering::Relaxed) {
+        let waiting = {
+            let mut x = lock(&xhci);
+            x.poll();
+            x.wants_poll()
+        };
+        if waiting {
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            wake.wait(Duration::from_millis(500));
+        }
+    }
+}
+
 /// A keyboard's place on the console, by root port.
 type ConsoleInputs = Arc<Mutex<Vec<(usize, Arc<dyn InputSink>)>>>;
 
@@ -476,6 +526,7 @@ enum RootHub {
     Uhci(Arc<Mutex<Uhci>>),
     /// The EHCI: its ports reach the companions too.
     Ehci(Arc<Mutex<Ehci>>),
+    Xhci(Arc<Mutex<Xhci>>),
 }
 
 impl RootHub {
@@ -483,6 +534,7 @@ impl RootHub {
         match self {
             RootHub::Uhci(u) => lock(u).attach(port, device)?,
             RootHub::Ehci(e) => lock(e).attach(port, device)?,
+            RootHub::Xhci(x) => lock(x).attach(port, device)?,
         }
         Ok(())
     }
@@ -491,6 +543,7 @@ impl RootHub {
         match self {
             RootHub::Uhci(u) => lock(u).detach(port)?,
             RootHub::Ehci(e) => lock(e).detach(port)?,
+            RootHub::Xhci(x) => lock(x).detach(port)?,
         }
         Ok(())
     }
@@ -600,6 +653,7 @@ pub fn attach(
     mem: &GuestMemory,
     pci: &mut PciRoot,
     router: &Arc<PciInterruptRouter>,
+    msi: Arc<dyn MsiSender>,
 ) -> anyhow::Result<AttachedUsb> {
     let intx = |at: DevFn, pin: u8| {
         router.intx(
@@ -620,7 +674,13 @@ pub fn attach(
         }
         models.push((d.port, device));
     }
-    let (root, clocked): (RootHub, Vec<Clocked>) = match controller {
+    // UHCI and EHCI run frame by frame on a timer; the xHCI's worker only
+    // completes transfers devices answer later.
+    enum Worker {
+        Frames(Vec<Clocked>),
+        Xhci(Arc<Mutex<Xhci>>),
+    }
+    let (root, worker) = match controller {
         UsbController::Uhci => {
             let mut uhci = Uhci::new(mem.clone(), intx(UHCI_DEVFN, uhci_spec::INTERRUPT_PIN));
             uhci.set_wake(Some(waker));
@@ -630,7 +690,7 @@ pub fn attach(
             }
             let uhci = Arc::new(Mutex::new(uhci));
             pci.add(UHCI_DEVFN, uhci.clone())?;
-            (RootHub::Uhci(uhci.clone()), vec![uhci])
+            (RootHub::Uhci(uhci.clone()), Worker::Frames(vec![uhci]))
         }
         UsbController::Ehci => {
             let mut ehci = Ehci::new(mem.clone(), intx(EHCI_DEVFN, ehci_spec::INTERRUPT_PIN));
@@ -660,16 +720,32 @@ pub fn attach(
             let ehci = Arc::new(Mutex::new(ehci));
             pci.add(EHCI_DEVFN, ehci.clone())?;
             clocked.push(ehci.clone());
-            (RootHub::Ehci(ehci), clocked)
+            (RootHub::Ehci(ehci), Worker::Frames(clocked))
+        }
+        UsbController::Xhci => {
+            let mut xhci = Xhci::new(mem.clone(), intx(XHCI_DEVFN, xhci_spec::INTERRUPT_PIN));
+            xhci.set_wake(Some(waker));
+            xhci.set_msi(Some(msi));
+            for (port, device) in models {
+                xhci.attach(port, device)
+                    .with_context(|| format!("--usb on port {port}"))?;
+            }
+            let xhci = Arc::new(Mutex::new(xhci));
+            pci.add(XHCI_DEVFN, xhci.clone())?;
+            (RootHub::Xhci(xhci.clone()), Worker::Xhci(xhci))
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let timer = {
-        let (s, w) = (stop.clone(), wake.clone());
-        std::thread::Builder::new()
+    let (s, w) = (stop.clone(), wake.clone());
+    let timer = match worker {
+        Worker::Frames(clocked) => std::thread::Builder::new()
             .name("usb-frames".into())
             .spawn(move || frame_timer(clocked, s, w))
-            .context("spawning the USB frame timer thread")?
+            .context("spawning the USB frame timer thread")?,
+        Worker::Xhci(x) => std::thread::Builder::new()
+            .name("xhci-events".into())
+            .spawn(move || xhci_worker(x, s, w))
+            .context("spawning the xHCI transfer thread")?,
     };
     Ok(AttachedUsb {
         handle: UsbHandle {
@@ -733,6 +809,13 @@ mod tests {
         assert_eq!(
             boot_order(&cfg),
             vec!["/pci@i0cf8/usb@1,2/storage@2/channel@0/disk@0,0"]
+        );
+        assert_eq!(
+            boot_order(&UsbConfig {
+                controller: UsbController::Xhci,
+                devices: cfg.devices.clone(),
+            }),
+            vec!["/pci@i0cf8/usb@5/storage@2/channel@0/disk@0,0"]
         );
         let err = open_usb(None, &[disk.clone(), disk.clone()], &[]).unwrap_err();
         assert!(format!("{err:#}").contains("attached twice"), "{err:#}");

@@ -28,11 +28,22 @@ pub const COMMAND_INTX_DISABLE: u16 = 0x0400;
 pub const STATUS_INTERRUPT: u16 = 0x0008;
 pub const STATUS_CAPABILITIES: u16 = 0x0010;
 
+/// MSI capability layout (PCI 3.0 section 6.8.1), offsets from its start.
+pub const CAP_ID_MSI: u8 = 0x05;
+pub const MSI_CONTROL: usize = 2;
+pub const MSI_ADDRESS: usize = 4;
+pub const MSI_ADDRESS_HI: usize = 8;
+pub const MSI_DATA: usize = 12;
+pub const MSI_CONTROL_ENABLE: u16 = 0x0001;
+pub const MSI_CONTROL_64BIT: u16 = 0x0080;
+
 /// What a base address register decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarKind {
     Io,
     Memory32,
+    /// A 64-bit memory BAR: this register and the next hold the address.
+    Memory64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +58,8 @@ pub struct ConfigSpace {
     wmask: [u8; 256],
     bars: [Option<Bar>; 6],
     rom_size: Option<u64>,
+    /// Where the MSI capability is, if there is one.
+    msi: Option<usize>,
 }
 
 impl std::fmt::Debug for ConfigSpace {
@@ -69,6 +82,7 @@ impl ConfigSpace {
             wmask: [0; 256],
             bars: [None; 6],
             rom_size: None,
+            msi: None,
         };
         cs.set_u16(REG_VENDOR_ID, vendor);
         cs.set_u16(REG_DEVICE_ID, device);
@@ -173,12 +187,44 @@ impl ConfigSpace {
         let type_bits = match kind {
             BarKind::Io => 0x1u32,
             BarKind::Memory32 => 0x0u32,
+            BarKind::Memory64 => 0x4u32,
         };
         // Address bits below the size are hard-wired to zero, as are the
         // type bits, which is how firmware sizes a BAR.
         let mask = !(size as u32).wrapping_sub(1) & if kind == BarKind::Io { !0x3 } else { !0xf };
         self.set_u32(off, type_bits);
         self.set_wmask_u32(off, mask);
+        if kind == BarKind::Memory64 {
+            self.set_u32(off + 4, 0);
+            self.set_wmask_u32(off + 4, 0xffff_ffff);
+        }
+    }
+
+    /// Declares an MSI capability (PCI 3.0 section 6.8.1) at `offset` as
+    /// the only capability: 64-bit address, one message.
+    pub fn add_msi_capability(&mut self, offset: usize) {
+        self.msi = Some(offset);
+        self.set_u16(REG_STATUS, self.read_u16(REG_STATUS) | STATUS_CAPABILITIES);
+        self.set_u8(REG_CAPABILITIES, offset as u8);
+        self.set_u8(offset, CAP_ID_MSI);
+        self.set_u8(offset + 1, 0);
+        self.set_u16(offset + MSI_CONTROL, MSI_CONTROL_64BIT);
+        // Enable and the multiple message enable field.
+        self.set_wmask_u16(offset + MSI_CONTROL, 0x0071);
+        self.set_wmask_u32(offset + MSI_ADDRESS, 0xffff_fffc);
+        self.set_wmask_u32(offset + MSI_ADDRESS_HI, 0xffff_ffff);
+        self.set_wmask_u16(offset + MSI_DATA, 0xffff);
+    }
+
+    /// The message (address, data) to send while software has MSI enabled.
+    pub fn msi_message(&self) -> Option<(u64, u32)> {
+        let at = self.msi?;
+        if self.read_u16(at + MSI_CONTROL) & MSI_CONTROL_ENABLE == 0 {
+            return None;
+        }
+        let addr = u64::from(self.read_u32(at + MSI_ADDRESS))
+            | u64::from(self.read_u32(at + MSI_ADDRESS_HI)) << 32;
+        Some((addr, u32::from(self.read_u16(at + MSI_DATA))))
     }
 
     pub fn command(&self) -> u16 {
@@ -199,6 +245,12 @@ impl ConfigSpace {
             BarKind::Memory32 => (
                 AddressSpace::Mmio,
                 u64::from(raw & 0xffff_fff0),
+                self.command() & COMMAND_MEMORY != 0,
+            ),
+            BarKind::Memory64 => (
+                AddressSpace::Mmio,
+                u64::from(raw & 0xffff_fff0)
+                    | u64::from(self.read_u32(REG_BAR0 + 4 * index + 4)) << 32,
                 self.command() & COMMAND_MEMORY != 0,
             ),
         };
@@ -282,6 +334,43 @@ mod tests {
         cs.write(0x10, &0xffff_ffffu32.to_le_bytes());
         assert_eq!(cs.read_u32(0x10), 0);
         assert_eq!(cs.read_u8(300), 0xff);
+    }
+
+    #[test]
+    fn memory64_bars_size_and_decode_across_both_registers() {
+        let mut cs = ConfigSpace::new(0x1b36, 0x000d, 0x0c_03_30, 1);
+        cs.add_bar(0, BarKind::Memory64, 0x4000);
+        cs.write(0x10, &0xffff_ffffu32.to_le_bytes());
+        cs.write(0x14, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(cs.read_u32(0x10), 0xffff_c004, "size mask, 64-bit type");
+        assert_eq!(cs.read_u32(0x14), 0xffff_ffff);
+        cs.write(0x10, &0xfebf_c000u32.to_le_bytes());
+        cs.write(0x14, &1u32.to_le_bytes());
+        cs.write(REG_COMMAND, &COMMAND_MEMORY.to_le_bytes());
+        assert_eq!(
+            cs.bar_regions(),
+            vec![PciRegion {
+                space: AddressSpace::Mmio,
+                base: 0x1_febf_c000,
+                len: 0x4000
+            }]
+        );
+    }
+
+    #[test]
+    fn msi_capability_gives_its_message_only_when_enabled() {
+        let mut cs = ConfigSpace::new(0x1b36, 0x000d, 0x0c_03_30, 1);
+        cs.add_msi_capability(0x80);
+        assert_ne!(cs.read_u16(REG_STATUS) & STATUS_CAPABILITIES, 0);
+        assert_eq!(cs.read_u8(REG_CAPABILITIES), 0x80);
+        assert_eq!(cs.read_u8(0x80), CAP_ID_MSI);
+        cs.write(0x84, &0xfee0_1000u32.to_le_bytes());
+        cs.write(0x8c, &0x41u16.to_le_bytes());
+        assert_eq!(cs.msi_message(), None);
+        cs.write(0x82, &MSI_CONTROL_ENABLE.to_le_bytes());
+        assert_eq!(cs.msi_message(), Some((0xfee0_1000, 0x41)));
+        // 64-bit capable, read-only.
+        assert_ne!(cs.read_u16(0x82) & MSI_CONTROL_64BIT, 0);
     }
 
     #[test]

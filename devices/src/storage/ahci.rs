@@ -19,10 +19,7 @@ use super::dma::{self, DmaFault, DmaTarget, SgList};
 use crate::bus::BusDevice;
 use crate::guest_error;
 use crate::irq::{IrqLine, MsiSender};
-use crate::pci::config::{
-    COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, REG_CAPABILITIES, REG_STATUS, STATUS_CAPABILITIES,
-    STATUS_INTERRUPT,
-};
+use crate::pci::config::{COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, REG_STATUS, STATUS_INTERRUPT};
 use crate::pci::{BarKind, ConfigSpace, PciFunction};
 use crate::GuestMemory;
 
@@ -167,16 +164,7 @@ impl Ahci {
         cs.set_subsystem(0x1af4, 0x1100);
         cs.set_interrupt_pin(1);
         cs.add_bar(spec::BAR_ABAR, BarKind::Memory32, spec::ABAR_LEN);
-        // MSI capability (64-bit, one message).
-        cs.set_u16(REG_STATUS, STATUS_CAPABILITIES);
-        cs.set_u8(REG_CAPABILITIES, spec::CAP_MSI_OFFSET as u8);
-        cs.set_u8(spec::CAP_MSI_OFFSET, spec::CAP_ID_MSI);
-        cs.set_u8(spec::CAP_MSI_OFFSET + 1, 0);
-        cs.set_u16(spec::MSI_CONTROL, spec::MSI_64BIT);
-        cs.set_wmask_u16(spec::MSI_CONTROL, 0x0071);
-        cs.set_wmask_u32(spec::MSI_ADDRESS, 0xffff_fffc);
-        cs.set_wmask_u32(spec::MSI_ADDRESS_HI, 0xffff_ffff);
-        cs.set_wmask_u16(spec::MSI_DATA, 0xffff);
+        cs.add_msi_capability(spec::CAP_MSI_OFFSET);
         let mut devices = devices;
         devices.resize_with(spec::PORTS, || None);
         devices.truncate(spec::PORTS);
@@ -232,7 +220,7 @@ impl Ahci {
     }
 
     fn msi_enabled(&self) -> bool {
-        self.cs.read_u16(spec::MSI_CONTROL) & spec::MSI_ENABLE != 0
+        self.cs.msi_message().is_some()
     }
 
     /// Drives INTx from the interrupt status; with `new_event`, also
@@ -250,13 +238,10 @@ impl Ahci {
             self.intx_level = level;
             self.intx.set_level(level);
         }
-        if msi && pending && new_event {
-            let addr = u64::from(self.cs.read_u32(spec::MSI_ADDRESS))
-                | u64::from(self.cs.read_u32(spec::MSI_ADDRESS_HI)) << 32;
-            let data = u32::from(self.cs.read_u16(spec::MSI_DATA));
-            if let Some(m) = &self.msi {
-                m.send(addr, data);
-            }
+        if let (true, true, Some(m), Some((addr, data))) =
+            (pending, new_event, &self.msi, self.cs.msi_message())
+        {
+            m.send(addr, data);
         }
     }
 

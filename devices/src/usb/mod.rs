@@ -1,7 +1,7 @@
 //! USB: one device interface that every host controller carries, the
 //! emulated devices behind it (mass storage on the block stack, a HID boot
 //! keyboard) and the host controllers in front of it (UHCI, EHCI with UHCI
-//! companions).
+//! companions, xHCI).
 //!
 //! A device sees whole transfers on an endpoint ([`Transfer`]) and answers
 //! each through a [`Completer`], now or later from any thread: the
@@ -26,6 +26,10 @@ pub mod uhci_spec;
 #[cfg(test)]
 mod uhci_tests;
 pub mod usb_spec;
+pub mod xhci;
+pub mod xhci_spec;
+#[cfg(test)]
+mod xhci_tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
