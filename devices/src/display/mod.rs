@@ -150,7 +150,13 @@ pub struct Console {
     screen: Mutex<Option<Box<dyn Screen>>>,
     picture: Mutex<Picture>,
     inputs: Mutex<Vec<Arc<dyn InputSink>>>,
+    /// Keys held down, with the inputs that got the press: the release
+    /// goes to them, even when another keyboard has claimed the keys since.
+    held: Mutex<Vec<HeldKey>>,
 }
+
+/// A key held down and the inputs its press went to.
+type HeldKey = (Key, Vec<Arc<dyn InputSink>>);
 
 impl Console {
     pub fn new() -> Arc<Self> {
@@ -174,12 +180,16 @@ impl Console {
     /// Detaches one input device (a USB keyboard unplugged).
     pub fn remove_input(&self, sink: &Arc<dyn InputSink>) {
         lock(&self.inputs).retain(|s| !Arc::ptr_eq(s, sink));
+        for (_, sinks) in lock(&self.held).iter_mut() {
+            sinks.retain(|s| !Arc::ptr_eq(s, sink));
+        }
     }
 
     /// Detaches every input device (a machine being torn down for a
     /// reset; the next one adds its own).
     pub fn clear_inputs(&self) {
         lock(&self.inputs).clear();
+        lock(&self.held).clear();
     }
 
     /// Renders what the adapter shows now; returns the picture's serial
@@ -235,12 +245,38 @@ impl Console {
     /// (the PS/2 keyboard, and USB keyboards that drop it until the guest
     /// configures them). So a guest that drives USB keyboards gets each
     /// key once, not also through PS/2 or a second keyboard, and one that
-    /// does not still types.
+    /// does not still types. A release goes where its press went: a guest
+    /// that configures a new keyboard between the two (GRUB's `usb` runs
+    /// on the Enter press) would otherwise see the old one hold the key
+    /// forever and repeat it.
     pub fn key(&self, key: Key, down: bool) {
         let inputs = lock(&self.inputs);
+        let mut held = lock(&self.held);
+        let pressed_on = held.iter().position(|(k, _)| *k == key);
+        if !down {
+            if let Some(i) = pressed_on {
+                let (_, sinks) = held.swap_remove(i);
+                for sink in sinks {
+                    sink.key(key, false);
+                }
+                return;
+            }
+        }
         let claim = inputs.iter().map(|s| s.key_claim()).max().unwrap_or(0);
-        for sink in inputs.iter().filter(|s| s.key_claim() == claim) {
+        let chosen: Vec<Arc<dyn InputSink>> = inputs
+            .iter()
+            .filter(|s| s.key_claim() == claim)
+            .cloned()
+            .collect();
+        for sink in &chosen {
             sink.key(key, down);
+        }
+        if down {
+            if let Some(i) = pressed_on {
+                held.swap_remove(i);
+            }
+            // Bounded: one entry per distinct key held.
+            held.push((key, chosen));
         }
     }
 
@@ -372,28 +408,44 @@ mod tests {
         console.add_input(usb2.clone());
         console.key(Key(0x1e), true); // nobody claims: all
         usb1.1.store(5, Ordering::Relaxed);
-        console.key(Key(0x1e), false); // usb1 alone
+        console.key(Key(0x1e), false); // where the press went: all
+        console.key(Key(0x21), true); // usb1 alone
+        console.key(Key(0x21), false);
         usb2.1.store(7, Ordering::Relaxed);
         console.key(Key(0x20), true); // usb2, the later one
         usb2.1.store(0, Ordering::Relaxed);
-        console.key(Key(0x20), false); // usb1 again
+        console.key(Key(0x20), false); // still usb2, which holds it
         usb1.1.store(0, Ordering::Relaxed);
         console.key(Key(0x30), true); // all
         let got = |r: &Recorder| r.0.lock().unwrap().clone();
-        assert_eq!(got(&ps2), vec![(Key(0x1e), true), (Key(0x30), true)]);
+        assert_eq!(
+            got(&ps2),
+            vec![(Key(0x1e), true), (Key(0x1e), false), (Key(0x30), true)]
+        );
         assert_eq!(
             got(&usb1.0),
             vec![
                 (Key(0x1e), true),
                 (Key(0x1e), false),
-                (Key(0x20), false),
+                (Key(0x21), true),
+                (Key(0x21), false),
                 (Key(0x30), true)
             ]
         );
         assert_eq!(
             got(&usb2.0),
-            vec![(Key(0x1e), true), (Key(0x20), true), (Key(0x30), true)]
+            vec![
+                (Key(0x1e), true),
+                (Key(0x1e), false),
+                (Key(0x20), true),
+                (Key(0x20), false),
+                (Key(0x30), true)
+            ]
         );
+        // A release nobody pressed (a viewer's stray key-up) goes by the
+        // claim, as a press would.
+        console.key(Key(0x40), false);
+        assert_eq!(got(&ps2).last(), Some(&(Key(0x40), false)));
     }
 
     #[test]
