@@ -320,23 +320,38 @@ fn sigkill_of_disk_bench_misses_no_changed_sector() {
         let started = std::time::Instant::now();
         let mut child = bench(&img.path, "1");
         child.wait(Duration::from_secs(300));
-        let window = started.elapsed().as_millis() as u64 * 9 / 10;
+        let mut window = started.elapsed().as_millis() as u64 * 9 / 10;
         assert!(finished(&child), "{format}: {}", child.stdout());
         verify(&img, &before, &dir, &mut t);
         eprintln!("dirty_crash_bench: {format}: the writer runs for {window} ms (90 %)");
-        for i in 0..runs() {
+        // A run can be faster than the measured one (page cache, the other
+        // core idle): one that finishes before its kill is checked like
+        // the others, not counted as a kill, and the window halves.
+        let mut finished_first = 0;
+        let wanted = t.kills + runs();
+        while t.kills < wanted {
+            assert!(
+                finished_first <= runs() + 3,
+                "{format}: {finished_first} writers finished before their kill, \
+                 the window is down to {window} ms"
+            );
             let (img, before) = tracked_image(&base, format, &dir);
             let seed = rng.below(1 << 30).to_string();
             let mut child = bench(&img.path, &seed);
             std::thread::sleep(Duration::from_millis(rng.below(window.max(1))));
             child.signal(libc::SIGKILL);
             child.wait(Duration::from_secs(10));
-            assert!(
-                !finished(&child),
-                "kill {i}: the writer finished before the kill: {}",
-                child.stdout()
-            );
+            let kills = t.kills;
             verify(&img, &before, &dir, &mut t);
+            if finished(&child) {
+                finished_first += 1;
+                t.kills = kills;
+                window /= 2;
+                eprintln!(
+                    "dirty_crash_bench: {format}: the writer finished before its kill; \
+                     checked, not counted, window now {window} ms"
+                );
+            }
         }
         report("dirty_crash_bench", format, &t);
     }
