@@ -230,6 +230,14 @@ impl CompletionQueue {
         }
     }
 
+    /// True while no answer waits.
+    pub fn is_empty(&self) -> bool {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     pub fn drain(&self) -> Vec<Completion> {
         self.done
             .lock()

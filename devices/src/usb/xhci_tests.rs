@@ -987,3 +987,90 @@ fn event_data_trbs_and_short_bulk_reads_report_lengths() {
     );
     assert_eq!(r.ctx_read(OUTPUT + 32 * 3, 0) & 7, spec::EP_STATE_STOPPED);
 }
+
+#[test]
+fn only_answers_from_other_threads_and_naks_wake_the_poller() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut r = Rig::new();
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let w = wakes.clone();
+    r.x.set_wake(Some(Arc::new(move || {
+        w.fetch_add(1, Ordering::SeqCst);
+    })));
+    // A disk answers inside the doorbell write: its reads complete
+    // before the write returns and wake nobody.
+    let (_d, dev) = disk();
+    r.x.attach(1, dev).unwrap();
+    let (slot, _ep0, mut out, mut inr) = configured_disk(&mut r);
+    let read10 = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+    let (data, status) = scsi(&mut r, &mut out, &mut inr, slot, &read10, 512, true);
+    assert_eq!((data.len(), status), (1, 0));
+    assert_eq!(
+        wakes.load(Ordering::SeqCst),
+        0,
+        "inline answers woke the poller"
+    );
+    // A device that answers later, from another thread: that wakes it.
+    let waiting = Arc::new(Mutex::new(Vec::new()));
+    r.x.attach(
+        3,
+        Box::new(Slow {
+            waiting: waiting.clone(),
+        }),
+    )
+    .unwrap();
+    r.reset_port(3);
+    let mut ep0 = ProducerRing::new(EP0_RING + 0x800, 8);
+    let slot3 = r.address(3, &ep0);
+    let before = wakes.load(Ordering::SeqCst);
+    r.control(
+        &mut ep0,
+        slot3,
+        [0x80, ch9::GET_STATUS, 0, 0, 0, 0, 2, 0],
+        2,
+    );
+    assert_eq!(wakes.load(Ordering::SeqCst), before, "nothing answered yet");
+    let (_, done) = waiting.lock().unwrap().pop().unwrap();
+    std::thread::spawn(move || done.data_in(vec![1, 0]))
+        .join()
+        .unwrap();
+    assert_eq!(wakes.load(Ordering::SeqCst), before + 1);
+    r.x.poll();
+    assert_eq!(r.event().map(|e| e.cc()), Some(spec::CC_SUCCESS));
+    // A NAK given inside the doorbell write: the TD must be tried again,
+    // so the write's end wakes the poller.
+    struct Naks;
+    impl UsbDevice for Naks {
+        fn name(&self) -> &str {
+            "naks"
+        }
+        fn speed(&self, max: Speed) -> Speed {
+            max.min(Speed::High)
+        }
+        fn reset(&mut self, _speed: Speed) {}
+        fn submit(&mut self, _t: Transfer, done: Completer) {
+            done.fail(TransferStatus::Nak);
+        }
+    }
+    r.x.detach(3).unwrap();
+    while r.event().is_some() {}
+    r.x.attach(2, Box::new(Naks)).unwrap();
+    r.reset_port(2);
+    let ep0 = ProducerRing::new(EP0_RING + 0xc00, 8);
+    let before = wakes.load(Ordering::SeqCst);
+    // Address Device sends nothing to the device; the first control
+    // transfer does, and is NAKed.
+    let slot2 = r.address(2, &ep0);
+    let mut ep0 = ep0;
+    r.control(
+        &mut ep0,
+        slot2,
+        [0x80, ch9::GET_STATUS, 0, 0, 0, 0, 2, 0],
+        2,
+    );
+    assert!(r.x.wants_poll());
+    assert!(
+        wakes.load(Ordering::SeqCst) > before,
+        "a NAK left the poller asleep"
+    );
+}
