@@ -237,6 +237,9 @@ pub struct Xhci {
     /// (a wake per transfer cost the vCPU's core a thread switch and a
     /// contended lock, about a tenth of USB disk throughput).
     inline: Arc<AtomicBool>,
+    /// Set by every device answer: a register access that saw none needs
+    /// no look at the queues or the endpoints when it ends.
+    answered: Arc<AtomicBool>,
 }
 
 impl Xhci {
@@ -280,6 +283,7 @@ impl Xhci {
             next_id: 1,
             wake: None,
             inline: Arc::new(AtomicBool::new(false)),
+            answered: Arc::new(AtomicBool::new(false)),
         };
         x.reset_controller();
         x
@@ -296,19 +300,21 @@ impl Xhci {
     pub fn set_wake(&mut self, wake: Option<Arc<dyn Fn() + Send + Sync>>) {
         self.wake = wake.clone();
         for p in &self.ports {
-            Self::set_port_waker(&p.queue, &wake, &self.inline);
+            Self::set_port_waker(&p.queue, &wake, [&self.inline, &self.answered]);
         }
     }
 
     fn set_port_waker(
         q: &CompletionQueue,
         wake: &Option<Arc<dyn Fn() + Send + Sync>>,
-        inline: &Arc<AtomicBool>,
+        [inline, answered]: [&Arc<AtomicBool>; 2],
     ) {
         match wake {
             Some(w) => {
-                let (w, inline) = (w.clone(), inline.clone());
+                let (w, inline, answered) = (w.clone(), inline.clone(), answered.clone());
                 q.set_waker(Some(Arc::new(move || {
+                    // `answered` before `inline`: see end_inline.
+                    answered.store(true, Ordering::SeqCst);
                     if !inline.load(Ordering::SeqCst) {
                         w()
                     }
@@ -322,9 +328,14 @@ impl Xhci {
     /// from another thread after the access last collected, or if a
     /// NAKed transfer waits to be tried again. (A device completing on
     /// another thread pushes, then reads `inline`; this clears `inline`,
-    /// then looks at the queues: one of the two sees the other.)
+    /// then looks at the queues: one of the two sees the other. A device
+    /// sets `answered` before it reads `inline`, so an answer this access
+    /// did not wake for is always seen here.)
     fn end_inline(&mut self) {
         self.inline.store(false, Ordering::SeqCst);
+        if !self.answered.swap(false, Ordering::SeqCst) {
+            return;
+        }
         let Some(w) = &self.wake else {
             return;
         };
@@ -356,7 +367,7 @@ impl Xhci {
             return Err(XhciError::NotSuperSpeed(port));
         }
         let queue = CompletionQueue::new();
-        Self::set_port_waker(&queue, &self.wake, &self.inline);
+        Self::set_port_waker(&queue, &self.wake, [&self.inline, &self.answered]);
         let p = &mut self.ports[i];
         p.device = Some(device);
         p.speed = speed;
